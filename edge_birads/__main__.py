@@ -1,0 +1,3 @@
+from edge_birads.cli import main
+
+main()
