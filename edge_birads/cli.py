@@ -56,10 +56,9 @@ def classify(paths: tuple[str, ...], recursive: bool, fmt: str, model: str | Non
     from edge_birads.inputs import iter_input_files
 
     classifier = load_classifier(model, threads)
-    out = click.get_text_stream("stdout")
-    table = TableWriter(out, classifier.card.malignant_label) if fmt == "table" else None
+    table = TableWriter(click.echo, classifier.card.malignant_label) if fmt == "table" else None
     if fmt == "csv":
-        out.write(csv_header() + "\n")
+        click.echo(csv_header())
     seen = failed = 0
     for path in iter_input_files(list(paths), recursive=recursive):
         result = classifier.classify_file(path)
@@ -70,10 +69,9 @@ def classify(paths: tuple[str, ...], recursive: bool, fmt: str, model: str | Non
         if table is not None:
             table.write(result)
         elif fmt == "jsonl":
-            out.write(jsonl_line(result) + "\n")
+            click.echo(jsonl_line(result))
         else:
-            out.write(csv_line(result) + "\n")
-        out.flush()
+            click.echo(csv_line(result))
     if seen == 0:
         click.echo("error: no image files found in " + ", ".join(paths), err=True)
         sys.exit(1)
@@ -82,7 +80,7 @@ def classify(paths: tuple[str, ...], recursive: bool, fmt: str, model: str | Non
         f"{classifier.card.referral_threshold:.3f} on P({classifier.card.malignant_label}). {DISCLAIMER}"
     )
     if fmt == "table":
-        out.write(summary + "\n")
+        click.echo(summary)
     else:
         click.echo(summary, err=True)
     if failed:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import TextIO
+from collections.abc import Callable
 
 from edge_birads.results import RESULT_FIELDS, Result
 
@@ -35,18 +35,18 @@ def csv_line(result: Result) -> str:
 class TableWriter:
     """A fixed-width table, one row per file as it is classified."""
 
-    def __init__(self, stream: TextIO, malignant_label: str) -> None:
-        self.stream = stream
+    def __init__(self, emit: Callable[[str], None], malignant_label: str) -> None:
+        self.emit = emit
         self.malignant_label = malignant_label
         self.header_written = False
 
     def write(self, result: Result) -> None:
         if not self.header_written:
-            self.stream.write(f"{'LABEL':<12} {'P(' + self.malignant_label + ')':>16} {'REFERRAL':<8}  FILE\n")
+            self.emit(f"{'LABEL':<12} {'P(' + self.malignant_label + ')':>16} {'REFERRAL':<8}  FILE")
             self.header_written = True
         if result.prediction is None:
-            self.stream.write(f"{'ERROR':<12} {'-':>16} {'-':<8}  {result.file}: {result.error}\n")
+            self.emit(f"{'ERROR':<12} {'-':>16} {'-':<8}  {result.file}: {result.error}")
             return
         prediction = result.prediction
         referral = "REFER" if prediction.referral else "no"
-        self.stream.write(f"{prediction.label:<12} {prediction.malignancy_score:>16.3f} {referral:<8}  {result.file}\n")
+        self.emit(f"{prediction.label:<12} {prediction.malignancy_score:>16.3f} {referral:<8}  {result.file}")
