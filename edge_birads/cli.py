@@ -66,7 +66,8 @@ def classify(
     """
     from edge_birads.inputs import iter_input_files
 
-    classifier = load_classifier(model, threads)
+    limits = replace(DEFAULT_LIMITS, max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 2**20), max_seconds=time_limit)
+    classifier = load_classifier(model, threads, limits)
     table = TableWriter(click.echo, classifier.card.malignant_label) if fmt == "table" else None
     if fmt == "csv":
         click.echo(csv_header())
