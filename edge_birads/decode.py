@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from edge_birads.errors import InputError
+from edge_birads.quiet import captured_stderr
 from edge_birads.limits import DEFAULT_LIMITS, DecodeLimits, check_size  # noqa: F401 - re-exported
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm", ".pnm", ".ppm", ".bmp", ".dcm", ".dicom"})
@@ -122,16 +123,17 @@ def decode_raster(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndar
     if data[:4] == b"\x89PNG":
         _check_png_chunks(data)
     buffer = np.frombuffer(data, dtype=np.uint8)
-    # OpenCV logs decoder complaints (libpng, libtiff) on stderr: that would break one line per bad file.
-    previous = cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    try:
-        image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
-    except cv2.error as exc:
-        raise InputError(f"cannot decode image: {str(exc).strip().splitlines()[-1]}") from None
-    finally:
-        cv2.utils.logging.setLogLevel(previous)
+    with captured_stderr() as said:  # libpng/libtiff/OpenCV complaints would break one line per bad file
+        try:
+            image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+        except cv2.error as exc:
+            raise InputError(f"cannot decode image: {str(exc).strip().splitlines()[-1]}") from None
     if image is None:
         raise InputError(UNREADABLE)
+    complaint = " ".join("".join(said).split())
+    if "Corrupt JPEG data" in complaint or "Premature end of JPEG file" in complaint:
+        # libjpeg decoded a damaged stream anyway (grey or garbled blocks): a silently wrong image otherwise.
+        raise InputError(f"corrupt JPEG data (libjpeg: {complaint[:160]})")
     return to_gray(image, limits)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from edge_birads.errors import InputError
 from edge_birads.limits import check_size
+from edge_birads.quiet import captured_stderr
 
 MAMMOGRAPHY_MODALITIES = frozenset({"MG"})
 # pydicom inflates a Deflated-syntax file in one unbounded zlib call: a few KB can claim gigabytes.
@@ -76,7 +77,8 @@ def _decode(data: bytes, limits) -> np.ndarray:
     if samples != 1:
         raise InputError("DICOM is not a grayscale image (SamplesPerPixel != 1)")
     try:
-        array = dataset.pixel_array
+        with captured_stderr():  # codec libraries may print; the exception below says what matters
+            array = dataset.pixel_array
     except InputError:
         raise
     except Exception as exc:  # missing decoder, short pixel data, bad transfer syntax

@@ -237,6 +237,7 @@ def build_corpus(folder: Path) -> list[Case]:
     add("truncated.png", good_png[: len(good_png) // 2], False, r"^truncated PNG")
     add("truncated.jpg", good_jpg[: len(good_jpg) // 2], False, r"truncated JPEG")
     add("corrupt-crc.png", good_png[:5000] + bytes([good_png[5000] ^ 0x10]) + good_png[5001:], False, r"^corrupt PNG \(checksum error")
+    add("cut-with-end-marker.jpg", good_jpg[: len(good_jpg) // 2] + b"\xff\xd9", False, r"^corrupt JPEG data")
     add("truncated.dcm", good_dcm[: len(good_dcm) // 2], False, r"DICOM")
     add("text.png", b"Dear clinic,\nthis is a text file, not an image.\n", False, r"not a readable image")
     add("png-named.dcm", good_png, False, r"named \.dcm but holds a PNG image")
