@@ -175,7 +175,7 @@ def header_dimensions(data: bytes) -> tuple[int, int] | None:
         width, height = struct.unpack(">II", data[16:24])
         return width, height
     if data[:2] == b"\xff\xd8":
-        return _jpeg_dimensions(data)
+        return jpeg_dimensions(data)
     if data[:4] in (b"II*\x00", b"MM\x00*"):
         return _tiff_dimensions(data)
     if data[:2] == b"BM" and len(data) >= 26:
@@ -186,7 +186,7 @@ def header_dimensions(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
+def jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
     found = _jpeg_frame(data)
     return None if found is None else found[1:]
 
@@ -206,7 +206,7 @@ def _jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
             offset += 2
             continue
         segment = struct.unpack(">H", data[offset + 2 : offset + 4])[0]
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7):  # F7: JPEG-LS
             if offset + 9 > length:
                 return None
             height, width = struct.unpack(">HH", data[offset + 5 : offset + 9])

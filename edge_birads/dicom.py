@@ -7,10 +7,12 @@ it. Patient identifiers are never read into results or messages here.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import numpy as np
 
+from edge_birads.decode import jpeg_dimensions
 from edge_birads.errors import InputError
 from edge_birads.limits import check_size
 from edge_birads.quiet import captured_stderr
@@ -76,6 +78,7 @@ def _decode(data: bytes, limits) -> np.ndarray:
         raise InputError("DICOM " + exc.reason) from None
     if samples != 1:
         raise InputError("DICOM is not a grayscale image (SamplesPerPixel != 1)")
+    _check_compressed_size(dataset, rows, columns)
     try:
         with captured_stderr():  # codec libraries may print; the exception below says what matters
             array = dataset.pixel_array
@@ -100,6 +103,31 @@ def _decode(data: bytes, limits) -> np.ndarray:
     if photometric == "MONOCHROME1":
         values = values.max() + values.min() - values
     return values
+
+
+def _check_compressed_size(dataset, rows: int, columns: int) -> None:
+    """Refuse compressed pixel data whose own header claims another size than Rows x Columns.
+
+    JPEG 2000 and JPEG decoders allocate what the codestream says, not what
+    the DICOM header says: a 64x64 DICOM holding a codestream that claims
+    30000x30000 made OpenJPEG take 1.9 GB here.
+    """
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or not getattr(syntax, "is_compressed", False):
+        return
+    try:
+        head = bytes(dataset.PixelData[:65536])
+    except Exception:  # damaged element: pydicom's decoder will report it
+        return
+    size = None
+    at = head.find(b"\xff\x4f\xff\x51")  # JPEG 2000 / HTJ2K: start of codestream, then SIZ
+    if at >= 0 and at + 24 <= len(head):
+        width, height, left, top = struct.unpack(">IIII", head[at + 8 : at + 24])
+        size = (width - left, height - top)
+    elif (at := head.find(b"\xff\xd8\xff")) >= 0:  # JPEG baseline, extended, lossless, JPEG-LS
+        size = jpeg_dimensions(head[at:])
+    if size is not None and size != (columns, rows):
+        raise InputError(f"DICOM compressed image is {size[0]}x{size[1]} pixels but its header says {columns}x{rows}")
 
 
 def _first_words(exc: Exception, limit: int = 200) -> str:

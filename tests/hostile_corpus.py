@@ -173,6 +173,21 @@ def dicom_bytes(
     return buffer.getvalue()
 
 
+def jpeg2000_bomb_dicom() -> bytes | None:
+    """A 64x64 DICOM whose JPEG 2000 codestream claims 30000x30000 (None if OpenCV cannot write JPEG 2000)."""
+    from pydicom.uid import JPEG2000Lossless
+
+    image = breast_image(64, 64, depth=16)
+    try:
+        jp2 = encode(".jp2", image)
+    except (RuntimeError, cv2.error):
+        return None
+    codestream = bytearray(jp2[jp2.index(b"\xff\x4f\xff\x51") :])
+    struct.pack_into(">II", codestream, 8, 30000, 30000)  # Xsiz, Ysiz
+    struct.pack_into(">II", codestream, 24, 30000, 30000)  # one 30000x30000 tile
+    return dicom_bytes(image, pixel_bytes=bytes(codestream), transfer_syntax=JPEG2000Lossless)
+
+
 def deflate_bomb_dicom(inflated_bytes: int = 512 * 2**20) -> bytes:
     """A DICOM in the Deflated transfer syntax whose few hundred KB inflate to ``inflated_bytes``."""
     from pydicom.uid import DeflatedExplicitVRLittleEndian
@@ -254,6 +269,11 @@ def build_corpus(folder: Path) -> list[Case]:
     from pydicom.uid import HTJ2K, JPEG2000Lossless, JPEGLSLossless
 
     add("dicom-deflate-bomb.dcm", deflate_bomb_dicom(), False, r"Deflated transfer syntax")
+    j2k_bomb = jpeg2000_bomb_dicom()
+    if j2k_bomb is None:
+        cases.append(Case("dicom-jpeg2000-bomb.dcm", False, skip="this OpenCV cannot write JPEG 2000"))
+    else:
+        add("dicom-jpeg2000-bomb.dcm", j2k_bomb, False, r"compressed image is 30000x30000 pixels but its header says 64x64")
     add("dicom-no-pixels.dcm", dicom_bytes(None), False, r"no pixel data")
     add("dicom-ct.dcm", dicom_bytes(good16, modality="CT"), False, r"modality is 'CT', not mammography")
     add("dicom-3-frames.dcm", dicom_bytes(good16, frames=3), False, r"3 frames")

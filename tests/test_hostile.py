@@ -146,12 +146,34 @@ def test_table_output_keeps_one_line_per_file(hostile):
 
 def test_unreadable_file(tmp_path):
     if corpus.running_as_root():
-        pytest.skip("running as root: chmod 000 does not stop root reading, so 'permission denied' cannot happen here")
+        pytest.skip("running as root: chmod 000 does not stop root reading (see the simulated test below)")
     target = tmp_path / "locked.png"
     target.write_bytes(corpus.encode(".png", corpus.breast_image()))
     target.chmod(0)
     with pytest.raises(InputError, match="permission denied"):
         read_file(target)
+
+
+def test_unreadable_file_simulated(tmp_path, monkeypatch):
+    """Where chmod cannot stop us (root), the kernel's EACCES for one file is simulated at open()."""
+    import builtins
+
+    from edge_birads import decode
+
+    locked, fine = tmp_path / "a-locked.png", tmp_path / "b-fine.png"
+    for path in (locked, fine):
+        path.write_bytes(corpus.encode(".png", corpus.breast_image()))
+
+    def guarded_open(file, *args, **kwargs):
+        if Path(file) == locked:
+            raise PermissionError(13, "Permission denied", str(file))
+        return builtins.open(file, *args, **kwargs)
+
+    monkeypatch.setattr(decode, "open", guarded_open, raising=False)
+    result = CliRunner().invoke(cli, ["classify", "--format", "jsonl", str(tmp_path)])
+    assert result.exit_code == 1
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [f"error: {locked}: permission denied"]
+    assert json.loads(result.stdout.splitlines()[1])["error"] is None
 
 
 # --- Valid but awkward encodings decode to the same picture ----------------------------------------------------
