@@ -126,6 +126,8 @@ def _check_compressed_size(dataset, rows: int, columns: int) -> None:
         size = (width - left, height - top)
     elif (at := head.find(b"\xff\xd8\xff")) >= 0:  # JPEG baseline, extended, lossless, JPEG-LS
         size = jpeg_dimensions(head[at:])
+    if size is not None and (size[0] <= 0 or size[1] <= 0):
+        raise InputError("DICOM compressed pixel data is damaged (its codestream header gives no valid size)")
     if size is not None and size != (columns, rows):
         raise InputError(f"DICOM compressed image is {size[0]}x{size[1]} pixels but its header says {columns}x{rows}")
 

@@ -279,10 +279,15 @@ def build_corpus(folder: Path) -> list[Case]:
     add("dicom-3-frames.dcm", dicom_bytes(good16, frames=3), False, r"3 frames")
     add("dicom-short-pixels.dcm", dicom_bytes(good16, pixel_bytes=good16.astype("<u2").tobytes()[:5000]), False, r"cannot decode DICOM pixel data")
     add("dicom-claims-30000x30000.dcm", dicom_bytes(rows_columns=(30000, 30000), pixel_bytes=b"\0" * 64), False, r"30000x30000 pixels, over the limit")
-    bogus = b"\xff\x4f\xff\x51" + bytes(range(256)) * 4  # a J2K start-of-codestream marker, then junk
-    add("dicom-jpeg2000-bogus.dcm", dicom_bytes(good16, pixel_bytes=bogus, transfer_syntax=JPEG2000Lossless), False, r"cannot decode DICOM pixel data")
-    add("dicom-htj2k-bogus.dcm", dicom_bytes(good16, pixel_bytes=bogus, transfer_syntax=HTJ2K), False, r"cannot decode DICOM pixel data")
-    add("dicom-jpegls.dcm", dicom_bytes(good16, pixel_bytes=b"\xff\xd8\xff\xf7" + bogus, transfer_syntax=JPEGLSLossless), False, r"cannot decode DICOM pixel data")
+    # Codestreams whose headers give the right size (so they reach the decoders) followed by junk no decoder can read.
+    junk = bytes(range(256)) * 4
+    j2k = b"\xff\x4f\xff\x51" + struct.pack(">HHIIII", 41, 0, 256, 320, 0, 0) + junk
+    jpeg_ls = b"\xff\xd8\xff\xf7" + struct.pack(">HBHHB", 11, 12, 320, 256, 1) + junk
+    add("dicom-jpeg2000-bogus.dcm", dicom_bytes(good16, pixel_bytes=j2k, transfer_syntax=JPEG2000Lossless), False, r"^cannot decode DICOM pixel data")
+    add("dicom-htj2k-bogus.dcm", dicom_bytes(good16, pixel_bytes=j2k, transfer_syntax=HTJ2K), False, r"^cannot decode DICOM pixel data")
+    add("dicom-jpegls.dcm", dicom_bytes(good16, pixel_bytes=jpeg_ls, transfer_syntax=JPEGLSLossless), False, r"^cannot decode DICOM pixel data")
+    add("dicom-jpeg2000-no-size.dcm", dicom_bytes(good16, pixel_bytes=b"\xff\x4f\xff\x51" + junk, transfer_syntax=JPEG2000Lossless), False,
+        r"compressed pixel data is damaged")
 
     # Things that are not regular readable files.
     (folder / "folder.png").mkdir()
