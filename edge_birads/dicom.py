@@ -40,6 +40,10 @@ def decode_dicom(data: bytes, limits) -> np.ndarray:
     """
     if DEFLATED_SYNTAX in data[:16384]:
         raise InputError("DICOM uses the Deflated transfer syntax, which is not supported (a decompression-bomb risk)")
+    if data[128:136] == b"DICM\x02\x00\x00\x00" and data[136:140] not in (b"UL\x04\x00", b"\x04\x00\x00\x00"):
+        # A group length that is not a 4-byte UL (say, a nested sequence) is formatted by pydicom into a log
+        # message even when logging is off: the fuzzer found 849 bytes that take 0.5 s here (36 s instrumented).
+        raise InputError("not a readable DICOM file (its file meta group length is malformed)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return _decode(data, limits)
