@@ -44,3 +44,15 @@ def test_every_seed_passes_the_fuzz_target(tmp_path):
     assert fuzz_decode.write_seeds(tmp_path) > 20
     for seed in sorted(tmp_path.iterdir()):
         fuzz_decode.test_one_input(seed.read_bytes())
+
+
+def test_inputs_the_fuzzer_found_stay_fixed():
+    """Every finding kept in fuzz/regressions/ ends as a tensor or an InputError (the target raises otherwise)."""
+    pytest.importorskip("atheris", reason="the fuzzer needs atheris (the [fuzz] extra)")
+    sys.path.insert(0, str(REPO / "fuzz"))
+    import fuzz_decode
+
+    findings = sorted((REPO / "fuzz" / "regressions").iterdir())
+    assert findings
+    for finding in findings:
+        fuzz_decode.test_one_input(finding.read_bytes())

@@ -133,7 +133,7 @@ def test_patient_identifiers_never_reach_any_output(hostile):
     for fmt in ("table", "csv"):
         result = CliRunner().invoke(cli, ["classify", "--format", fmt, *dicoms])
         seen += result.stdout + result.stderr
-    for secret in (corpus.PATIENT_NAME, corpus.PATIENT_ID, corpus.PATIENT_BIRTH_DATE, "Hostilia", "7734"):
+    for secret in (corpus.PATIENT_NAME, corpus.PATIENT_ID, corpus.PATIENT_BIRTH_DATE, "Hostilia", "Zqxwyv", "HOSTILE-"):
         assert secret not in seen
 
 
