@@ -116,12 +116,11 @@ def _check_compressed_size(dataset, rows: int, columns: int) -> None:
     the DICOM header says: a 64x64 DICOM holding a codestream that claims
     30000x30000 made OpenJPEG take 1.9 GB here.
     """
-    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is None or not getattr(syntax, "is_compressed", False):
-        return
     try:
+        if not dataset.file_meta.TransferSyntaxUID.is_compressed:
+            return
         head = bytes(dataset.PixelData[:65536])
-    except Exception:  # damaged element: pydicom's decoder will report it
+    except Exception:  # no or unknown transfer syntax, damaged element: pixel_array reports it next
         return
     size = None
     at = head.find(b"\xff\x4f\xff\x51")  # JPEG 2000 / HTJ2K: start of codestream, then SIZ
