@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 
 from edge_birads.errors import InputError
-from edge_birads.quiet import captured_stderr
 from edge_birads.limits import DEFAULT_LIMITS, DecodeLimits, check_size  # noqa: F401 - re-exported
+from edge_birads.quiet import captured_stderr
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm", ".pnm", ".ppm", ".bmp", ".dcm", ".dicom"})
 DICOM_MAGIC_OFFSET = 128
@@ -49,7 +49,9 @@ def read_file(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> np.nda
         if size > limits.max_file_bytes:
             raise InputError(f"file is {size} bytes, over the limit of {limits.max_file_bytes}", path)
         with open(path, "rb") as handle:
-            data = handle.read(limits.max_file_bytes + 1)
+            # read(n) reserves n bytes up front: ask for what stat saw (+1 notices a file still growing),
+            # not the limit, which would reserve 512 MB of address space per file on a 32-bit Pi.
+            data = handle.read(size + 1)
     except InputError:
         raise
     except PermissionError:

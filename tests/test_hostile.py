@@ -257,3 +257,16 @@ def test_printable_name_keeps_every_name_on_one_printable_line():
         printed = printable_name(name)
         assert len(printed.splitlines()) == 1
         printed.encode("utf-8")  # strict: no lone surrogates left
+
+
+def test_recursion_does_not_follow_a_folder_symlink_loop(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "scan.png").write_bytes(corpus.encode(".png", corpus.breast_image()))
+    os.symlink("..", tmp_path / "a" / "up")  # a/up/a/up/... forever if followed
+    os.symlink(".", tmp_path / "here.png")  # a folder link named like an image: reported, not entered
+    result = CliRunner().invoke(cli, ["classify", "--format", "jsonl", "-r", str(tmp_path)])
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["file"], r["error"]) for r in records] == [
+        (str(tmp_path / "here.png"), "is a directory, not an image file"),
+        (str(tmp_path / "a" / "scan.png"), None),
+    ]
