@@ -21,7 +21,7 @@ CARD = ModelCard(
 
 
 def test_quantize_uses_scale_and_zero_point_and_saturates():
-    values = np.array([0.0, 1.0 / 255, 0.5, 1.0, 2.0, -1.0], np.float32)
+    values = np.array([0.0, 1.0 / 255, 128.0 / 255, 1.0, 2.0, -1.0], np.float32)
     q = quantize(values, 1.0 / 255, -128, np.int8)
     assert q.dtype == np.int8
     assert q.tolist() == [-128, -127, 0, 127, 127, -128]
