@@ -76,8 +76,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summarize(samples_ms: list[float]) -> dict[str, float]:
-    """p50 / p95 / max of one stage's per-image times."""
+    """p50 / p95 / max (and min: on a shared machine the least-disturbed run) of one stage's times."""
     return {
+        "min": round(min(samples_ms), 3),
         "p50": round(percentile(samples_ms, 50), 3),
         "p95": round(percentile(samples_ms, 95), 3),
         "max": round(max(samples_ms), 3),
@@ -406,10 +407,10 @@ def format_table(report: dict[str, Any]) -> str:
         f"{'against the paper':<34}{'per image':>12}{'peak RAM':>12}",
         f"{'paper, lightweight CNN':<34}{paper['seconds_per_image'] * 1000:>9.0f} ms{paper['rss_mb']:>9.0f} MB",
         f"{'paper, baseline':<34}{'-':>12}{paper['baseline_rss_mb']:>9.0f} MB",
-        f"{'this run, int8 TFLite (total p50)':<34}{_fmt(int8 and int8['timings_ms']['total']['p50'], 2):>9} ms"
-        f"{_fmt(int8 and int8['peak_rss_mib'], 1):>8} MiB",
-        f"{'this run, Keras baseline (total p50)':<34}{_fmt(keras and keras['timings_ms']['total']['p50'], 2):>9} ms"
-        f"{_fmt(keras and keras['peak_rss_mib'], 1):>8} MiB",
+        f"{'this run, int8 TFLite (total p50)':<34}{_fmt(int8 and int8['timings_ms']['total']['p50'], 2, ' ms'):>12}"
+        f"{_fmt(int8 and int8['peak_rss_mib'], 1, ' MiB'):>12}",
+        f"{'this run, Keras baseline (total p50)':<34}{_fmt(keras and keras['timings_ms']['total']['p50'], 2, ' ms'):>12}"
+        f"{_fmt(keras and keras['peak_rss_mib'], 1, ' MiB'):>12}",
         f"{'ratio baseline / int8':<34}{_fmt(r['baseline_over_int8_p50_total'], 1, 'x'):>12}"
         f"{_fmt(r['baseline_over_int8_peak_rss'], 1, 'x'):>12}   (paper: {r['paper_baseline_over_lightweight_rss']:.1f}x RAM)",
         f"{'ratio baseline / int8, inference':<34}{_fmt(r['baseline_over_int8_p50_inference'], 1, 'x'):>12}",

@@ -36,7 +36,20 @@ def emit(tag: str, payload: Any = None) -> None:
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident set size (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """This process's own peak resident set size, in MiB.
+
+    Linux: VmHWM from /proc/self/status, the high-water mark of this process's
+    own memory map. Not ru_maxrss: after fork+exec that also carries the
+    parent's RSS at spawn time, so a large parent would inflate a small child.
+    Elsewhere ru_maxrss (bytes on macOS, KiB on other systems).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 
