@@ -8,7 +8,8 @@ records cumulative wall time and peak RSS (VmHWM) after each stage:
 imports (numpy, cv2, LiteRT, click + edge_birads), model card + sha256,
 interpreter creation + allocate_tensors (XNNPACK packs weights here), the first
 classify_file, then 30 warm invocations (median and min inference time).
-The median over --repeats children is printed. Linux only (VmHWM).
+The median over --repeats children is printed, and the RSS at the end split
+into anonymous memory and file-backed pages (smaps_rollup). Linux only.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ times = []
 for _ in range(30):
     s = time.perf_counter(); run(x); times.append((time.perf_counter() - s) * 1000.0)
 times.sort()
-print(json.dumps({"marks": marks, "invoke_ms_median": round(times[15], 2), "invoke_ms_min": round(times[0], 2), "peak": round(hwm(), 1)}))
+rollup = {l.split(":")[0]: int(l.split()[1]) / 1024.0 for l in open("/proc/self/smaps_rollup") if l.split()[-1:] == ["kB"]}
+print(json.dumps({"anonymous_mib": round(rollup["Anonymous"], 1), "file_backed_mib": round(rollup["Rss"] - rollup["Anonymous"], 1), "marks": marks, "invoke_ms_median": round(times[15], 2), "invoke_ms_min": round(times[0], 2), "peak": round(hwm(), 1)}))
 '''
 
 
@@ -84,7 +86,9 @@ def main() -> None:
             entry = {"stages": stages,
                      "invoke_ms_median": statistics.median(r["invoke_ms_median"] for r in runs),
                      "invoke_ms_min": min(r["invoke_ms_min"] for r in runs),
-                     "peak_rss_mib": statistics.median(r["peak"] for r in runs)}
+                     "peak_rss_mib": statistics.median(r["peak"] for r in runs),
+                     "anonymous_mib": statistics.median(r["anonymous_mib"] for r in runs),
+                     "file_backed_mib": statistics.median(r["file_backed_mib"] for r in runs)}
             report[name] = entry
             print(f"\n{name} (median of {args.repeats} fresh processes)")
             print(f"  {'stage':<28}{'cumulative ms':>14}{'peak RSS MiB':>14}")
@@ -92,6 +96,8 @@ def main() -> None:
                 print(f"  {s['stage']:<28}{s['ms']:>14.1f}{s['peak_rss_mib']:>14.1f}")
             print(f"  warm inference: median {entry['invoke_ms_median']:.2f} ms, min {entry['invoke_ms_min']:.2f} ms; "
                   f"peak RSS {entry['peak_rss_mib']:.1f} MiB")
+            print(f"  RSS at the end: {entry['anonymous_mib']:.1f} MiB anonymous (the process's own) + "
+                  f"{entry['file_backed_mib']:.1f} MiB file-backed (shared libraries, the mapped model: clean, shareable, reclaimable)")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")
 

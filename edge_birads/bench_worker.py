@@ -54,6 +54,25 @@ def peak_rss_mib() -> float:
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 
 
+def rss_split_mib() -> dict[str, float]:
+    """Current RSS split: anonymous (the process's own; never evicted without swap) and file-backed.
+
+    File-backed pages (shared libraries, a mapped model) are clean and can be
+    reclaimed under memory pressure, which makes the peak of a process with a
+    large library (TensorFlow) vary with what else runs on the machine.
+    """
+    out = {}
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                key = line.split(":")[0]
+                if key in ("RssAnon", "RssFile"):
+                    out["anon_mib" if key == "RssAnon" else "file_mib"] = round(int(line.split()[1]) / 1024.0, 2)
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
 def timed_loop(job: dict, classify_one: Callable[[str], tuple[float, float, float]]) -> dict:
     """Cold first image, then warm-up, then ``n`` timed images cycling through the list.
 
@@ -70,7 +89,7 @@ def timed_loop(job: dict, classify_one: Callable[[str], tuple[float, float, floa
         for stage, seconds in zip(STAGES, (decode, preprocess, inference, decode + preprocess + inference)):
             samples[stage].append(round(seconds * 1000.0, 4))
         emit("progress", str(i + 1))
-    return {"samples_ms": samples, "peak_rss_mib": round(peak_rss_mib(), 2)}
+    return {"samples_ms": samples, "peak_rss_mib": round(peak_rss_mib(), 2), "rss_end": rss_split_mib()}
 
 
 def run_tflite(job: dict) -> dict:

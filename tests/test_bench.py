@@ -42,6 +42,7 @@ def check_ok_engine(engine: dict) -> None:
         assert set(stats) == STAT_KEYS
         assert 0 < stats["min"] <= stats["p50"] <= stats["p95"] <= stats["max"]
     assert engine["peak_rss_mib"] > 10  # a whole Python process with numpy and OpenCV
+    assert 0 < engine["rss_anon_mib"] < engine["peak_rss_mib"]
     assert engine["cold_start_s"] > 0
 
 
@@ -89,7 +90,7 @@ def test_table_lists_every_engine_and_the_paper(tmp_path):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     int8_rows = [line for line in lines if line.startswith("int8 TFLite ")]
-    assert len(int8_rows) == 1 and len(int8_rows[0].split()) == 2 + 8, int8_rows
+    assert len(int8_rows) == 1 and len(int8_rows[0].split()) == 2 + 9, int8_rows
     for name in ENGINES[1:]:
         assert any(line.startswith(name) and "skipped:" in line for line in lines), name
     assert any("keras_config" in line for line in lines if line.startswith("float32 TFLite"))
