@@ -40,6 +40,9 @@ echo "== 5. where the time and memory go (stages; XNNPACK on/off; Flatten vs GAP
 python benchmarks/where_it_goes.py --image "$work/images/synthetic-1024.png" --model "$model" \
     --model "$work/models/paper-cnn-gap.tflite" --repeats 5 --json "$out/where-it-goes.json" | tee "$out/where-it-goes.txt"
 
+echo "== 5b. PNG decode, import costs, sha256: the alternatives RESULTS.md weighs"
+python benchmarks/alternatives.py --image "$work/images/synthetic-1024.png" --model "$model" | tee "$out/alternatives.txt"
+
 echo "== 6. Raspberry Pi 4 estimate (not a measurement)"
 python benchmarks/pi4_estimate.py --model "$model" 2>/dev/null | tee "$out/pi4-estimate.txt"
 
