@@ -135,3 +135,21 @@ def test_synthetic_image_is_a_1024_png_that_the_runtime_reads(tmp_path):
     image = read_file(bench.synthetic_mammogram(tmp_path / "s.png"))
     assert image.shape == (1024, 1024) and image.dtype.name == "uint8"
     assert 0 < (image > 0).mean() < 1  # a breast-like region on a black background
+
+
+def test_float_model_without_a_card_borrows_the_int8_card(tmp_path, monkeypatch):
+    """--float-model with no card beside it runs with the int8 card and the file's own sha256.
+
+    Any TFLite with the same input and output runs this path; the bundled model stands in for a
+    float32 file here so the test needs no TensorFlow.
+    """
+    monkeypatch.setattr(bench, "tensorflow_installed", lambda: False)
+    other = tmp_path / "other.tflite"
+    shutil.copyfile(default_model_path(), other)
+    result = run("--n", "2", "--warmup", "0", "--float-model", str(other), "--format", "json")
+    assert result.exit_code == 0, result.output
+    engines = json.loads(result.output)["engines"]
+    check_ok_engine(engines[1])
+    assert engines[1]["model"] == str(other)
+    assert engines[2]["status"] == "skipped"
+    assert not card_path_for(other).exists()  # the borrowed card lives in a temporary folder
