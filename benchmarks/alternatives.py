@@ -32,6 +32,10 @@ def timed(function, repeats: int) -> tuple[float, float]:
     return statistics.median(samples), min(samples)
 
 
+def show(label: str, median_min: tuple[float, float]) -> None:
+    print(f"  {label:<20}{median_min[0]:6.2f} / {median_min[1]:6.2f}")
+
+
 def idat(data: bytes) -> bytes:
     """The concatenated zlib stream of a PNG."""
     position, chunks = 8, []
@@ -63,27 +67,29 @@ def main() -> None:
     import cv2
     import numpy as np
 
-    data = open(args.image, "rb").read()
+    with open(args.image, "rb") as handle:
+        data = handle.read()
     buffer = np.frombuffer(data, np.uint8)
     stream = idat(data)
     print(f"PNG decode of {args.image} ({len(data):,} bytes), ms median / min:")
-    print("  cv2.imdecode        %6.2f / %6.2f" % timed(lambda: cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED), args.repeats))
-    print("  zlib inflate only   %6.2f / %6.2f" % timed(lambda: zlib.decompress(stream), args.repeats))
+    show("cv2.imdecode", timed(lambda: cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED), args.repeats))
+    show("zlib inflate only", timed(lambda: zlib.decompress(stream), args.repeats))
     try:
         from PIL import Image
 
-        print("  Pillow              %6.2f / %6.2f" % timed(lambda: np.asarray(Image.open(io.BytesIO(data))), args.repeats))
+        show("Pillow", timed(lambda: np.asarray(Image.open(io.BytesIO(data))), args.repeats))
     except ImportError:
         print("  Pillow              not installed")
     print("import cost after numpy, fresh process (MiB of peak RSS):")
     for module in ("cv2", "PIL.Image", "hashlib", "click"):
-        done = subprocess.run([sys.executable, "-c", IMPORT_COST, module], capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-c", IMPORT_COST, module], capture_output=True, text=True, check=False)
         print(f"  {module:<12} {done.stdout.strip() or 'not installed'}")
-    model = open(args.model, "rb").read()
+    with open(args.model, "rb") as handle:
+        model = handle.read()
     import hashlib
 
     print(f"sha256 of the model ({len(model):,} bytes), ms median / min:")
-    print("  hashlib (OpenSSL)   %6.2f / %6.2f" % timed(lambda: hashlib.sha256(model).hexdigest(), 5))
+    show("hashlib (OpenSSL)", timed(lambda: hashlib.sha256(model).hexdigest(), 5))
     builtin = None
     for name in ("_sha2", "_sha256"):  # Python >= 3.12 / <= 3.11
         try:
@@ -92,7 +98,7 @@ def main() -> None:
         except ImportError:
             continue
     if builtin is not None:
-        print("  built-in (no SSL)   %6.2f / %6.2f" % timed(lambda: builtin(model).hexdigest(), 5))
+        show("built-in (no SSL)", timed(lambda: builtin(model).hexdigest(), 5))
 
 
 if __name__ == "__main__":

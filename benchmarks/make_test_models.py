@@ -23,7 +23,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 LABELS = ["BI-RADS 1", "BI-RADS 2-3", "BI-RADS 4-5"]
 

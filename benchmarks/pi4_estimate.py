@@ -71,11 +71,11 @@ def main() -> None:
     print(f"model: {args.model}")
     print(f"MACs per inference: {total / 1e6:.1f} M (conv {macs['conv'] / 1e6:.1f} M, dense {macs['dense'] / 1e6:.1f} M)")
     print(f"reference: {REFERENCE['model']}, {REFERENCE['macs'] / 1e6:.0f} M MACs, {REFERENCE['ms']:.1f} ms; {REFERENCE['source']}")
-    print(f"ESTIMATE, Raspberry Pi 4, int8 inference only (not measured):")
+    print("ESTIMATE, Raspberry Pi 4, int8 inference only (not measured):")
     print(f"  4 threads @ 1950 MHz: {four_overclocked:6.1f} ms   (MAC ratio {scale:.2f})")
     print(f"  4 threads @ 1500 MHz: {four_stock:6.1f} ms")
     print(f"  1 thread  @ 1500 MHz: {one_stock:6.1f} ms   (assumes x{ONE_THREAD_FACTOR:.0f} for one thread instead of four)")
-    print(f"  the paper reported 120 ms per inference on its own hardware")
+    print("  the paper reported 120 ms per inference on its own hardware")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ import os
 import resource
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 STAGES = ("decode", "preprocess", "inference", "total")
 
@@ -135,14 +136,13 @@ def limit_tensorflow_threads(threads: int) -> None:
 def run_keras(job: dict) -> dict:
     """The float Keras model in TensorFlow: the baseline the paper compared against."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
     import numpy as np
 
     from edge_birads.card import load_card
     from edge_birads.classifier import to_prediction
     from edge_birads.decode import read_file
     from edge_birads.preprocess import prepare
-
-    import keras
 
     limit_tensorflow_threads(job["threads"])
     card = load_card(job["card_model"])
@@ -210,7 +210,6 @@ def int8_weights_as_float(model_path: str) -> list[tuple[Any, Any]]:
             kernel_index, bias_index = int(op["inputs"][1]), int(op["inputs"][2]) if len(op["inputs"]) > 2 else -1
             out_channels = int(details[kernel_index]["shape"][0])
             weights.append((dequantized(kernel_index, out_channels), dequantized(bias_index, out_channels)))
-    del interpreter
     return weights
 
 
@@ -241,7 +240,8 @@ def run_prepare(job: dict) -> dict:
     import tensorflow as tf
 
     limit_tensorflow_threads(job["threads"])
-    card_data = json.loads(open(job["card"], encoding="utf-8").read())
+    with open(job["card"], encoding="utf-8") as handle:
+        card_data = json.load(handle)
     model = keras.models.model_from_json(json.dumps(card_data["keras_config"]))
     layers = [layer for layer in model.layers if layer.weights]
     source = "random initialisation (speed and memory do not depend on weight values)"

@@ -95,7 +95,7 @@ def test_table_lists_every_engine_and_the_paper(tmp_path):
         assert any(line.startswith(name) and "skipped:" in line for line in lines), name
     reason = "keras_config" if bench.tensorflow_installed() else bench.NO_TENSORFLOW
     assert any(reason in line for line in lines if line.startswith("float32 TFLite"))
-    assert any(line.startswith("paper, lightweight CNN") and "120 ms" in line and "127 MB" in line for line in lines)
+    assert any(line.startswith("paper, lightweight CNN (per inference)") and "120 ms" in line and "127 MB" in line for line in lines)
     assert any(line.startswith("paper, baseline") and "450 MB" in line for line in lines)
     assert any(line.startswith("ratio baseline / int8") for line in lines)
     assert lines[-1] == DISCLAIMER
