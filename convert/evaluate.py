@@ -100,14 +100,16 @@ def convert_model(
     result = export.parity(export.keras_predict(model, x_held), export.TfliteModel(int8).predict(x_held))
     conversion = Conversion(int8_path, float_path, result, versions, problems, len(representative))
     log.info(
-        "int8 %s (%.1f MB), ops %s; parity on %d held-out images: top-1 agreement %.3f, max |dp| %.4f",
-        int8_path, len(int8) / 1e6, versions, result.n_images, result.top1_agreement, result.max_abs_prob_diff,
+        "int8 %s (%.1f MB), ops %s; parity on %d held-out images: top-1 agreement %.3f (%.3f without %d near-ties), "
+        "max |dp| %.4f",
+        int8_path, len(int8) / 1e6, versions, result.n_images, result.top1_agreement, result.decisive_agreement,
+        result.n_near_ties, result.max_abs_prob_diff,
     )
     if problems and not allow_new_ops:
         raise ParityError(f"ops too new for tflite-runtime 2.14: {', '.join(problems)}")
     if not result.ok(min_agreement, max_diff):
         raise ParityError(
-            f"poor int8 parity: top-1 agreement {result.top1_agreement:.3f} (need >= {min_agreement}), "
+            f"poor int8 parity: top-1 agreement {result.decisive_agreement:.3f} on images without near-ties (need >= {min_agreement}), "
             f"max probability difference {result.max_abs_prob_diff:.4f} (need <= {max_diff})"
         )
     return conversion
@@ -304,7 +306,8 @@ def summary_markdown(card: dict) -> str:
     par = card.get("parity") or {}
     if par:
         lines.append(
-            f"Parity int8 vs float Keras on {par['n_images']} held-out images: top-1 agreement {par['top1_agreement']:.3f}, "
+            f"Parity int8 vs float Keras on {par['n_images']} held-out images: top-1 agreement {par['top1_agreement']:.3f} "
+            f"({par.get('decisive_agreement', par['top1_agreement']):.3f} without {par.get('n_near_ties', 0)} near-ties), "
             f"max probability difference {par['max_abs_prob_diff']:.4f}."
         )
     return "\n".join(lines) + "\n"
