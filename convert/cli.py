@@ -7,6 +7,8 @@ Examples (from the repository root)::
     python -m convert convert --run runs/paper --out runs/paper/paper.tflite
     python -m convert evaluate --run runs/paper --model runs/paper/paper.tflite
     python -m convert build --config ci --out runs/ci/ci      # a tiny pipeline check (CI)
+    python -m convert report --model edge_birads/models/default.tflite --data mias --run runs/default --out runs/report
+    python -m convert cv --config gap --folds 5 --out runs/cv-gap
 
 Exit codes: 0 success, 1 failed parity / conversion check, 2 usage or data errors.
 """
@@ -71,6 +73,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="model path without suffix: writes OUT.tflite and OUT.json")
     p.add_argument("--work", help="run directory for the Keras model, history, float32 TFLite (default runs/<name>)")
     _add_conversion_options(p)
+
+    p = sub.add_parser("report", help="evaluation report (Markdown, JSON, PNGs) of a .tflite on any labelled set")
+    p.add_argument("--model", required=True, help=".tflite with its card beside it")
+    p.add_argument("--data", required=True, help="mias | cbis | cbis-dicom | paper:PATH | paper4:PATH | synthetic (comma-separated)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--run", help="run directory: report only its test patients and plot its training curves")
+    p.add_argument("--all", action="store_true", help="with --run: report every image, training ones included")
+
+    p = sub.add_parser("cv", help="k-fold cross-validation by patient of a configuration")
+    _add_training_options(p)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--out", required=True, help="folder for cv.json and cv.md")
     return parser.parse_args(argv)
 
 
@@ -185,11 +199,31 @@ def cmd_build(args, argv) -> int:
     return 0
 
 
+def cmd_report(args, argv) -> int:
+    from convert.report import make_report
+
+    result = make_report(args.model, args.data, args.out, args.run, args.all)
+    print((Path(args.out) / "report.md").read_text())
+    log.info("report of %d images written to %s", result["data"]["images"], args.out)
+    return 0
+
+
+def cmd_cv(args, argv) -> int:
+    from convert.crossval import cross_validate
+
+    cross_validate(_config_from(args), args.folds, args.out)
+    print((Path(args.out) / "cv.md").read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_tensorflow()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     args = parse_args(argv)
-    handlers = {"train": cmd_train, "convert": cmd_convert, "evaluate": cmd_evaluate, "build": cmd_build}
+    handlers = {
+        "train": cmd_train, "convert": cmd_convert, "evaluate": cmd_evaluate, "build": cmd_build,
+        "report": cmd_report, "cv": cmd_cv,
+    }
     try:
         return handlers[args.command](args, argv)
     except (FileNotFoundError, ValueError) as exc:

@@ -134,3 +134,50 @@ def test_synthetic_fallback_builds_an_honestly_labelled_model(tmp_path: Path) ->
     assert card["training"]["data"]["synthetic"] is True
     assert "SYNTHETIC" in card["description"]
     assert set(card["metrics"]["test"]) == {"pooled", "synthetic"}
+
+
+def test_report_on_a_paper_style_class_folder_tree(built, tmp_path: Path) -> None:
+    from convert.data import make_synthetic
+
+    _, model_path, _ = built
+    tree = tmp_path / "tree"
+    folders = {"BI-RADS 1": "1", "BI-RADS 2-3": "3", "BI-RADS 4-5": "5"}
+    for record in make_synthetic(tmp_path / "gen", n_patients=6, size=64, seed=5):
+        target = tree / folders[record.label] / Path(record.path).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(record.path, target)
+    (tree / "5" / "corrupt.png").write_bytes(b"not an image")
+    out = tmp_path / "report"
+    assert cli.main(["report", "--model", str(model_path), "--data", f"paper:{tree}", "--out", str(out)]) == 0
+    result = json.loads((out / "report.json").read_text())
+    assert result["pooled"]["n_images"] == 12  # the corrupt file is skipped, not fatal
+    assert result["pooled"]["per_class"]["BI-RADS 4-5"]["support"] == 4
+    for name in ("report.md", "confusion_matrix.png", "roc.png"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_report_on_the_run_test_patients_plots_training_curves(built, tmp_path: Path) -> None:
+    _, model_path, work = built
+    data_spec = json.loads((work / "config.json").read_text())["data"]
+    if data_spec == "auto":
+        from convert.data import data_root
+
+        data_spec = "mias,cbis" if (data_root() / "mini-mias" / "labels.csv").is_file() else "synthetic"
+    if data_spec == "synthetic":
+        pytest.skip("shared data absent: the run used synthetic images regenerated per call")
+    out = tmp_path / "report"
+    assert cli.main(["report", "--model", str(model_path), "--data", data_spec, "--run", str(work), "--out", str(out)]) == 0
+    result = json.loads((out / "report.json").read_text())
+    card = json.loads(model_path.with_suffix(".json").read_text())
+    assert result["pooled"]["n_images"] == card["metrics"]["test"]["pooled"]["n_images"]
+    assert result["pooled"]["malignant_vs_rest"]["auc"] == pytest.approx(card["metrics"]["test"]["pooled"]["malignant_vs_rest"]["auc"])
+    assert (out / "training_curves.png").stat().st_size > 0
+
+
+def test_cross_validation_by_patient(tmp_path: Path) -> None:
+    args = ["cv", "--config", "ci", "--data", "synthetic", "--epochs", "1", "--folds", "2", "--out", str(tmp_path)]
+    assert cli.main(args) == 0
+    result = json.loads((tmp_path / "cv.json").read_text())
+    assert len(result["folds"]) == 2
+    assert result["summary"]["auc_pooled"]["n"] == 2
+    assert (tmp_path / "cv.md").read_text().startswith("# 2-fold")
