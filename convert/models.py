@@ -71,3 +71,19 @@ def load_model(path: str):
     import convert.losses  # noqa: F401  registers FocalLoss
 
     return keras.models.load_model(path, compile=False)
+
+
+def baseline_model(run_dir: str | None = None, n_classes: int = 3, image_size: int = 224, head: str = "flatten"):
+    """The Keras baseline for benchmarks: the trained model of ``run_dir`` if it exists,
+    else the same architecture with seeded random weights.
+
+    Timing and memory of a forward pass do not depend on the weights, so the
+    random-weight network is a fair stand-in on machines that never trained
+    (the bundled .tflite ships without its 130 MB Keras file). Returns
+    (model, "trained" | "random-weights").
+    """
+    from pathlib import Path
+
+    if run_dir is not None and (Path(run_dir) / "model.keras").is_file():
+        return load_model(str(Path(run_dir) / "model.keras")), "trained"
+    return build_paper_cnn(n_classes, image_size, head=head, seed=0), "random-weights"
