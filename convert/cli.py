@@ -46,7 +46,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 def _add_conversion_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--representative", type=int, default=200, help="training images used to calibrate int8 (default 200)")
     parser.add_argument("--min-agreement", type=float, default=0.95, help="minimum int8-vs-float top-1 agreement (default 0.95)")
-    parser.add_argument("--max-diff", type=float, default=0.1, help="maximum |probability difference| (default 0.1)")
+    parser.add_argument("--max-diff", type=float, default=0.1, help="limit on the per-image largest |probability difference| at --diff-quantile (default 0.1)")
+    parser.add_argument("--diff-quantile", type=float, default=0.99, help="quantile of images the --max-diff limit applies to (default 0.99; 1.0 = every image)")
     parser.add_argument("--allow-new-ops", action="store_true", help="accept ops tflite-runtime 2.14 cannot run")
 
 
@@ -60,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = sub.add_parser("convert", help="int8 + float32 TFLite of a run's model, with the parity check")
     p.add_argument("--run", required=True, help="run directory written by train")
-    p.add_argument("--out", help="int8 .tflite path (default RUN/model_int8.tflite); float32 goes beside it as *_float32.tflite")
+    p.add_argument("--out", help="int8 .tflite path (default RUN/model_int8.tflite); the float32 one goes to RUN/<name>_float32.tflite")
     _add_conversion_options(p)
 
     p = sub.add_parser("evaluate", help="metrics of a .tflite on the run's test patients, and its model card")
@@ -118,8 +119,9 @@ def _load_run(run_dir: Path):
     return config, load_model(str(run_dir / "model.keras")), load_run_data(run_dir)
 
 
-def float_path_for(int8_path: Path) -> Path:
-    return int8_path.with_name(int8_path.stem + "_float32.tflite")
+def float_path_for(int8_path: Path, run_dir: Path) -> Path:
+    """The float32 twin lives in the run directory, never beside a bundled model."""
+    return run_dir / f"{int8_path.stem}_float32.tflite"
 
 
 def cmd_convert(args, argv) -> int:
@@ -130,8 +132,8 @@ def cmd_convert(args, argv) -> int:
     out = Path(args.out) if args.out else run_dir / "model_int8.tflite"
     try:
         conversion = convert_model(
-            model, data, out, float_path_for(out), args.representative, args.min_agreement, args.max_diff,
-            seed=config.seed, allow_new_ops=args.allow_new_ops,
+            model, data, out, float_path_for(out, run_dir), args.representative, args.min_agreement, args.max_diff,
+            seed=config.seed, allow_new_ops=args.allow_new_ops, diff_quantile=args.diff_quantile,
         )
     except ParityError as exc:
         log.error("%s", exc)
@@ -176,8 +178,9 @@ def cmd_build(args, argv) -> int:
     model, data = train(config, work, command=command)
     try:
         conversion = convert_model(
-            model, data, int8_path, work / f"{int8_path.stem}_float32.tflite", args.representative,
+            model, data, int8_path, float_path_for(int8_path, work), args.representative,
             args.min_agreement, args.max_diff, seed=config.seed, allow_new_ops=args.allow_new_ops,
+            diff_quantile=args.diff_quantile,
         )
     except ParityError as exc:
         log.error("%s", exc)
@@ -189,7 +192,6 @@ def cmd_build(args, argv) -> int:
         int8_path, data, config, evaluation, conversion.to_dict(), describe(model), command,
         training_seconds=history.get("training_seconds"),
     )
-    card["conversion"]["float32_tflite"] = str(work / f"{int8_path.stem}_float32.tflite")
     card["training"]["build_seconds"] = round(time.perf_counter() - started, 1)
     path = write_card(card, int8_path)
     report = summary_markdown(card)

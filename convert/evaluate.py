@@ -42,12 +42,19 @@ class Conversion:
     op_versions: dict[str, int]
     tflite_214_problems: list[str]
     n_representative: int
+    n_over_max_diff: int = 0
+    max_diff: float = 0.1
+    min_agreement: float = 0.95
 
     def to_dict(self) -> dict:
         return {
             "int8": str(self.int8_path),
             "float32": str(self.float_path),
-            "parity": self.parity.to_dict(),
+            "parity": {
+                **self.parity.to_dict(),
+                "gate": {"min_decisive_agreement": self.min_agreement, "max_quantile_diff": self.max_diff},
+                "n_images_over_max_diff": self.n_over_max_diff,
+            },
             "op_versions": self.op_versions,
             "tflite_runtime_2_14_problems": self.tflite_214_problems,
             "n_representative": self.n_representative,
@@ -76,6 +83,7 @@ def convert_model(
     max_diff: float = 0.1,
     seed: int = 0,
     allow_new_ops: bool = False,
+    diff_quantile: float = 0.99,
 ) -> Conversion:
     """Write the int8 and float32 TFLite files and check int8-vs-Keras parity.
 
@@ -97,20 +105,23 @@ def convert_model(
     ]
     held = held_out_indices(data)
     x_held = data.images[held]
-    result = export.parity(export.keras_predict(model, x_held), export.TfliteModel(int8).predict(x_held))
-    conversion = Conversion(int8_path, float_path, result, versions, problems, len(representative))
+    reference = export.keras_predict(model, x_held)
+    candidate = export.TfliteModel(int8).predict(x_held)
+    result = export.parity(reference, candidate, diff_quantile=diff_quantile)
+    n_over = result.n_over(reference, candidate, max_diff)
+    conversion = Conversion(int8_path, float_path, result, versions, problems, len(representative), n_over, max_diff, min_agreement)
     log.info(
         "int8 %s (%.1f MB), ops %s; parity on %d held-out images: top-1 agreement %.3f (%.3f without %d near-ties), "
-        "max |dp| %.4f",
+        "max |dp| %.4f (%d images over %.2f), %g quantile %.4f",
         int8_path, len(int8) / 1e6, versions, result.n_images, result.top1_agreement, result.decisive_agreement,
-        result.n_near_ties, result.max_abs_prob_diff,
+        result.n_near_ties, result.max_abs_prob_diff, n_over, max_diff, diff_quantile, result.quantile_abs_prob_diff,
     )
     if problems and not allow_new_ops:
         raise ParityError(f"ops too new for tflite-runtime 2.14: {', '.join(problems)}")
     if not result.ok(min_agreement, max_diff):
         raise ParityError(
             f"poor int8 parity: top-1 agreement {result.decisive_agreement:.3f} on images without near-ties (need >= {min_agreement}), "
-            f"max probability difference {result.max_abs_prob_diff:.4f} (need <= {max_diff})"
+            f"{diff_quantile:g} quantile of the largest probability difference {result.quantile_abs_prob_diff:.4f} (need <= {max_diff})"
         )
     return conversion
 
@@ -308,6 +319,8 @@ def summary_markdown(card: dict) -> str:
         lines.append(
             f"Parity int8 vs float Keras on {par['n_images']} held-out images: top-1 agreement {par['top1_agreement']:.3f} "
             f"({par.get('decisive_agreement', par['top1_agreement']):.3f} without {par.get('n_near_ties', 0)} near-ties), "
-            f"max probability difference {par['max_abs_prob_diff']:.4f}."
+            f"max probability difference {par['max_abs_prob_diff']:.4f} ({par.get('n_images_over_max_diff', 0)} images over "
+            f"{(par.get('gate') or {}).get('max_quantile_diff', 0.1)}; {par.get('diff_quantile', 1.0):g} quantile "
+            f"{par.get('quantile_abs_prob_diff', par['max_abs_prob_diff']):.4f})."
         )
     return "\n".join(lines) + "\n"

@@ -104,6 +104,7 @@ def test_convert_command_fails_on_poor_parity_and_evaluate_rewrites_the_card(bui
     assert cli.main(["convert", "--run", str(work), "--out", str(strict), "--max-diff", "0"]) == 1
     good = tmp_path / "again.tflite"
     assert cli.main(["convert", "--run", str(work), "--out", str(good)]) == 0
+    assert (work / "again_float32.tflite").is_file() and not (tmp_path / "again_float32.tflite").exists()
     assert cli.main(["evaluate", "--run", str(work), "--model", str(good), "--no-keras"]) == 0
     assert load_card(good).sha256 == export_sha(good)
 
