@@ -138,7 +138,8 @@ def cmd_convert(args, argv) -> int:
     except ParityError as exc:
         log.error("%s", exc)
         return 1
-    (run_dir / "conversion.json").write_text(json.dumps(conversion.to_dict(), indent=1) + "\n")
+    record = {**conversion.to_dict(), "command": _command_line(argv)}
+    (run_dir / "conversion.json").write_text(json.dumps(record, indent=1) + "\n")
     return 0
 
 
@@ -155,8 +156,14 @@ def cmd_evaluate(args, argv) -> int:
     evaluation = evaluate_model(args.model, data, config.referral_sensitivity, None if args.no_keras else model, seed=config.seed)
     card = build_card(
         args.model, data, config, evaluation, conversion, describe(model), training_command,
-        training_seconds=history.get("training_seconds"),
+        training_seconds=history.get("training_seconds"), keras_config=json.loads(model.to_json()),
     )
+    # Separate steps: say which commands made the weights, the .tflite and this card.
+    card["training"]["provenance"] = {
+        "weights": training_command,
+        "tflite": conversion.get("command", "not recorded (converted before commands were recorded)"),
+        "card": _command_line(argv),
+    }
     path = write_card(card, args.model)
     (run_dir / "report.md").write_text(summary_markdown(card))
     log.info("card written to %s; report in %s", path, run_dir / "report.md")
@@ -190,7 +197,7 @@ def cmd_build(args, argv) -> int:
     evaluation = evaluate_model(int8_path, data, config.referral_sensitivity, model, seed=config.seed)
     card = build_card(
         int8_path, data, config, evaluation, conversion.to_dict(), describe(model), command,
-        training_seconds=history.get("training_seconds"),
+        training_seconds=history.get("training_seconds"), keras_config=json.loads(model.to_json()),
     )
     card["training"]["build_seconds"] = round(time.perf_counter() - started, 1)
     path = write_card(card, int8_path)

@@ -194,8 +194,13 @@ def build_card(
     command: str,
     name: str | None = None,
     training_seconds: float | None = None,
+    keras_config: dict | None = None,
 ) -> dict:
-    """Assemble the model card (every field of card_example.json, plus what else was measured)."""
+    """Assemble the model card (every field of card_example.json, plus what else was measured).
+
+    ``keras_config`` (``json.loads(model.to_json())``) lets the benchmark rebuild the same network in
+    TensorFlow as its float baseline without shipping float weights.
+    """
     tflite_path = Path(tflite_path)
     model = export.TfliteModel(tflite_path)
     malignant = data.malignant_labels()[0]
@@ -266,6 +271,7 @@ def build_card(
         "size_bytes": tflite_path.stat().st_size,
         "versions": versions(),
         "intended_use": DISCLAIMER,
+        "keras_config": keras_config,
     }
     if "test_keras_float32" in evaluation:
         card["metrics"]["test_keras_float32"] = evaluation["test_keras_float32"]
