@@ -90,3 +90,8 @@ def classify(paths: tuple[str, ...], recursive: bool, fmt: str, model: str | Non
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="edge-birads")
+
+
+from edge_birads.watch_cli import watch  # noqa: E402  (the daemon's logic lives in edge_birads/watch*.py)
+
+cli.add_command(watch)
