@@ -72,18 +72,22 @@ def read_json(path: Path) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def move_durable(source: Path, target: Path) -> None:
-    """Rename ``source`` to ``target`` (same filesystem) and fsync both folders.
+def move_no_replace(source: Path, target: Path, durable: bool = False) -> None:
+    """Rename ``source`` to ``target`` (same filesystem), never replacing a file.
 
     The caller picks a ``target`` that does not exist; rename would silently
-    replace it, and replacing a file in done/ would lose an input.
+    replace it, and replacing a file in done/ would lose an input. The daemon
+    moves an input only after its record is durable, so it does not need the
+    move itself to be durable: a move lost in a power cut leaves the input in
+    the inbox, where the record is found again on restart.
     """
     if os.path.lexists(target):
         raise FileExistsError(f"refusing to replace {target}")
     os.rename(source, target)
-    fsync_dir(target.parent)
-    if source.parent != target.parent:
-        fsync_dir(source.parent)
+    if durable:
+        fsync_dir(target.parent)
+        if source.parent != target.parent:
+            fsync_dir(source.parent)
 
 
 def safe_base(name: str, sha256: str | None) -> str:

@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edge_birads import __version__
-from edge_birads.durable import free_name, move_durable, read_json, sweep_temporaries, write_json_atomic
+from edge_birads.durable import free_name, move_no_replace, read_json, sweep_temporaries, write_json_atomic
 from edge_birads.errors import ModelError, printable_name
 from edge_birads.watch_config import StartupError, WatchConfig, prepare_folders
 from edge_birads.watch_inbox import EventSource, InboxTracker, probe
@@ -164,6 +164,7 @@ class WatchDaemon:
                 f"previous run stopped while classifying {printable_name(previous.name)} "
                 f"(attempt {previous.attempts} of {config.max_attempts}); resuming"
             )
+            self.recover_index(previous.name, previous.sha256)
         self.log.info(
             f"watching {config.inbox} ({self.mode}, stable {config.stable_seconds:g} s); results to {config.results}, "
             f"done to {config.done}, failed to {config.failed}; model {self.classifier.card.name} "
@@ -197,6 +198,18 @@ class WatchDaemon:
         self.log.info(f"{name} received: no image in progress, stopping")
         self.shutdown()
         return EXIT_OK
+
+    def recover_index(self, name: str, sha: str) -> None:
+        """Index a result the previous run wrote just before it died.
+
+        Without this, a copy of that content processed before the original
+        file itself would not find it in the index and would run the model
+        a second time.
+        """
+        lookup = find_record(self.config.results, name, sha, RESULT_SUFFIX)
+        if lookup.found is not None:
+            record = read_json(lookup.found) or {}
+            self.guard_output(f"indexing {printable_name(name)}", lambda: self.index.add(sha, name, record))
 
     def shutdown(self) -> None:
         if self.source is not None:
@@ -352,7 +365,7 @@ class WatchDaemon:
         source = self.config.inbox / name
         target = free_name(self.config.done, name, sha)
         self.activity.context = f"moving {printable_name(name)} to done"
-        self.guard_output(f"moving {source} to {target}", lambda: move_durable(source, target))
+        self.guard_output(f"moving {source} to {target}", lambda: move_no_replace(source, target))
         self.tracker.forget(name)
         self.inflight.clear(name, sha)
         self._dirty = True
@@ -388,7 +401,7 @@ class WatchDaemon:
         target = self.config.failed / (slot or name)
         if os.path.lexists(target):
             target = free_name(self.config.failed, name, sha)
-        self.guard_output(f"moving {source} to {target}", lambda: move_durable(source, target))
+        self.guard_output(f"moving {source} to {target}", lambda: move_no_replace(source, target))
         self.tracker.forget(name)
         self.inflight.clear(name, sha)
         self._dirty = True

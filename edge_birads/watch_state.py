@@ -76,14 +76,21 @@ class ContentIndex:
         return entry
 
     def add(self, sha256: str, name: str, record: dict) -> None:
-        """Durably record that ``name`` with this content has a result."""
+        """Record that ``name`` with this content has a result.
+
+        Atomic but not fsynced: the result file itself is durable and is found
+        again by :func:`find_record` if a power cut loses this entry; the only
+        cost of a lost entry is that a later copy of the content runs the model
+        again instead of saying ``duplicate_of``. One fsync pair per image is
+        what the daemon pays for durability (fsync takes milliseconds on SD cards).
+        """
         entry = self.get(sha256)
         if entry is None:
             entry = {"sha256": sha256, "first": name, "model_sha256": record.get("model_sha256"), "record": record, "names": []}
         if name in entry["names"]:
             return
         entry["names"].append(name)
-        write_json_atomic(self.path(sha256), entry, durable=True)
+        write_json_atomic(self.path(sha256), entry, durable=False)
 
 
 @dataclass(frozen=True)
