@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from watch_support import Daemon, check_exactly_once, png_bytes, write_atomically
+from watch_support import Daemon, check_exactly_once, png_bytes, sha256, wait_for, write_atomically
 
 KILLS = 12
 
@@ -59,3 +59,38 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, 
     assert len(inputs) > 300 and bad
     check_exactly_once(daemon, inputs, bad)
     assert "Traceback" not in daemon.log_text()
+
+
+def test_each_crash_window_is_resumed_without_a_second_record(tmp_path: Path) -> None:
+    """The on-disk states a kill or power cut can leave between two steps, made by hand:
+    (a) result and index written, move to done/ lost; (b) result written, index entry and
+    move lost; (c) failure reason written, move to failed/ lost; (d) a half-written temp file."""
+    daemon = Daemon(tmp_path)
+    inputs = {"a.png": png_bytes(1), "b.png": png_bytes(2), "bad.png": b"not an image"}
+    for name, data in inputs.items():
+        (daemon.inbox / name).write_bytes(data)
+    daemon.start()
+    daemon.wait_all(3)
+    assert daemon.stop() == 0
+    index = daemon.results / ".edge-birads" / "content"
+    (daemon.done / "a.png").rename(daemon.inbox / "a.png")  # (a)
+    (daemon.done / "b.png").rename(daemon.inbox / "b.png")  # (b)
+    (index / f"{sha256(inputs['b.png'])}.json").unlink()
+    (daemon.failed / "bad.png").rename(daemon.inbox / "bad.png")  # (c)
+    torn = daemon.results / ".eb-tmp-999-a.png.json"  # (d)
+    torn.write_text('{"file": "a.p')
+    daemon.start()
+    daemon.wait_all(3)
+    wait_for(lambda: "failure was recorded by an earlier run" in daemon.log_text(), daemon=daemon, what="the failure resumed")
+    # Then the same content as b under a new name: the rebuilt index answers it, no model run.
+    inputs["c.png"] = inputs["b.png"]
+    write_atomically(daemon.inbox, "c.png", inputs["c.png"])
+    daemon.wait_all(4)
+    assert daemon.stop() == 0
+    log = daemon.log_text()
+    assert "a.png: already reported by an earlier run" in log
+    assert "b.png: result b.png.json was written by an earlier run" in log
+    assert "bad.png: failure was recorded by an earlier run" in log
+    assert "c.png: same content as b.png" in log
+    assert not torn.exists()
+    check_exactly_once(daemon, inputs, bad={"bad.png"})
