@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -62,6 +63,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=5000, help="number of images [5000]")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels [256]")
     parser.add_argument("--poll", action="store_true", help="run the daemon with --poll")
+    parser.add_argument("--stream", action="store_true", help="deliver the images while the daemon runs (50 every 0.2 s) instead of before")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", default=None, help="a .tflite with its card; default: the bundled model")
     parser.add_argument("--workdir", default=None, help="where to make the folders [a temporary folder]")
@@ -73,15 +75,23 @@ def main() -> int:
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="eb-daemon-bench-"))
     inbox, results = work / "inbox", work / "results"
     inbox.mkdir(parents=True, exist_ok=False)
-    print(f"writing {args.n} synthetic {args.size}x{args.size} PNGs to {inbox}", file=sys.stderr)
-    total_bytes = 0
-    for i in range(args.n):
-        data = synthetic_mammogram(i, args.size)
-        total_bytes += len(data)
-        (inbox / f"img-{i:05d}.png").write_bytes(data)
+    images = [synthetic_mammogram(i, args.size) for i in range(args.n)]
+    total_bytes = sum(len(data) for data in images)
+
+    def deliver(start: int, stop: int) -> None:
+        for i in range(start, stop):  # the way receivers hand files over: NAME.part, then rename
+            part = inbox / f"img-{i:05d}.png.part"
+            part.write_bytes(images[i])
+            os.rename(part, inbox / f"img-{i:05d}.png")
+
+    if not args.stream:
+        print(f"writing {args.n} synthetic {args.size}x{args.size} PNGs to {inbox}", file=sys.stderr)
+        deliver(0, args.n)
 
     cmd = [sys.executable, "-m", "edge_birads", "watch", str(inbox), "--results", str(results), "--stable-seconds", "0.5",
            "--heartbeat-seconds", "1", "--threads", str(args.threads)]
+    if args.stream:
+        cmd.append("--inotify")
     if args.poll:
         cmd.append("--poll")
     if args.model:
@@ -93,6 +103,9 @@ def main() -> int:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
     process = psutil.Process(proc.pid)
+    if args.stream:  # images keep arriving while the daemon runs: the queue stays short, memory must stay flat
+        feeder = threading.Thread(target=lambda: [deliver(k, min(k + 50, args.n)) or time.sleep(0.2) for k in range(0, args.n, 50)], daemon=True)
+        feeder.start()
     samples: list[tuple[float, int, int]] = []  # (seconds since start, rss bytes, records so far)
     startup_rss = None
     finished = 0
@@ -133,6 +146,7 @@ def main() -> int:
         "image_size": args.size,
         "input_mib": round(total_bytes / MIB, 1),
         "mode": "poll" if args.poll else "inotify",
+        "delivery": "streamed, 50 every 0.2 s" if args.stream else "all in the inbox before start",
         "threads": args.threads,
         "results": len(records),
         "failures": len(list((work / "failed").glob("*.reason.json"))) if (work / "failed").exists() else 0,
@@ -154,7 +168,8 @@ def main() -> int:
         "cpu_count": os.cpu_count(),
         "command": " ".join(cmd[1:]),
     }
-    print(f"edge-birads watch: {args.n} images ({args.size}x{args.size} PNG, {figures['input_mib']} MiB), {figures['mode']}, threads {args.threads}")
+    print(f"edge-birads watch: {args.n} images ({args.size}x{args.size} PNG, {figures['input_mib']} MiB), {figures['mode']}, "
+          f"threads {args.threads}, {figures['delivery']}")
     print(f"  records: {figures['results']} results, {figures['failures']} failures; exit code after SIGTERM: {code}")
     print(f"  throughput: {figures['images_per_s_processing']} images/s first-to-last result "
           f"({figures['ms_per_image_processing']} ms/image); {figures['images_per_s_wall']} images/s including start-up")

@@ -189,6 +189,7 @@ class WatchDaemon:
                 if self.stop_signal is not None:
                     break
                 self.process(name)
+                self.drain_events(time.monotonic())  # keep the event queue short during a long batch
                 self.write_status("running")
             self.write_status("running")
             if not ready:
