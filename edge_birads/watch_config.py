@@ -204,6 +204,38 @@ def prepare_folders(config: WatchConfig) -> None:
             )
 
 
+LOCK_NAME = ".edge-birads-watch.lock"
+
+
+def lock_inbox(inbox: Path) -> int:
+    """Hold an exclusive lock on the inbox for the life of the process; return its descriptor.
+
+    Two daemons on one inbox would classify the same file twice (each would
+    move it and write a record). The lock is a dotfile in the inbox, which
+    the daemon itself ignores, and is released by the kernel when the process
+    dies, so a crash never leaves a stale lock behind.
+    """
+    import fcntl
+
+    path = inbox / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise StartupError(f"cannot create the lock file {path}: {_reason(exc)}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise StartupError(f"another edge-birads watch (pid {holder}) is already watching {inbox}") from None
+    except OSError as exc:
+        os.close(fd)
+        raise StartupError(f"cannot lock {path}: {_reason(exc)}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
+
+
 def _probe(label: str, folder: Path) -> None:
     probe = folder / f"{TMP_PREFIX}probe-{os.getpid()}"
     try:

@@ -317,3 +317,13 @@ def test_status_file_is_a_heartbeat_while_idle(tmp_path: Path) -> None:
     assert status["state"] == "running" and status["queue_length"] == 0 and status["last_success"] is None
     assert status["model_sha256"] == CARD.sha256
     assert daemon.stop() == 0
+
+
+def test_a_second_daemon_on_the_same_inbox_is_refused(tmp_path: Path) -> None:
+    first = Daemon(tmp_path).start()
+    first.wait_started()
+    second = Daemon(tmp_path)
+    run = subprocess.run(second.command(), capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)))
+    assert run.returncode == 1
+    assert f"another edge-birads watch (pid {first.proc.pid}) is already watching {first.inbox}" in run.stderr
+    assert first.stop() == 0

@@ -40,7 +40,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, 
             else:
                 write_atomically(daemon.inbox, name, data)
             i += 1
-            time.sleep(0.01)
+            time.sleep(0.02)
 
     producer = threading.Thread(target=produce)
     producer.start()
@@ -56,7 +56,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, 
     daemon.wait_all(len(inputs))
     assert daemon.stop() == 0
     assert daemon.starts == KILLS + 1
-    assert len(inputs) > 300 and bad
+    assert len(inputs) > 150 and bad  # files kept arriving through all the kills
     check_exactly_once(daemon, inputs, bad)
     assert "Traceback" not in daemon.log_text()
 

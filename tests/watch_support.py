@@ -119,7 +119,10 @@ class Daemon:
         return [json.loads(p.read_text()) for p in sorted(self.failed.glob("*.reason.json"))]
 
     def inbox_names(self) -> list[str]:
-        return sorted(p.name for p in self.inbox.iterdir()) if self.inbox.exists() else []
+        """What is waiting in the inbox (not the daemon's own lock dotfile)."""
+        if not self.inbox.exists():
+            return []
+        return sorted(p.name for p in self.inbox.iterdir() if p.name != ".edge-birads-watch.lock")
 
     def outcome_count(self) -> int:
         count = 0
