@@ -63,7 +63,9 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=5000, help="number of images [5000]")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels [256]")
     parser.add_argument("--poll", action="store_true", help="run the daemon with --poll")
-    parser.add_argument("--stream", action="store_true", help="deliver the images while the daemon runs (50 every 0.2 s) instead of before")
+    parser.add_argument(
+        "--stream", action="store_true", help="deliver the images while the daemon runs (50 every 0.2 s) instead of before"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", default=None, help="a .tflite with its card; default: the bundled model")
     parser.add_argument("--workdir", default=None, help="where to make the folders [a temporary folder]")
@@ -88,8 +90,21 @@ def main() -> int:
         print(f"writing {args.n} synthetic {args.size}x{args.size} PNGs to {inbox}", file=sys.stderr)
         deliver(0, args.n)
 
-    cmd = [sys.executable, "-m", "edge_birads", "watch", str(inbox), "--results", str(results), "--stable-seconds", "0.5",
-           "--heartbeat-seconds", "1", "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge_birads",
+        "watch",
+        str(inbox),
+        "--results",
+        str(results),
+        "--stable-seconds",
+        "0.5",
+        "--heartbeat-seconds",
+        "1",
+        "--threads",
+        str(args.threads),
+    ]
     if args.stream:
         cmd.append("--inotify")
     if args.poll:
@@ -104,7 +119,9 @@ def main() -> int:
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
     process = psutil.Process(proc.pid)
     if args.stream:  # images keep arriving while the daemon runs: the queue stays short, memory must stay flat
-        feeder = threading.Thread(target=lambda: [deliver(k, min(k + 50, args.n)) or time.sleep(0.2) for k in range(0, args.n, 50)], daemon=True)
+        feeder = threading.Thread(
+            target=lambda: [deliver(k, min(k + 50, args.n)) or time.sleep(0.2) for k in range(0, args.n, 50)], daemon=True
+        )
         feeder.start()
     samples: list[tuple[float, int, int]] = []  # (seconds since start, rss bytes, records so far)
     startup_rss = None
@@ -168,16 +185,24 @@ def main() -> int:
         "cpu_count": os.cpu_count(),
         "command": " ".join(cmd[1:]),
     }
-    print(f"edge-birads watch: {args.n} images ({args.size}x{args.size} PNG, {figures['input_mib']} MiB), {figures['mode']}, "
-          f"threads {args.threads}, {figures['delivery']}")
+    print(
+        f"edge-birads watch: {args.n} images ({args.size}x{args.size} PNG, {figures['input_mib']} MiB), {figures['mode']}, "
+        f"threads {args.threads}, {figures['delivery']}"
+    )
     print(f"  records: {figures['results']} results, {figures['failures']} failures; exit code after SIGTERM: {code}")
-    print(f"  throughput: {figures['images_per_s_processing']} images/s first-to-last result "
-          f"({figures['ms_per_image_processing']} ms/image); {figures['images_per_s_wall']} images/s including start-up")
-    print(f"  model latency per image (decode+preprocess+inference): p50 {figures['model_latency_ms_p50']} ms, "
-          f"p95 {figures['model_latency_ms_p95']} ms; the rest is hashing, fsync'd result writes and moves")
-    print(f"  RSS: {figures['rss_mib_after_startup']} MiB after start-up, peak {figures['rss_mib_peak']} MiB, "
-          f"steady {figures['rss_mib_steady_median_2nd_half']} MiB (median, 2nd half); "
-          f"{figures['rss_mib_at_10pct']} MiB at 10% -> {figures['rss_mib_at_100pct']} MiB at 100%")
+    print(
+        f"  throughput: {figures['images_per_s_processing']} images/s first-to-last result "
+        f"({figures['ms_per_image_processing']} ms/image); {figures['images_per_s_wall']} images/s including start-up"
+    )
+    print(
+        f"  model latency per image (decode+preprocess+inference): p50 {figures['model_latency_ms_p50']} ms, "
+        f"p95 {figures['model_latency_ms_p95']} ms; the rest is hashing, fsync'd result writes and moves"
+    )
+    print(
+        f"  RSS: {figures['rss_mib_after_startup']} MiB after start-up, peak {figures['rss_mib_peak']} MiB, "
+        f"steady {figures['rss_mib_steady_median_2nd_half']} MiB (median, 2nd half); "
+        f"{figures['rss_mib_at_10pct']} MiB at 10% -> {figures['rss_mib_at_100pct']} MiB at 100%"
+    )
     if args.json:
         print(json.dumps(figures))
     if args.keep or args.workdir:

@@ -124,6 +124,6 @@ def main() -> None:
     cli(prog_name="edge-birads")
 
 
-from edge_birads.watch_cli import watch  # noqa: E402  (the daemon's logic lives in edge_birads/watch*.py)
+from edge_birads.watch_cli import watch  # the daemon's logic lives in edge_birads/watch*.py
 
 cli.add_command(watch)

@@ -157,7 +157,9 @@ class WatchDaemon:
             except OSError as exc:  # e.g. the inotify watch limit is reached
                 self.mode = "poll"
                 self.scan_interval = min(self.scan_interval, 2.0)
-                self.log.warning(f"inotify unavailable ({exc.strerror or exc}); falling back to polling every {self.scan_interval:g} s")
+                self.log.warning(
+                    f"inotify unavailable ({exc.strerror or exc}); falling back to polling every {self.scan_interval:g} s"
+                )
         previous = self.inflight.previous
         if previous is not None:
             self.log.warning(
@@ -495,7 +497,7 @@ def run_watch(config: WatchConfig, log: EventLog | None = None) -> int:
         daemon.inflight.abandon()  # not the file's fault: do not count it towards quarantine
         log.error(f"cannot go on: {exc}; the input stays in the inbox; exiting {EXIT_IOERR}")
         return EXIT_IOERR
-    except Exception as exc:  # a bug: report where, keep the file, exit so systemd restarts the service
+    except Exception as exc:  # noqa: BLE001  (a bug: report where, keep the file, exit so systemd restarts the service)
         log.error(
             f"internal error while {daemon.activity.context}: {crash_summary(exc)}; "
             f"the input stays in the inbox; exiting {EXIT_SOFTWARE}"

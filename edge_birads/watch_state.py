@@ -149,4 +149,4 @@ class InFlightMarker:
             pass
 
 
-__all__ = ["ContentIndex", "InFlightMarker", "Lookup", "find_record", "safe_base", "RESULT_SUFFIX", "REASON_SUFFIX"]
+__all__ = ["REASON_SUFFIX", "RESULT_SUFFIX", "ContentIndex", "InFlightMarker", "Lookup", "find_record", "safe_base"]

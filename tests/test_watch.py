@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from watch_support import Daemon, check_exactly_once, png_bytes, sha256, wait_for, write_atomically
+from watch_support import Daemon, check_exactly_once, png_bytes, wait_for, write_atomically
 
 from edge_birads.card import load_card
 from edge_birads.classifier import default_model_path
@@ -89,7 +89,10 @@ def test_files_written_slowly_are_never_read_half_written(tmp_path: Path, poll: 
     for i, (name, data) in enumerate(inputs.items()):
         if name == "handover.png":
             part = daemon.inbox / "handover.png.part"
-            target = lambda part=part, data=data: (slow_write(part, data, 8, 0.25, False), os.rename(part, daemon.inbox / "handover.png"))
+            target = lambda part=part, data=data: (
+                slow_write(part, data, 8, 0.25, False),
+                os.rename(part, daemon.inbox / "handover.png"),
+            )
         else:
             # With inotify, close-after-write marks a file complete, so only --poll can take a writer that reopens.
             reopen = poll and i % 2 == 1
@@ -213,7 +216,7 @@ def make_unwritable(folder: Path) -> tuple[list[str], list[str]] | None:
         return [], []
     if shutil.which("chattr") is None:
         return None
-    done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True)
+    done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
     if done.returncode != 0:
         return None
     return ["chattr", "+i", str(folder)], ["chattr", "-i", str(folder)]
@@ -235,7 +238,14 @@ def test_unwritable_results_folder_is_a_clear_error_at_start(tmp_path: Path, pol
     if commands is None:
         pytest.skip("cannot make a folder unwritable for root here (no chattr, or the filesystem lacks +i)")
     try:
-        run = subprocess.run(daemon.command(), capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)))
+        run = subprocess.run(
+            daemon.command(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
+        )
     finally:
         make_writable(daemon.results, commands[1])
     assert run.returncode == 1
@@ -296,7 +306,14 @@ def test_a_bug_exits_non_zero_keeps_the_file_and_a_repeat_offender_is_set_aside(
     (daemon.inbox / "fine.png").write_bytes(png_bytes(12))
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     for _ in range(2):
-        run = subprocess.run([sys.executable, str(runner), *daemon.command()[3:]], capture_output=True, text=True, timeout=120, env=env)
+        run = subprocess.run(
+            [sys.executable, str(runner), *daemon.command()[3:]],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            check=False,
+        )
         assert run.returncode == 70, run.stderr
         assert "internal error while classifying trigger.png: ZeroDivisionError: an injected bug at" in run.stderr
         assert (daemon.inbox / "trigger.png").read_bytes() == data
@@ -323,7 +340,14 @@ def test_a_second_daemon_on_the_same_inbox_is_refused(tmp_path: Path) -> None:
     first = Daemon(tmp_path).start()
     first.wait_started()
     second = Daemon(tmp_path)
-    run = subprocess.run(second.command(), capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)))
+    run = subprocess.run(
+        second.command(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
+    )
     assert run.returncode == 1
     assert f"another edge-birads watch (pid {first.proc.pid}) is already watching {first.inbox}" in run.stderr
     assert first.stop() == 0

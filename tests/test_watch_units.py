@@ -48,7 +48,9 @@ def test_watch_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["watch", str(tmp_path)])
     assert result.exit_code == 2
     assert "no results folder: give --results DIR" in result.output
-    missing = CliRunner().invoke(cli, ["watch", str(tmp_path), "--results", str(tmp_path / "r"), "--config", str(tmp_path / "nope.conf")])
+    missing = CliRunner().invoke(
+        cli, ["watch", str(tmp_path), "--results", str(tmp_path / "r"), "--config", str(tmp_path / "nope.conf")]
+    )
     assert missing.exit_code == 2 and "does not exist" in missing.output
 
 

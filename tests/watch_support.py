@@ -38,14 +38,16 @@ def write_atomically(folder: Path, name: str, data: bytes) -> None:
     os.rename(part, folder / name)
 
 
-def wait_for(predicate, timeout: float = LIVENESS_TIMEOUT, what: str = "condition", daemon: "Daemon | None" = None):
+def wait_for(predicate, timeout: float = LIVENESS_TIMEOUT, what: str = "condition", daemon: Daemon | None = None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         if daemon is not None and daemon.proc is not None and daemon.proc.poll() is not None:
-            raise AssertionError(f"daemon exited with {daemon.proc.returncode} while waiting for {what}:\n{daemon.log_text()[-3000:]}")
+            raise AssertionError(
+                f"daemon exited with {daemon.proc.returncode} while waiting for {what}:\n{daemon.log_text()[-3000:]}"
+            )
         time.sleep(0.1)
     tail = daemon.log_text()[-3000:] if daemon is not None else ""
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
@@ -75,7 +77,7 @@ class Daemon:
             cmd += ["--poll", "--scan-interval", "0.3"]
         return cmd + list(self.extra)
 
-    def start(self) -> "Daemon":
+    def start(self) -> Daemon:
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         env.pop("JOURNAL_STREAM", None)
         with open(self.log_path, "ab") as log:
