@@ -128,7 +128,7 @@ def test_corrupted_and_non_image_files_are_quarantined_with_reasons(tmp_path: Pa
         "truncated.dcm": truncated_dicom(cbis_dicoms[0]),
     }
     expected_reason = {
-        "truncated.png": "not a readable image",
+        "truncated.png": "truncated",
         "text.png": "not a readable image",
         "empty.png": "empty file",
         "notes.txt": "not a readable image",
