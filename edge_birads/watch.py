@@ -377,8 +377,14 @@ class WatchDaemon:
             self.log.info(f"{printable_name(name)}: {note}; moved to done")
 
     def quarantine(self, name: str, sha: str | None, reason: str) -> None:
-        """Reason record durable in failed/, then the input moved beside it."""
-        lookup = find_record(self.config.failed, name, sha, REASON_SUFFIX, slot_must_be_free=True)
+        """Reason record durable in failed/, then the input moved beside it.
+
+        An entry that could not be hashed (a folder, a broken link, an
+        unreadable file) is recognised after a restart by its inode and mtime
+        instead, which a rename keeps and a new arrival of the same name does not.
+        """
+        key = sha if sha is not None else self.entry_identity(name)
+        lookup = find_record(self.config.failed, name, key, REASON_SUFFIX, slot_must_be_free=True)
         if lookup.found is not None:
             return self.finish_failed(name, sha, lookup.slot, reason, earlier=True)
         shown = printable_name(name)
@@ -392,12 +398,20 @@ class WatchDaemon:
             "latency_ms": None,
             "error": reason,
             "sha256": sha,
+            "identity": key,
             "quarantined_as": lookup.slot,
             "processed_at": utc_now(),
         }
         self.activity.context = f"quarantining {shown}"
         self.guard_output(f"writing {lookup.free}", lambda: write_json_atomic(lookup.free, record, durable=True))
         self.finish_failed(name, sha, lookup.slot, reason, earlier=False)
+
+    def entry_identity(self, name: str) -> str | None:
+        try:
+            status = os.lstat(self.config.inbox / name)
+        except OSError:
+            return None
+        return "entry-" + hashlib.sha256(f"{status.st_dev}:{status.st_ino}:{status.st_mtime_ns}".encode()).hexdigest()[:20]
 
     def finish_failed(self, name: str, sha: str | None, slot: str | None, reason: str | None, earlier: bool) -> None:
         source = self.config.inbox / name

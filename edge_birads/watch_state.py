@@ -42,7 +42,8 @@ def find_record(folder: Path, name: str, sha256: str | None, suffix: str, slot_m
     """Walk the fixed slot sequence for ``name`` in ``folder``.
 
     Returns the record of this (name, content) if one exists, else the first
-    free slot. ``slot_must_be_free`` also requires the bare slot name to be
+    free slot. Records are matched on their ``identity`` (the content's sha256,
+    or an inode-based key for entries that cannot be hashed) and ``file``. ``slot_must_be_free`` also requires the bare slot name to be
     unused (failed/ holds the quarantined file at the slot and its reason
     beside it).
     """
@@ -51,7 +52,8 @@ def find_record(folder: Path, name: str, sha256: str | None, suffix: str, slot_m
         record_path = folder / (slot + suffix)
         if os.path.lexists(record_path):
             record = read_json(record_path)
-            if record is not None and record.get("file") == wanted and record.get("sha256") == sha256:
+            identity = record.get("identity", record.get("sha256")) if record is not None else None
+            if record is not None and record.get("file") == wanted and identity == sha256:
                 return Lookup(found=record_path, free=None, slot=slot)
             continue
         if slot_must_be_free and os.path.lexists(folder / slot):

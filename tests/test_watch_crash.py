@@ -69,28 +69,37 @@ def test_each_crash_window_is_resumed_without_a_second_record(tmp_path: Path) ->
     inputs = {"a.png": png_bytes(1), "b.png": png_bytes(2), "bad.png": b"not an image"}
     for name, data in inputs.items():
         (daemon.inbox / name).write_bytes(data)
+    (daemon.inbox / "dir.png").mkdir()  # cannot be hashed: recognised by inode and mtime instead
     daemon.start()
-    daemon.wait_all(3)
+    daemon.wait_all(4)
     assert daemon.stop() == 0
     index = daemon.results / ".edge-birads" / "content"
     (daemon.done / "a.png").rename(daemon.inbox / "a.png")  # (a)
     (daemon.done / "b.png").rename(daemon.inbox / "b.png")  # (b)
     (index / f"{sha256(inputs['b.png'])}.json").unlink()
     (daemon.failed / "bad.png").rename(daemon.inbox / "bad.png")  # (c)
+    (daemon.failed / "dir.png").rename(daemon.inbox / "dir.png")  # (c) for an entry without content
     torn = daemon.results / ".eb-tmp-999-a.png.json"  # (d)
     torn.write_text('{"file": "a.p')
     daemon.start()
-    daemon.wait_all(3)
-    wait_for(lambda: "failure was recorded by an earlier run" in daemon.log_text(), daemon=daemon, what="the failure resumed")
+    daemon.wait_all(4)
+    wait_for(
+        lambda: daemon.log_text().count("failure was recorded by an earlier run") == 2, daemon=daemon, what="the failures resumed"
+    )
+    (daemon.inbox / "dir.png").mkdir()  # a new folder of the same name is a new arrival: its own record
     # Then the same content as b under a new name: the rebuilt index answers it, no model run.
     inputs["c.png"] = inputs["b.png"]
     write_atomically(daemon.inbox, "c.png", inputs["c.png"])
-    daemon.wait_all(4)
+    daemon.wait_all(6)
     assert daemon.stop() == 0
     log = daemon.log_text()
+    assert "dir.png: failure was recorded by an earlier run" in log
+    dir_records = [r for r in daemon.failure_records() if r["file"] == "dir.png"]
+    assert len(dir_records) == 2 and len({r["identity"] for r in dir_records}) == 2
+    assert sorted(p.name for p in daemon.failed.iterdir() if p.is_dir()) == sorted(r["quarantined_as"] for r in dir_records)
     assert "a.png: already reported by an earlier run" in log
     assert "b.png: result b.png.json was written by an earlier run" in log
     assert "bad.png: failure was recorded by an earlier run" in log
     assert "c.png: same content as b.png" in log
     assert not torn.exists()
-    check_exactly_once(daemon, inputs, bad={"bad.png"})
+    check_exactly_once(daemon, inputs, bad={"bad.png"}, others=frozenset({"dir.png"}))

@@ -176,7 +176,7 @@ def check_exactly_once(daemon: Daemon, inputs: dict[str, bytes], bad: set[str], 
             assert originals[record["sha256"]] == [record["duplicate_of"]], record
     # The inputs themselves: moved, never deleted, never left behind.
     moved = [p for p in daemon.done.iterdir()] + [
-        p for p in daemon.failed.iterdir() if not p.name.endswith(".reason.json") and p.name not in others
+        p for p in daemon.failed.iterdir() if not p.name.endswith(".reason.json") and p.name not in others and not p.is_dir()
     ]
     assert len(moved) == len(inputs), (len(moved), len(inputs))
     moved_hashes = sorted(sha256(p.read_bytes()) for p in moved if p.is_file() and not p.is_symlink())
