@@ -40,7 +40,7 @@ from pathlib import Path
 from edge_birads import __version__
 from edge_birads.durable import free_name, move_no_replace, read_json, sweep_temporaries, write_json_atomic
 from edge_birads.errors import ModelError, printable_name
-from edge_birads.watch_config import StartupError, WatchConfig, lock_inbox, prepare_folders
+from edge_birads.watch_config import StartupError, WatchConfig, prepare_folders
 from edge_birads.watch_inbox import EventSource, InboxTracker, probe
 from edge_birads.watch_log import EventLog
 from edge_birads.watch_state import REASON_SUFFIX, RESULT_SUFFIX, ContentIndex, InFlightMarker, find_record
@@ -149,7 +149,16 @@ class WatchDaemon:
     def run(self) -> int:
         config = self.config
         (config.state / "content").mkdir(parents=True, exist_ok=True)
-        for folder in (config.results, config.failed, config.state, config.state / "content", config.status_file.parent):
+        # Temporary and probe files a killed predecessor left behind (all named .eb-tmp-*).
+        for folder in (
+            config.inbox,
+            config.results,
+            config.done,
+            config.failed,
+            config.state,
+            config.state / "content",
+            config.status_file.parent,
+        ):
             sweep_temporaries(folder)
         if not config.poll:
             try:
@@ -489,8 +498,7 @@ def run_watch(config: WatchConfig, log: EventLog | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, early_stop)
     try:
-        prepare_folders(config)
-        lock = lock_inbox(config.inbox)  # noqa: F841  (held open until the process exits)
+        prepare_folders(config)  # returns the inbox lock's descriptor, held open until the process exits
         from edge_birads.classifier import Classifier
 
         try:

@@ -169,8 +169,10 @@ def _check_values(config: WatchConfig) -> None:
             raise ConfigError(f"the {label} folder must not be the inbox itself ({folder})")
 
 
-def prepare_folders(config: WatchConfig) -> None:
-    """Create the output folders and prove every folder is usable, before any work.
+def prepare_folders(config: WatchConfig) -> int:
+    """Lock the inbox, create the output folders and prove every folder is usable, before any work.
+
+    Returns the lock's file descriptor, to be kept open for the process's life.
 
     Writability is tested by creating a file, not with ``os.access``: root
     passes access() on a read-only mount or an immutable folder, and the
@@ -180,7 +182,9 @@ def prepare_folders(config: WatchConfig) -> None:
         if config.inbox.exists():
             raise StartupError(f"inbox {config.inbox} is not a folder")
         raise StartupError(f"inbox folder {config.inbox} does not exist")
-    _probe("inbox", config.inbox)  # files are moved out of it, so it must be writable
+    # Taking the lock proves the inbox writable (files are moved out of it) and comes
+    # before any probe file is made, so two daemons never touch each other's folders.
+    lock_fd = lock_inbox(config.inbox)
     for label, folder in (
         ("results", config.results),
         ("done", config.done),
@@ -202,6 +206,7 @@ def prepare_folders(config: WatchConfig) -> None:
                 f"the {label} folder {folder} must be on the same filesystem as the inbox {config.inbox} "
                 "(inputs are moved by an atomic rename)"
             )
+    return lock_fd
 
 
 LOCK_NAME = ".edge-birads-watch.lock"
