@@ -119,6 +119,21 @@ def bench(model, images_dir, n, warmup, threads, float_model, fmt) -> None:
     bench_command(model, images_dir, n, warmup, threads, float_model, fmt)
 
 
+@cli.command()
+@click.option("--model", type=click.Path(dir_okay=False), default=None, help="A .tflite model with its card beside it. Default: the bundled model.")
+def info(model: str | None) -> None:
+    """Show the model card: data, split, test metrics, referral threshold."""
+    from edge_birads.card import load_card
+    from edge_birads.card_summary import summarize
+    from edge_birads.classifier import default_model_path
+
+    try:
+        card = load_card(model or default_model_path())
+    except ModelError as exc:
+        raise ModelLoadError(str(exc)) from None
+    click.echo(summarize(card))
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="edge-birads")
