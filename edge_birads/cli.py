@@ -137,3 +137,8 @@ def info(model: str | None) -> None:
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="edge-birads")
+
+
+from edge_birads.watch_cli import watch  # the daemon's logic lives in edge_birads/watch*.py
+
+cli.add_command(watch)

@@ -1,0 +1,94 @@
+"""The ``edge-birads watch`` command: options in, exit code out; the work is in :mod:`edge_birads.watch`."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.command("watch")
+@click.argument("inbox", required=False, type=click.Path(file_okay=False))
+@click.option(
+    "--results",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for result JSON files (required here or in --config).",
+)
+@click.option(
+    "--done",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where classified inputs are moved. Default: 'done' beside INBOX.",
+)
+@click.option(
+    "--failed",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where unreadable inputs are moved with a .reason.json. Default: 'failed' beside INBOX.",
+)
+@click.option(
+    "--state", type=click.Path(file_okay=False), default=None, help="Daemon state (content index). Default: RESULTS/.edge-birads."
+)
+@click.option("--status-file", type=click.Path(dir_okay=False), default=None, help="Heartbeat JSON. Default: STATE/status.json.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="INI file with a [watch] section (same names as these options); options given here win.",
+)
+@click.option(
+    "--poll/--inotify",
+    "poll",
+    default=None,
+    help="List the inbox periodically instead of inotify events (network shares).  [default: inotify]",
+)
+@click.option(
+    "--stable-seconds",
+    type=float,
+    default=None,
+    help="A file is complete when unchanged this long (or closed after writing).  [default: 3]",
+)
+@click.option(
+    "--scan-interval", type=float, default=None, help="Seconds between inbox listings.  [default: 2 with --poll, 30 with inotify]"
+)
+@click.option(
+    "--close-write/--no-close-write",
+    "close_write",
+    default=None,
+    help="Treat a close-after-write or rename into the inbox as complete.  [default: on]",
+)
+@click.option(
+    "--model",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A .tflite model with its card (.json) beside it. Default: the bundled model.",
+)
+@click.option("--threads", type=click.IntRange(1, 64), default=None, help="Interpreter threads.  [default: 1]")
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="Quarantine a file after the daemon died this many times on it.  [default: 3]",
+)
+@click.option("--heartbeat-seconds", type=float, default=None, help="Rewrite the status file at least this often.  [default: 10]")
+def watch(inbox, config_file, **options) -> None:
+    """Classify every image that arrives in INBOX, exactly once, until SIGTERM/SIGINT.
+
+    Each input gets one result JSON in --results (the fields of `classify
+    --format jsonl`, plus sha256 and duplicate_of) and is then moved to
+    --done; an unreadable input is moved to --failed with a .reason.json
+    beside it. Files named *.part, *.tmp or .* are left alone until renamed.
+    Exit codes: 0 stopped by a signal, 1 start-up problem (folders, model),
+    2 usage or config error, 70 internal error, 74 an output could not be
+    written. Research use only, not a diagnostic device: a clinician decides.
+    """
+    from edge_birads.watch import run_watch
+    from edge_birads.watch_config import ConfigError, build_config
+
+    try:
+        config = build_config({"inbox": inbox, **options}, config_file)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    sys.exit(run_watch(config))

@@ -1,0 +1,186 @@
+"""Helpers for the watch-daemon tests: real folders, real files, a real daemon process."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+LIVENESS_TIMEOUT = 120.0  # generous: only there so a hung daemon fails the test instead of hanging it
+
+
+def png_bytes(seed: int, size: int = 64) -> bytes:
+    """A small synthetic grayscale PNG, unique per seed (noise does not compress)."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (size, size), dtype=np.uint8)
+    ok, encoded = cv2.imencode(".png", image)
+    assert ok
+    return encoded.tobytes()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_atomically(folder: Path, name: str, data: bytes) -> None:
+    """How DICOM receivers hand files over: write NAME.part, then rename."""
+    part = folder / (name + ".part")
+    part.write_bytes(data)
+    os.rename(part, folder / name)
+
+
+def wait_for(predicate, timeout: float = LIVENESS_TIMEOUT, what: str = "condition", daemon: Daemon | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if daemon is not None and daemon.proc is not None and daemon.proc.poll() is not None:
+            raise AssertionError(
+                f"daemon exited with {daemon.proc.returncode} while waiting for {what}:\n{daemon.log_text()[-3000:]}"
+            )
+        time.sleep(0.1)
+    tail = daemon.log_text()[-3000:] if daemon is not None else ""
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
+
+
+class Daemon:
+    """``python -m edge_birads watch`` on folders under ``root``, as a child process."""
+
+    def __init__(self, root: Path, poll: bool = False, stable: float = 0.5, extra: tuple[str, ...] = ()) -> None:
+        self.root = root
+        self.inbox = root / "inbox"
+        self.results = root / "results"
+        self.done = root / "done"
+        self.failed = root / "failed"
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        self.poll = poll
+        self.stable = stable
+        self.extra = extra
+        self.proc: subprocess.Popen | None = None
+        self.log_path = root / "daemon.log"
+        self.starts = 0
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "edge_birads", "watch", str(self.inbox), "--results", str(self.results)]
+        cmd += ["--stable-seconds", str(self.stable), "--heartbeat-seconds", "0.5"]
+        if self.poll:
+            cmd += ["--poll", "--scan-interval", "0.3"]
+        return cmd + list(self.extra)
+
+    def start(self) -> Daemon:
+        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env.pop("JOURNAL_STREAM", None)
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- start {self.starts}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(self.command(), cwd=self.root, env=env, stdout=log, stderr=log)
+        self.starts += 1
+        return self
+
+    def wait_started(self) -> None:
+        """Until the daemon has loaded the model and listed the inbox (its first heartbeat)."""
+        pid = self.proc.pid
+        wait_for(lambda: (self.status() or {}).get("pid") == pid, what="the daemon's first heartbeat", daemon=self)
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = LIVENESS_TIMEOUT) -> int:
+        self.proc.send_signal(signum)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=LIVENESS_TIMEOUT)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def status(self) -> dict | None:
+        try:
+            return json.loads((self.results / ".edge-birads" / "status.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    # ------------------------------------------------------------ outcomes
+
+    def result_records(self) -> list[dict]:
+        return [json.loads(p.read_text()) for p in sorted(self.results.glob("*.json"))]
+
+    def failure_records(self) -> list[dict]:
+        return [json.loads(p.read_text()) for p in sorted(self.failed.glob("*.reason.json"))]
+
+    def inbox_names(self) -> list[str]:
+        """What is waiting in the inbox (not the daemon's own lock dotfile)."""
+        if not self.inbox.exists():
+            return []
+        return sorted(p.name for p in self.inbox.iterdir() if p.name != ".edge-birads-watch.lock")
+
+    def outcome_count(self) -> int:
+        count = 0
+        for folder, pattern in ((self.results, "*.json"), (self.failed, "*.reason.json")):
+            if folder.exists():
+                count += sum(1 for _ in folder.glob(pattern))
+        return count
+
+    def wait_all(self, expected: int, keep: frozenset[str] = frozenset()) -> None:
+        """Until ``expected`` records exist and nothing but ``keep`` is left in the inbox."""
+        wait_for(
+            lambda: self.outcome_count() >= expected and set(self.inbox_names()) <= keep,
+            what=f"{expected} records",
+            daemon=self,
+        )
+
+
+def check_exactly_once(daemon: Daemon, inputs: dict[str, bytes], bad: set[str], others: frozenset[str] = frozenset()) -> None:
+    """Every input has exactly one record (a result, or a failure for the bad ones), none extra,
+    its bytes are in done/ or failed/, and each content was classified by the model once."""
+    results = daemon.result_records()
+    failures = daemon.failure_records()
+    by_name: dict[str, list[tuple[str, dict]]] = {}
+    for kind, records in (("result", results), ("failure", failures)):
+        for record in records:
+            if record["file"] not in others:
+                by_name.setdefault(record["file"], []).append((kind, record))
+    missing = sorted(set(inputs) - set(by_name))
+    assert not missing, f"{len(missing)} inputs have no record, e.g. {missing[:5]}"
+    extra = sorted(set(by_name) - set(inputs))
+    assert not extra, f"records for files never written: {extra[:5]}"
+    twice = {name: [kind for kind, _ in recs] for name, recs in by_name.items() if len(recs) != 1}
+    assert not twice, f"inputs with more than one record: {dict(list(twice.items())[:5])}"
+    for name, data in inputs.items():
+        kind, record = by_name[name][0]
+        assert record["sha256"] == sha256(data), f"{name}: record is for other content (read half-written?)"
+        if name in bad:
+            assert kind == "failure" and record["error"], (name, record)
+        else:
+            assert kind == "result" and record["error"] is None, (name, record)
+    # Each content ran through the model once; other names with it say duplicate_of.
+    originals: dict[str, list[str]] = {}
+    for record in results:
+        if record["duplicate_of"] is None:
+            originals.setdefault(record["sha256"], []).append(record["file"])
+    assert all(len(names) == 1 for names in originals.values()), {k: v for k, v in originals.items() if len(v) > 1}
+    for record in results:
+        if record["duplicate_of"] is not None:
+            assert originals[record["sha256"]] == [record["duplicate_of"]], record
+    # The inputs themselves: moved, never deleted, never left behind.
+    moved = [p for p in daemon.done.iterdir()] + [
+        p for p in daemon.failed.iterdir() if not p.name.endswith(".reason.json") and p.name not in others and not p.is_dir()
+    ]
+    assert len(moved) == len(inputs), (len(moved), len(inputs))
+    moved_hashes = sorted(sha256(p.read_bytes()) for p in moved if p.is_file() and not p.is_symlink())
+    expected_hashes = sorted(sha256(data) for data in inputs.values())
+    assert moved_hashes == expected_hashes
+    leftovers = [p.name for p in daemon.results.iterdir() if p.name.startswith(".eb-tmp-")]
+    assert not leftovers, leftovers
