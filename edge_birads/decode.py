@@ -22,7 +22,9 @@ from edge_birads.limits import DEFAULT_LIMITS, DecodeLimits, check_size  # noqa:
 from edge_birads.quiet import captured_stderr
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm", ".pnm", ".ppm", ".bmp", ".dcm", ".dicom"})
+DICOM_SUFFIXES = (".dcm", ".dicom")
 DICOM_MAGIC_OFFSET = 128
+BROKEN_LINK = "broken symbolic link (its target does not exist)"
 UNREADABLE = "not a readable image (unknown format, or truncated or corrupt)"
 
 
@@ -57,6 +59,8 @@ def read_file(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> np.nda
     except PermissionError:
         raise InputError("permission denied", path) from None
     except FileNotFoundError:
+        if path.is_symlink():
+            raise InputError(BROKEN_LINK, path) from None
         raise InputError("no such file", path) from None
     except OSError as exc:
         raise InputError(f"cannot read file: {exc.strerror or exc}", path) from None
@@ -75,13 +79,22 @@ def decode_bytes(data: bytes, suffix: str = "", limits: DecodeLimits = DEFAULT_L
     if is_dicom_bytes(data[: DICOM_MAGIC_OFFSET + 4]):
         return _decode_dicom(data, limits)
     kind = raster_format(data)
-    if suffix in (".dcm", ".dicom"):
+    if suffix in DICOM_SUFFIXES:
         if kind is not None:
             raise InputError(f"named {suffix} but holds a {kind} image, not DICOM")
         return _decode_dicom(data, limits)  # old DICOMs have no preamble: pydicom tries them
     if kind is None:
         raise InputError(UNREADABLE)
     return decode_raster(data, limits)
+
+
+def decode_key(name: str | Path) -> str:
+    """What of a file's name changes how its bytes decode: whether it is named as DICOM.
+
+    Two files with the same bytes give the same outcome only when this matches (a PNG named
+    .dcm is refused, the same PNG named .png is not), so a cache of results keys on both.
+    """
+    return "dicom-name" if Path(name).suffix.lower() in DICOM_SUFFIXES else "any-name"
 
 
 def _decode_dicom(data: bytes, limits: DecodeLimits) -> np.ndarray:

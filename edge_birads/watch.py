@@ -39,6 +39,7 @@ from pathlib import Path
 
 from edge_birads import __version__
 from edge_birads.durable import free_name, move_no_replace, read_json, sweep_temporaries, write_json_atomic
+from edge_birads.decode import BROKEN_LINK, decode_key
 from edge_birads.errors import ModelError, printable_name
 from edge_birads.watch_config import StartupError, WatchConfig, prepare_folders
 from edge_birads.watch_inbox import EventSource, InboxTracker, probe
@@ -285,7 +286,7 @@ class WatchDaemon:
             self.tracker.touch(name, time.monotonic())  # changed since it looked complete: wait again
             return
         if current == ("dangling-symlink",):
-            return self.quarantine(name, None, "broken symbolic link (its target does not exist)")
+            return self.quarantine(name, None, BROKEN_LINK)
         if current[0] == "stat-error":
             return self.quarantine(name, None, f"cannot read file: {os.strerror(current[1]) if current[1] else 'stat failed'}")
         size, mode = current[0], current[3]
@@ -328,7 +329,12 @@ class WatchDaemon:
 
         # 3. The same content under another name: reuse its prediction.
         original = entry.get("record") if entry is not None else None
-        if isinstance(original, dict) and original.get("error") is None and entry.get("model_sha256") == self.classifier.sha256:
+        if (
+            isinstance(original, dict)
+            and original.get("error") is None
+            and entry.get("model_sha256") == self.classifier.sha256
+            and decode_key(str(entry.get("first", ""))) == decode_key(name)  # same bytes, decoded the same way
+        ):
             record = dict(original)
             record.update(file=shown, sha256=sha, duplicate_of=entry.get("first"), processed_at=utc_now())
             self.write_result(name, sha, result_slot.free, record)
