@@ -290,7 +290,15 @@ first_suite="${SUITES%% *}"
 arm_wheels "$(python_for "$first_suite")"
 versions_of "$WORK/target-cp$(python_for "$first_suite" | tr -d .)" >"$WORK/constraints.txt"
 log "x86_64 reference: installing the same dependency versions for the host Python ($("$PYTHON" -c 'import platform; print(platform.python_version())'))"
-"$PYTHON" -m pip install --quiet --cache-dir "$CACHE/pip" --only-binary=:all: -c "$WORK/constraints.txt" \
+x86_dir="$CACHE/wheels/$("$PYTHON" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')-x86_64"
+mkdir -p "$x86_dir"
+if ! "$PYTHON" -m pip download --quiet --no-index --find-links "$x86_dir" --find-links "$WORK/dist" --only-binary=:all: \
+        -c "$WORK/constraints.txt" -d "$x86_dir" "$WHEEL" >/dev/null 2>&1; then
+    "$PYTHON" -m pip download --quiet --cache-dir "$CACHE/pip" --only-binary=:all: -c "$WORK/constraints.txt" -d "$x86_dir" "$WHEEL" \
+        >"$WORK/download-x86_64.log" 2>&1 || { cat "$WORK/download-x86_64.log" >&2; die "pip download of the x86_64 wheels failed"; }
+fi
+rm -f "$x86_dir"/edge_birads-*.whl
+"$PYTHON" -m pip install --quiet --no-index --find-links "$x86_dir" --only-binary=:all: -c "$WORK/constraints.txt" \
     --target "$WORK/target-x86_64" "$WHEEL" >"$WORK/install-x86_64.log" 2>&1 \
     || { cat "$WORK/install-x86_64.log" >&2; die "installing the x86_64 reference failed"; }
 diff <(versions_of "$WORK/target-x86_64") "$WORK/constraints.txt" >&2 \
