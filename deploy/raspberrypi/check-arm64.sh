@@ -345,7 +345,7 @@ for suite in $SUITES; do
     root="$(cat "$WORK/root-path-$suite")"
     arm_wheels "$pyver"
     diff <(versions_of "$WORK/target-$tag") "$WORK/constraints.txt" >"$WORK/versions-$suite.diff" \
-        || log "$suite: note, Python $pyver resolved other dependency versions than the reference: $(tr '\n' ' ' <"$WORK/versions-$suite.diff")"
+        || log "$suite: note, Python $pyver gets other dependency versions than the x86_64 reference: $(sed -n 's/^< \(.*\)/\1 here/p; s/^> \(.*\)/\1 in the reference/p' "$WORK/versions-$suite.diff" | paste -sd, -)"
     mkdir -p "$root/opt/edge-birads"
     cp -a "$WORK/target-$tag" "$root/opt/edge-birads/site"
     cp -a "$INPUTS" "$root/opt/edge-birads/inputs"
