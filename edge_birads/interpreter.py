@@ -10,11 +10,17 @@ tflite_runtime: in one process that order makes tflite_runtime abort.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 import numpy as np
 
 from edge_birads.errors import ModelError
+from edge_birads.quiet import captured_stderr
+
+# LiteRT announces its default CPU delegate on stderr at every load; in a one-line-per-file CLI and a
+# journald log that is noise. Only this exact announcement is dropped; anything else is passed on.
+DELEGATE_NOTICE = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
 
 INTERPRETER_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
 
@@ -40,9 +46,13 @@ def make_interpreter(model_path: str, threads: int = 1) -> tuple[Any, str]:
     interpreter_class, module = find_interpreter_class()
     try:
         interpreter = interpreter_class(model_path=str(model_path), num_threads=int(threads))
-        interpreter.allocate_tensors()
+        with captured_stderr() as said:
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise ModelError(f"cannot load model {model_path}: {exc}") from None
+    passed_on = [line for line in "".join(said).splitlines() if line.strip() and line.strip() != DELEGATE_NOTICE]
+    if passed_on:
+        print("\n".join(passed_on), file=sys.stderr, flush=True)
     return interpreter, module
 
 

@@ -178,3 +178,16 @@ def test_runtime_import_does_not_pull_in_tensorflow():
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert completed.stdout.strip() == "[]"
 
+
+
+def test_stderr_holds_only_the_summary_in_a_real_process(example_pngs):
+    """No interpreter chatter (LiteRT's delegate notice) around the one summary line."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "edge_birads", "classify", "--format", "jsonl", str(example_pngs[0])],
+        capture_output=True, text=True, check=False,
+    )
+    assert completed.returncode == 0
+    assert completed.stderr.splitlines() == [
+        f"1 of 1 files classified; referral threshold {CARD.referral_threshold:.3f} on P({CARD.malignant_label}). "
+        "Research use only, not a diagnostic device: a clinician decides."
+    ]
