@@ -1,0 +1,463 @@
+"""Train and cross-validate the lesion FCN; build its whole-image model.
+
+Why: the malignant class is what the paper's whole-image network missed.
+Here the FCN learns from lesion annotations (patches), the whole-image model
+max-pools its maps, and every figure is measured on patients the model never
+saw: k-fold by patient within each source (mini-MIAS and CBIS-DDSM differ in
+scanner, resolution and stretch, and CBIS has no normals, so pooled figures
+would reward telling the sources apart).
+
+    python -m convert.train_lesion cv --out /work/experiments/lesion/run
+    python -m convert.train_lesion final --out /work/experiments/lesion/final
+
+Within every training run, 12.5% of the training patients (the paper's
+proportion) are held out as validation: they choose the epoch, calibrate the
+2 -> 3 head and set the referral threshold. Test folds are touched once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from convert.lesion_data import LABELS, PatchConfig, PreparedPool, build_patch_batch, epoch_centres, load_pool
+from edge_birads.preprocess import PreprocessSpec
+
+MIAS = "mini-mias"
+CBIS = "cbis-ddsm-mass"
+DEFAULT_CACHE = Path(os.environ.get("EDGE_BIRADS_CACHE", "/work/experiments/lesion/cache"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run depends on; written next to its results."""
+
+    height: int = 512
+    width: int = 512
+    crop_to_breast: bool = True
+    clahe_clip_limit: float | None = None
+    fcn_width: int = 16
+    dropout: float = 0.2
+    smooth: int = 2
+    epochs: int = 12
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    class_balance: bool = True
+    referral_sensitivity: float = 0.9
+    validation_fraction: float = 0.125
+    folds: int = 5
+    seed: int = 0
+    select_on: str = "mean_auc"  # "mean_auc" of the two sources' validation AUCs, or "last"
+    patch: PatchConfig = field(default_factory=PatchConfig)
+
+    def spec(self) -> PreprocessSpec:
+        return PreprocessSpec(height=self.height, width=self.width, crop_to_breast=self.crop_to_breast, clahe_clip_limit=self.clahe_clip_limit)
+
+
+def setup_tensorflow(seed: int, threads: int = 2):
+    """Seeded, thread-capped TensorFlow (the machine's 2 cores are shared)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    import keras
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    keras.utils.set_random_seed(seed)
+    return tf, keras
+
+
+# ---------------------------------------------------------------- splits
+
+def patient_groups(pool: PreparedPool) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for index, item in enumerate(pool.items):
+        groups.setdefault(f"{item.source}/{item.patient_id}", []).append(index)
+    return groups
+
+
+def patient_folds(pool: PreparedPool, k: int, seed: int) -> np.ndarray:
+    """Fold number per image; a patient's images share a fold.
+
+    Stratified within each source by the patient's worst label, so every
+    fold holds MIAS normals, benigns and malignants and CBIS of both kinds.
+    """
+    rng = np.random.default_rng(seed)
+    folds = np.zeros(len(pool.items), dtype=np.int64)
+    strata: dict[tuple[str, int], list[list[int]]] = {}
+    for indices in patient_groups(pool).values():
+        worst = max(pool.items[i].label for i in indices)
+        strata.setdefault((pool.items[indices[0]].source, worst), []).append(indices)
+    offset = 0
+    for key in sorted(strata):
+        patients = strata[key]
+        order = rng.permutation(len(patients))
+        for rank, p in enumerate(order):
+            folds[patients[p]] = (rank + offset) % k
+        offset += len(patients)
+    return folds
+
+
+def validation_split(pool: PreparedPool, indices: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``indices`` by patient into train / validation, stratified as above."""
+    sub = PreparedPool(pool.spec, pool.images, [pool.items[i] for i in indices], [pool.lesions[i] for i in indices])
+    k = max(2, int(round(1.0 / fraction)))
+    folds = patient_folds(sub, k, seed + 1000)
+    return indices[folds != 0], indices[folds == 0]
+
+
+# ---------------------------------------------------------------- metrics
+
+def auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Mann-Whitney AUC with ties counted half; nan when one class is absent."""
+    scores = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
+    pos, neg = scores[positive], scores[~positive]
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (pos.size * neg.size))
+
+
+def bootstrap_auc(scores, positive, patients, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Patient-level bootstrap 95% CI (a woman's images are resampled together)."""
+    rng = np.random.default_rng(seed)
+    scores, positive, patients = np.asarray(scores), np.asarray(positive, bool), np.asarray(patients)
+    unique, inverse = np.unique(patients, return_inverse=True)
+    members = [np.nonzero(inverse == u)[0] for u in range(unique.size)]
+    values = []
+    for _ in range(n):
+        pick = np.concatenate([members[j] for j in rng.integers(0, unique.size, unique.size)])
+        value = auc(scores[pick], positive[pick])
+        if not np.isnan(value):
+            values.append(value)
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
+def bootstrap_rate(flags, patients, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Patient-level bootstrap 95% CI of a proportion (sensitivity or specificity)."""
+    rng = np.random.default_rng(seed)
+    flags, patients = np.asarray(flags, float), np.asarray(patients)
+    if flags.size == 0:
+        return float("nan"), float("nan")
+    unique, inverse = np.unique(patients, return_inverse=True)
+    members = [np.nonzero(inverse == u)[0] for u in range(unique.size)]
+    values = [flags[np.concatenate([members[j] for j in rng.integers(0, unique.size, unique.size)])].mean() for _ in range(n)]
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
+def referral_threshold(p_malignant: np.ndarray, malignant: np.ndarray, sensitivity: float) -> float:
+    """The highest threshold whose sensitivity on these (validation) images is >= ``sensitivity``."""
+    pos = np.sort(np.asarray(p_malignant)[np.asarray(malignant, bool)])[::-1]
+    if pos.size == 0:
+        return 0.5
+    need = int(np.ceil(sensitivity * pos.size))
+    return float(pos[need - 1])
+
+
+def source_metrics(probs: np.ndarray, labels: np.ndarray, patients: np.ndarray, flags: np.ndarray, seed: int = 0) -> dict:
+    """Malignant-vs-rest AUC with CI, referral sensitivity/specificity with CIs, per-class recall."""
+    malignant = labels == 2
+    score = probs[:, 2]
+    out = {"n_images": int(labels.size), "n_malignant": int(malignant.sum()), "n_patients": int(np.unique(patients).size)}
+    out["auc_malignant_vs_rest"] = auc(score, malignant)
+    out["auc_ci95"] = bootstrap_auc(score, malignant, patients, seed=seed)
+    out["referral_sensitivity"] = float(flags[malignant].mean()) if malignant.any() else float("nan")
+    out["referral_sensitivity_ci95"] = bootstrap_rate(flags[malignant], patients[malignant], seed=seed)
+    out["referral_specificity"] = float((~flags[~malignant]).mean()) if (~malignant).any() else float("nan")
+    out["referral_specificity_ci95"] = bootstrap_rate(~flags[~malignant], patients[~malignant], seed=seed)
+    predicted = probs.argmax(axis=1)
+    out["recall_per_class"] = {LABELS[c]: float((predicted[labels == c] == c).mean()) for c in range(3) if (labels == c).any()}
+    if (labels == 0).any() and (labels > 0).any():
+        out["auc_abnormal_vs_normal"] = auc(1.0 - probs[:, 0], labels > 0)
+    return out
+
+
+# ---------------------------------------------------------------- training
+
+def class_weighted(y: np.ndarray, w: np.ndarray, balance: bool) -> np.ndarray:
+    """Per-location weights so each class carries equal total weight (when ``balance``)."""
+    if not balance:
+        return w
+    out = w.copy()
+    totals = [float(w[y == c].sum()) for c in range(3)]
+    present = [t for t in totals if t > 0]
+    for c, total in enumerate(totals):
+        if total > 0:
+            out[y == c] *= (sum(present) / len(present)) / total
+    return out
+
+
+def make_loss(keras):
+    ops = keras.ops
+
+    def location_loss(y_true, y_pred):
+        """Weighted per-location 3-way cross-entropy over [0, benign, malignant] log-odds."""
+        cls = ops.cast(y_true[..., 0], "int32")
+        weight = y_true[..., 1]
+        logits = ops.concatenate([ops.zeros_like(y_pred[..., :1]), y_pred], axis=-1)
+        ce = keras.losses.sparse_categorical_crossentropy(cls, logits, from_logits=True)
+        return ops.sum(ce * weight) / (ops.sum(weight) + 1e-6)
+
+    return location_loss
+
+
+def image_scores(fcn, pool: PreparedPool, indices, smooth: int, batch: int = 16) -> np.ndarray:
+    """Pooled (benign, malignant) log-odds per image: (N, 2)."""
+    import keras
+
+    from convert.lesion_model import pooled_scores
+
+    inputs = keras.Input(shape=(pool.spec.height, pool.spec.width, 1))
+    model = keras.Model(inputs, pooled_scores(fcn(inputs), smooth))
+    out = []
+    indices = np.asarray(indices)
+    for start in range(0, indices.size, batch):
+        chunk = indices[start : start + batch]
+        x = pool.images[chunk].astype(np.float32)[..., None] / 255.0
+        out.append(np.asarray(model(x, training=False)))
+    return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
+
+
+def rest_logodds(scores: np.ndarray) -> np.ndarray:
+    """Malignant vs (normal or benign) log-odds from the identity head: b - log(1 + e^a)."""
+    return scores[:, 1] - np.logaddexp(0.0, scores[:, 0])
+
+
+def validation_auc(scores: np.ndarray, pool: PreparedPool, indices) -> dict:
+    labels = np.array([pool.items[i].label for i in indices])
+    sources = np.array([pool.items[i].source for i in indices])
+    s = rest_logodds(scores)
+    out = {}
+    for source in (MIAS, CBIS):
+        m = sources == source
+        out[source] = auc(s[m], labels[m] == 2)
+    values = [v for v in out.values() if not np.isnan(v)]
+    out["mean"] = float(np.mean(values)) if values else float("nan")
+    return out
+
+
+def train_fcn(pool: PreparedPool, train_idx, val_idx, cfg: TrainConfig, log=print):
+    """Train the FCN on patches of ``train_idx``; choose the epoch on whole images of ``val_idx``."""
+    tf, keras = setup_tensorflow(cfg.seed)
+    from convert.lesion_model import build_fcn
+
+    fcn = build_fcn(cfg.fcn_width, cfg.dropout)
+    rng = np.random.default_rng(cfg.seed)
+    steps_guess = None
+    history = []
+    best = (-np.inf, None, -1)
+    optimizer = None
+    for epoch in range(cfg.epochs):
+        t0 = time.time()
+        pairs = epoch_centres(pool, train_idx, cfg.patch, rng)
+        order = rng.permutation(len(pairs))
+        x, y, w = build_patch_batch(pool, [pairs[i] for i in order], cfg.patch, rng)
+        w = class_weighted(y, w, cfg.class_balance)
+        target = np.stack([y.astype(np.float32), w], axis=-1)
+        if optimizer is None:
+            steps_guess = int(np.ceil(len(pairs) / cfg.batch_size)) * cfg.epochs
+            schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, steps_guess, alpha=0.02)
+            optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
+            fcn.compile(optimizer=optimizer, loss=make_loss(keras))
+        fit = fcn.fit(x, target, batch_size=cfg.batch_size, epochs=1, verbose=0, shuffle=False)
+        loss = float(fit.history["loss"][-1])
+        entry = {"epoch": epoch + 1, "loss": loss, "patches": len(pairs), "seconds_train": round(time.time() - t0, 1)}
+        if len(val_idx):
+            scores = image_scores(fcn, pool, val_idx, cfg.smooth)
+            entry["val_auc"] = validation_auc(scores, pool, val_idx)
+            criterion = entry["val_auc"]["mean"] if cfg.select_on == "mean_auc" else epoch
+            if criterion >= best[0]:
+                best = (criterion, fcn.get_weights(), epoch + 1)
+        entry["seconds"] = round(time.time() - t0, 1)
+        history.append(entry)
+        log(json.dumps(entry))
+    if best[1] is not None:
+        fcn.set_weights(best[1])
+    return fcn, history, best[2]
+
+
+def fit_head(scores: np.ndarray, labels: np.ndarray, c: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression of the 3 labels on the 2 pooled scores (the Dense head's weights).
+
+    Fitted on validation images: the FCN has seen the training images' lesions,
+    so their scores are over-confident. Classes absent from ``labels`` keep the
+    identity head's logits.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    kernel = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
+    bias = np.zeros(3, dtype=np.float32)
+    present = np.unique(labels)
+    if present.size < 2:
+        return kernel, bias
+    model = LogisticRegression(C=c, max_iter=2000)
+    model.fit(scores, labels)
+    coef = model.coef_
+    intercept = model.intercept_
+    if present.size == 2:  # binary: coef is for present[1] vs present[0]
+        coef = np.stack([-coef[0] / 2, coef[0] / 2])
+        intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+    for row, cls in enumerate(present):
+        kernel[:, cls] = coef[row]
+        bias[cls] = intercept[row]
+    return kernel, bias
+
+
+def head_probs(scores: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    logits = scores @ kernel + bias
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def train_and_calibrate(pool: PreparedPool, train_all: np.ndarray, cfg: TrainConfig, log=print) -> dict:
+    """One full training run: FCN, head and threshold from a patient-level validation split."""
+    train_idx, val_idx = validation_split(pool, train_all, cfg.validation_fraction, cfg.seed)
+    fcn, history, best_epoch = train_fcn(pool, train_idx, val_idx, cfg, log)
+    val_scores = image_scores(fcn, pool, val_idx, cfg.smooth)
+    val_labels = np.array([pool.items[i].label for i in val_idx])
+    kernel, bias = fit_head(val_scores, val_labels)
+    val_probs = head_probs(val_scores, kernel, bias)
+    threshold = referral_threshold(val_probs[:, 2], val_labels == 2, cfg.referral_sensitivity)
+    return {
+        "fcn": fcn,
+        "history": history,
+        "best_epoch": best_epoch,
+        "head": (kernel, bias),
+        "threshold": threshold,
+        "train_idx": train_idx,
+        "val_idx": val_idx,
+        "val_probs": val_probs,
+    }
+
+
+def summarise(pool: PreparedPool, indices, probs, flags, seed: int = 0) -> dict:
+    labels = np.array([pool.items[i].label for i in indices])
+    sources = np.array([pool.items[i].source for i in indices])
+    patients = np.array([f"{pool.items[i].source}/{pool.items[i].patient_id}" for i in indices])
+    out = {}
+    for source in (MIAS, CBIS):
+        m = sources == source
+        if m.any():
+            out[source] = source_metrics(probs[m], labels[m], patients[m], flags[m], seed)
+    return out
+
+
+def run_cv(cfg: TrainConfig, out_dir: Path, only_folds: list[int] | None = None) -> dict:
+    """k-fold by patient: out-of-fold probabilities for every image, then per-source metrics."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    pool = load_pool(cfg.spec(), DEFAULT_CACHE)
+    folds = patient_folds(pool, cfg.folds, cfg.seed)
+    log_file = open(out_dir / "log.jsonl", "a")
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+        log_file.write(message + "\n")
+        log_file.flush()
+
+    for fold in range(cfg.folds):
+        if only_folds is not None and fold not in only_folds:
+            continue
+        path = out_dir / f"fold{fold}.npz"
+        if path.exists():
+            log(f"fold {fold}: done already ({path})")
+            continue
+        test_idx = np.nonzero(folds == fold)[0]
+        train_all = np.nonzero(folds != fold)[0]
+        log(f"fold {fold}: train+val {train_all.size} images, test {test_idx.size}")
+        run = train_and_calibrate(pool, train_all, replace(cfg, seed=cfg.seed + fold), log)
+        scores = image_scores(run["fcn"], pool, test_idx, cfg.smooth)
+        probs = head_probs(scores, *run["head"])
+        np.savez(
+            path, test_idx=test_idx, scores=scores, probs=probs, threshold=run["threshold"], best_epoch=run["best_epoch"],
+            kernel=run["head"][0], bias=run["head"][1],
+        )
+        (out_dir / f"fold{fold}_history.json").write_text(json.dumps(run["history"], indent=1))
+        fold_metrics = summarise(pool, test_idx, probs, probs[:, 2] >= run["threshold"])
+        log(json.dumps({"fold": fold, "best_epoch": run["best_epoch"], "threshold": run["threshold"], "test": {
+            s: {k: v for k, v in m.items() if k.startswith("auc") or k.startswith("referral")} for s, m in fold_metrics.items()}}))
+    return collect_cv(pool, out_dir, cfg)
+
+
+def collect_cv(pool: PreparedPool, out_dir: Path, cfg: TrainConfig) -> dict:
+    """Pool the out-of-fold predictions of finished folds into per-source metrics (+ per-fold spread)."""
+    indices, probs, flags, per_fold = [], [], [], []
+    for fold in range(cfg.folds):
+        path = out_dir / f"fold{fold}.npz"
+        if not path.exists():
+            continue
+        data = np.load(path)
+        idx, p = data["test_idx"], data["probs"]
+        f = p[:, 2] >= float(data["threshold"])
+        indices.append(idx)
+        probs.append(p)
+        flags.append(f)
+        per_fold.append(summarise(pool, idx, p, f))
+    if not indices:
+        return {}
+    indices, probs, flags = np.concatenate(indices), np.concatenate(probs), np.concatenate(flags)
+    result = {"pooled_out_of_fold": summarise(pool, indices, probs, flags), "folds_done": len(per_fold)}
+    spread = {}
+    for source in (MIAS, CBIS):
+        for key in ("auc_malignant_vs_rest", "referral_sensitivity", "referral_specificity"):
+            values = [m[source][key] for m in per_fold if source in m and not np.isnan(m[source][key])]
+            if values:
+                spread[f"{source}/{key}"] = {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+    result["per_fold_mean_sd"] = spread
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def config_from_args(args) -> TrainConfig:
+    cfg = TrainConfig()
+    overrides = {}
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        target = cfg.patch if key.startswith("patch.") else cfg
+        name = key.split(".", 1)[1] if key.startswith("patch.") else key
+        current = getattr(target, name)
+        if isinstance(current, bool):
+            parsed = value.lower() in ("1", "true", "yes")
+        elif current is None or isinstance(current, float):
+            parsed = None if value.lower() == "none" else float(value)
+        elif isinstance(current, int):
+            parsed = int(value)
+        elif isinstance(current, tuple):
+            parsed = tuple(float(v) for v in value.split(","))
+        else:
+            parsed = value
+        overrides[key] = parsed
+    patch_over = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("patch.")}
+    top = {k: v for k, v in overrides.items() if not k.startswith("patch.")}
+    return replace(cfg, patch=replace(cfg.patch, **patch_over), **top)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m convert.train_lesion", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["cv", "collect"])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a TrainConfig field (patch.size=...)")
+    parser.add_argument("--folds", type=str, default=None, help="comma-separated fold numbers to run (default all)")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    if args.command == "cv":
+        only = None if args.folds is None else [int(f) for f in args.folds.split(",")]
+        result = run_cv(cfg, args.out, only)
+    else:
+        result = collect_cv(load_pool(cfg.spec(), DEFAULT_CACHE), args.out, cfg)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
