@@ -429,3 +429,26 @@ def build_patch_batch(
     for k, (index, centre) in enumerate(pairs):
         x[k, :, :, 0], y[k], w[k] = augmented_patch(pool.images[index], pool.lesions[index], centre, cfg, rng, augment)
     return x, y, w
+
+
+def hard_negative_centres(
+    maps: np.ndarray, lesions: tuple[Lesion, ...], cfg: PatchConfig, top_k: int, rng: np.random.Generator
+) -> np.ndarray:
+    """The ``top_k`` most lesion-like locations of an FCN map that are not near any lesion.
+
+    Why: the whole-image score is a max over hundreds of locations, so a few
+    confident false positives in normal tissue decide it. Mining them back
+    into training (as normal patches) targets exactly those. ``maps`` is
+    (h, w, 2) log-odds at stride ``cfg.stride``; centres are returned in
+    image pixels, jittered by a quarter stride.
+    """
+    h, w = maps.shape[:2]
+    score = maps.max(axis=-1)
+    rows = (np.arange(h) * cfg.stride + (cfg.stride - 1) / 2.0)[:, None] + np.zeros((1, w))
+    cols = (np.arange(w) * cfg.stride + (cfg.stride - 1) / 2.0)[None, :] + np.zeros((h, 1))
+    target, weight = location_targets(lesions, rows, cols, cfg)
+    free = (weight > 0) & (target == 0)
+    order = np.argsort(np.where(free, score, -np.inf), axis=None)[::-1][:top_k]
+    order = order[free.ravel()[order]]
+    centres = np.stack([rows.ravel()[order], cols.ravel()[order]], axis=1)
+    return (centres + rng.uniform(-cfg.stride / 4, cfg.stride / 4, size=centres.shape)).astype(np.float32)

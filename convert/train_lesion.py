@@ -56,6 +56,9 @@ class TrainConfig:
     folds: int = 5
     seed: int = 0
     select_on: str = "mean_auc"  # "mean_auc" of the two sources' validation AUCs, or "last"
+    normal_weight_ratio: float = 1.0  # normal locations' total weight / a lesion class's total weight
+    mine_from: int = 0  # epoch (1-based) from which hard negatives are mined; 0 = never
+    mine_top_k: int = 3  # hard negatives per training image and mining pass
     patch: PatchConfig = field(default_factory=PatchConfig)
 
     def spec(self) -> PreprocessSpec:
@@ -183,17 +186,36 @@ def source_metrics(probs: np.ndarray, labels: np.ndarray, patients: np.ndarray, 
 
 # ---------------------------------------------------------------- training
 
-def class_weighted(y: np.ndarray, w: np.ndarray, balance: bool) -> np.ndarray:
-    """Per-location weights so each class carries equal total weight (when ``balance``)."""
+def class_weighted(y: np.ndarray, w: np.ndarray, balance: bool, normal_ratio: float = 1.0) -> np.ndarray:
+    """Per-location weights: benign and malignant carry equal total weight, normal ``normal_ratio`` times that.
+
+    A whole-image max over ~500 locations needs a very low per-location false
+    positive rate, so normal tissue may deserve more than an equal share.
+    """
     if not balance:
         return w
     out = w.copy()
     totals = [float(w[y == c].sum()) for c in range(3)]
-    present = [t for t in totals if t > 0]
+    lesion = [t for t in totals[1:] if t > 0]
+    unit = sum(lesion) / len(lesion) if lesion else 1.0
     for c, total in enumerate(totals):
         if total > 0:
-            out[y == c] *= (sum(present) / len(present)) / total
+            out[y == c] *= (unit * (normal_ratio if c == 0 else 1.0)) / total
     return out
+
+
+def mined_pairs(fcn, pool: PreparedPool, indices, cfg: TrainConfig, rng: np.random.Generator, batch: int = 16):
+    """Hard-negative centres from the current FCN's maps over the training images."""
+    from convert.lesion_data import hard_negative_centres
+
+    pairs = []
+    indices = np.asarray([i for i in indices if not pool.items[i].unlocated_finding])
+    for start in range(0, indices.size, batch):
+        chunk = indices[start : start + batch]
+        maps = np.asarray(fcn(pool.images[chunk].astype(np.float32)[..., None] / 255.0, training=False))
+        for index, m in zip(chunk, maps):
+            pairs.extend((int(index), c) for c in hard_negative_centres(m, pool.lesions[index], cfg.patch, cfg.mine_top_k, rng))
+    return pairs
 
 
 def make_loss(keras):
@@ -256,21 +278,25 @@ def train_fcn(pool: PreparedPool, train_idx, val_idx, cfg: TrainConfig, log=prin
     history = []
     best = (-np.inf, None, -1)
     optimizer = None
+    mined: list = []
     for epoch in range(cfg.epochs):
         t0 = time.time()
-        pairs = epoch_centres(pool, train_idx, cfg.patch, rng)
+        if cfg.mine_from and epoch + 1 >= cfg.mine_from:
+            mined = mined_pairs(fcn, pool, train_idx, cfg, rng)
+        pairs = epoch_centres(pool, train_idx, cfg.patch, rng) + mined
         order = rng.permutation(len(pairs))
         x, y, w = build_patch_batch(pool, [pairs[i] for i in order], cfg.patch, rng)
-        w = class_weighted(y, w, cfg.class_balance)
+        w = class_weighted(y, w, cfg.class_balance, cfg.normal_weight_ratio)
         target = np.stack([y.astype(np.float32), w], axis=-1)
         if optimizer is None:
-            steps_guess = int(np.ceil(len(pairs) / cfg.batch_size)) * cfg.epochs
+            per_epoch = len(pairs) * (1.0 + (cfg.mine_top_k * 0.1 if cfg.mine_from else 0.0))
+            steps_guess = int(np.ceil(per_epoch / cfg.batch_size)) * cfg.epochs
             schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, steps_guess, alpha=0.02)
             optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
             fcn.compile(optimizer=optimizer, loss=make_loss(keras))
         fit = fcn.fit(x, target, batch_size=cfg.batch_size, epochs=1, verbose=0, shuffle=False)
         loss = float(fit.history["loss"][-1])
-        entry = {"epoch": epoch + 1, "loss": loss, "patches": len(pairs), "seconds_train": round(time.time() - t0, 1)}
+        entry = {"epoch": epoch + 1, "loss": loss, "patches": len(pairs), "mined": len(mined), "seconds_train": round(time.time() - t0, 1)}
         if len(val_idx):
             scores = image_scores(fcn, pool, val_idx, cfg.smooth)
             entry["val_auc"] = validation_auc(scores, pool, val_idx)
@@ -378,6 +404,7 @@ def run_cv(cfg: TrainConfig, out_dir: Path, only_folds: list[int] | None = None)
         run = train_and_calibrate(pool, train_all, replace(cfg, seed=cfg.seed + fold), log)
         scores = image_scores(run["fcn"], pool, test_idx, cfg.smooth)
         probs = head_probs(scores, *run["head"])
+        run["fcn"].save_weights(str(out_dir / f"fold{fold}.weights.h5"))
         np.savez(
             path, test_idx=test_idx, scores=scores, probs=probs, threshold=run["threshold"], best_epoch=run["best_epoch"],
             kernel=run["head"][0], bias=run["head"][1],
@@ -389,11 +416,14 @@ def run_cv(cfg: TrainConfig, out_dir: Path, only_folds: list[int] | None = None)
     return collect_cv(pool, out_dir, cfg)
 
 
-def collect_cv(pool: PreparedPool, out_dir: Path, cfg: TrainConfig) -> dict:
-    """Pool the out-of-fold predictions of finished folds into per-source metrics (+ per-fold spread)."""
+def collect_cv(pool: PreparedPool, out_dir: Path, cfg: TrainConfig, suffix: str = "") -> dict:
+    """Pool the out-of-fold predictions of finished folds into per-source metrics (+ per-fold spread).
+
+    ``suffix`` "_int8" collects the int8 TFLite models' predictions instead of the float ones.
+    """
     indices, probs, flags, per_fold = [], [], [], []
     for fold in range(cfg.folds):
-        path = out_dir / f"fold{fold}.npz"
+        path = out_dir / f"fold{fold}{suffix}.npz"
         if not path.exists():
             continue
         data = np.load(path)
@@ -414,8 +444,72 @@ def collect_cv(pool: PreparedPool, out_dir: Path, cfg: TrainConfig) -> dict:
             if values:
                 spread[f"{source}/{key}"] = {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
     result["per_fold_mean_sd"] = spread
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
+    (out_dir / f"metrics{suffix}.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def fold_split(pool: PreparedPool, cfg: TrainConfig, fold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, validation, test) image indices of ``fold``, exactly as run_cv drew them."""
+    folds = patient_folds(pool, cfg.folds, cfg.seed)
+    test_idx = np.nonzero(folds == fold)[0]
+    train_idx, val_idx = validation_split(pool, np.nonzero(folds != fold)[0], cfg.validation_fraction, cfg.seed + fold)
+    return train_idx, val_idx, test_idx
+
+
+def int8_cv(cfg: TrainConfig, out_dir: Path) -> dict:
+    """Convert every finished fold's model to int8 and evaluate THAT on its test patients.
+
+    The referral threshold is re-chosen on the int8 model's validation outputs,
+    since the int8 model is what the runtime runs.
+    """
+    setup_tensorflow(cfg.seed)
+    from convert.lesion_export import Int8Runner, convert_int8, keras_probs, parity, representative_images, run_int8, whole_image_keras
+    from convert.lesion_model import build_fcn
+
+    pool = load_pool(cfg.spec(), DEFAULT_CACHE)
+    parities = {}
+    for fold in range(cfg.folds):
+        weights = out_dir / f"fold{fold}.weights.h5"
+        if not weights.exists() or (out_dir / f"fold{fold}_int8.npz").exists():
+            continue
+        saved = np.load(out_dir / f"fold{fold}.npz")
+        train_idx, val_idx, test_idx = fold_split(pool, cfg, fold)
+        if not np.array_equal(test_idx, saved["test_idx"]):
+            raise RuntimeError(f"fold {fold}: split differs from the saved run (config changed?)")
+        fcn = build_fcn(cfg.fcn_width, cfg.dropout)
+        fcn.load_weights(str(weights))
+        model = whole_image_keras(fcn, pool, (saved["kernel"], saved["bias"]), cfg.smooth)
+        runner = Int8Runner(convert_int8(model, representative_images(pool, train_idx, 100, cfg.seed + fold)))
+        val_probs = run_int8(runner, pool, val_idx)
+        val_labels = np.array([pool.items[i].label for i in val_idx])
+        threshold = referral_threshold(val_probs[:, 2], val_labels == 2, cfg.referral_sensitivity)
+        probs = run_int8(runner, pool, test_idx)
+        parities[fold] = parity(keras_probs(model, pool, test_idx), probs)
+        np.savez(out_dir / f"fold{fold}_int8.npz", test_idx=test_idx, probs=probs, threshold=threshold)
+        print(json.dumps({"fold": fold, "int8_threshold": threshold, "parity": parities[fold]}), flush=True)
+    if parities:
+        (out_dir / "parity_int8.json").write_text(json.dumps(parities, indent=1))
+    return collect_cv(pool, out_dir, cfg, "_int8")
+
+
+def train_final(cfg: TrainConfig, out_dir: Path) -> dict:
+    """Train on every patient (validation split kept for epoch, head and threshold); save weights and head."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    pool = load_pool(cfg.spec(), DEFAULT_CACHE)
+    log_file = open(out_dir / "log.jsonl", "a")
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+        log_file.write(message + "\n")
+        log_file.flush()
+
+    run = train_and_calibrate(pool, np.arange(len(pool.items)), cfg, log)
+    run["fcn"].save_weights(str(out_dir / "final.weights.h5"))
+    np.savez(out_dir / "final.npz", train_idx=run["train_idx"], val_idx=run["val_idx"], kernel=run["head"][0], bias=run["head"][1],
+             threshold=run["threshold"], best_epoch=run["best_epoch"])
+    (out_dir / "final_history.json").write_text(json.dumps(run["history"], indent=1))
+    return {"best_epoch": run["best_epoch"], "threshold": run["threshold"]}
 
 
 def config_from_args(args) -> TrainConfig:
@@ -444,7 +538,7 @@ def config_from_args(args) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convert.train_lesion", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["cv", "collect"])
+    parser.add_argument("command", choices=["cv", "collect", "int8cv", "final"])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a TrainConfig field (patch.size=...)")
     parser.add_argument("--folds", type=str, default=None, help="comma-separated fold numbers to run (default all)")
@@ -453,6 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "cv":
         only = None if args.folds is None else [int(f) for f in args.folds.split(",")]
         result = run_cv(cfg, args.out, only)
+    elif args.command == "final":
+        result = train_final(cfg, args.out)
+    elif args.command == "int8cv":
+        result = int8_cv(cfg, args.out)
     else:
         result = collect_cv(load_pool(cfg.spec(), DEFAULT_CACHE), args.out, cfg)
     print(json.dumps(result, indent=1))

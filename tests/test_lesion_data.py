@@ -208,3 +208,18 @@ def test_auc_and_threshold_against_hand_computed():
     # highest threshold keeping >= 2/3 of positives flagged: 0.7
     assert referral_threshold(scores, positive, 0.66) == 0.7
     assert referral_threshold(scores, positive, 1.0) == 0.4
+
+
+def test_hard_negatives_are_the_top_scoring_locations_away_from_lesions():
+    from convert.lesion_data import hard_negative_centres
+
+    cfg = PatchConfig(stride=16, margin_px=8.0, min_half_extent=4.0)
+    maps = np.zeros((8, 8, 2), dtype=np.float32)
+    maps[2, 2, 1] = 9.0  # on the lesion: a true positive, never mined
+    maps[6, 5, 0] = 5.0  # false positive far from it
+    maps[0, 7, 1] = 3.0  # weaker false positive
+    lesion = Lesion(row=2 * 16 + 7.5, col=2 * 16 + 7.5, half_height=10.0, half_width=10.0, malignant=True)
+    centres = hard_negative_centres(maps, (lesion,), cfg, top_k=2, rng=np.random.default_rng(0))
+    assert centres.shape == (2, 2)
+    expected = np.array([[6 * 16 + 7.5, 5 * 16 + 7.5], [0 * 16 + 7.5, 7 * 16 + 7.5]])
+    assert np.all(np.abs(centres - expected) <= 4.0)
