@@ -1,0 +1,180 @@
+"""The classify command as a user meets it: outputs, exact error lines, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from edge_birads.card import load_card
+from edge_birads.classifier import default_model_path
+from edge_birads.cli import cli
+from edge_birads.results import RESULT_FIELDS
+
+CARD = load_card(default_model_path())
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def jsonl(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines()]
+
+
+def check_record(record: dict) -> None:
+    assert list(record) == list(RESULT_FIELDS)
+    assert record["error"] is None
+    assert record["label"] in CARD.labels
+    assert set(record["probabilities"]) == set(CARD.labels)
+    assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert record["label"] == max(record["probabilities"], key=record["probabilities"].get)
+    assert record["malignancy_score"] == record["probabilities"][CARD.malignant_label]
+    assert record["referral"] == (record["malignancy_score"] >= CARD.referral_threshold)
+    assert record["model_sha256"] == CARD.sha256
+    assert record["latency_ms"] > 0
+
+
+def test_jsonl_on_the_example_pngs(example_pngs):
+    result = run("classify", "--format", "jsonl", *map(str, example_pngs))
+    assert result.exit_code == 0, result.output
+    records = jsonl(result.stdout)
+    assert [r["file"] for r in records] == [str(p) for p in example_pngs]
+    for record in records:
+        check_record(record)
+    assert "not a diagnostic device" in result.stderr
+
+
+def test_jsonl_on_the_real_cbis_dicoms(cbis_dicoms):
+    result = run("classify", "--format", "jsonl", *map(str, cbis_dicoms))
+    assert result.exit_code == 0, result.stderr
+    records = jsonl(result.stdout)
+    assert len(records) == 8
+    for record in records:
+        check_record(record)
+
+
+def test_patient_identifiers_never_reach_the_output(cbis_dicoms):
+    import pydicom
+
+    patient_id = str(pydicom.dcmread(cbis_dicoms[0], stop_before_pixels=True).PatientID)
+    for fmt in ("table", "jsonl", "csv"):
+        result = run("classify", "--format", fmt, str(cbis_dicoms[0]))
+        assert patient_id not in result.stdout + result.stderr
+
+
+def test_folder_input_and_recursion(example_pngs, tmp_path):
+    nested = tmp_path / "a" / "b"
+    nested.mkdir(parents=True)
+    shutil.copy(example_pngs[0], tmp_path / "top.png")
+    shutil.copy(example_pngs[1], nested / "deep.png")
+    (tmp_path / "notes.txt").write_text("ignored: not an image name")
+    (tmp_path / ".hidden.png").write_text("ignored: hidden")
+    flat = jsonl(run("classify", "--format", "jsonl", str(tmp_path)).stdout)
+    assert [r["file"] for r in flat] == [str(tmp_path / "top.png")]
+    deep = jsonl(run("classify", "--format", "jsonl", "-r", str(tmp_path)).stdout)
+    assert [r["file"] for r in deep] == [str(tmp_path / "top.png"), str(nested / "deep.png")]  # a folder's files before its sub-folders
+
+
+def test_a_corrupt_file_gets_one_error_line_and_the_rest_still_print(example_pngs, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(example_pngs[0].read_bytes()[:500])
+    result = run("classify", "--format", "jsonl", str(example_pngs[0]), str(bad), str(example_pngs[1]))
+    assert result.exit_code == 1
+    records = jsonl(result.stdout)
+    assert [r["error"] is None for r in records] == [True, False, True]
+    assert records[1]["label"] is None and records[1]["probabilities"] is None and records[1]["referral"] is None
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert error_lines == [f"error: {bad}: not a readable image (unknown format, or truncated or corrupt)"]
+    assert "Traceback" not in result.output
+
+
+def test_missing_file_exit_code_and_message(tmp_path):
+    missing = tmp_path / "nope.png"
+    result = run("classify", str(missing))
+    assert result.exit_code == 1
+    assert f"error: {missing}: no such file" in result.stderr.splitlines()
+
+
+def test_empty_folder_is_an_error(tmp_path):
+    result = run("classify", str(tmp_path))
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: no image files found in {tmp_path}"
+
+
+def test_table_format(example_pngs, tmp_path):
+    bad = tmp_path / "x.png"
+    bad.write_text("text")
+    result = run("classify", str(example_pngs[0]), str(bad))
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["LABEL", *f"P({CARD.malignant_label})".split(), "REFERRAL", "FILE"]
+    assert lines[1].endswith(str(example_pngs[0]))
+    assert lines[2].startswith("ERROR") and lines[2].endswith(f"{bad}: not a readable image (unknown format, or truncated or corrupt)")
+    assert lines[3].startswith("1 of 2 files classified") and "a clinician decides" in lines[3]
+
+
+def test_csv_has_the_jsonl_columns_and_values(example_pngs):
+    as_csv = run("classify", "--format", "csv", str(example_pngs[0]))
+    as_jsonl = run("classify", "--format", "jsonl", str(example_pngs[0]))
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    record = jsonl(as_jsonl.stdout)[0]
+    assert list(rows[0]) == list(RESULT_FIELDS)
+    assert rows[0]["label"] == record["label"]
+    assert json.loads(rows[0]["probabilities"]) == record["probabilities"]
+    assert rows[0]["referral"] == str(record["referral"]).lower()
+    assert rows[0]["error"] == ""
+
+
+def test_usage_errors_exit_2():
+    assert run("classify").exit_code == 2
+    assert run("classify", "--format", "xml", "x.png").exit_code == 2
+    assert run("no-such-command").exit_code == 2
+
+
+def test_a_model_whose_bytes_do_not_match_its_card_is_refused(tmp_path, example_pngs):
+    model = tmp_path / "model.tflite"
+    data = bytearray(default_model_path().read_bytes())
+    data[len(data) // 2] ^= 0x01
+    model.write_bytes(bytes(data))
+    shutil.copy(default_model_path().with_suffix(".json"), tmp_path / "model.json")
+    result = run("classify", "--model", str(model), str(example_pngs[0]))
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"Error: model {model} has sha256 ")
+    assert "refusing to load it" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_model_without_its_card_is_refused(tmp_path, example_pngs):
+    model = tmp_path / "lonely.tflite"
+    shutil.copy(default_model_path(), model)
+    result = run("classify", "--model", str(model), str(example_pngs[0]))
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"Error: model card not found: {tmp_path / 'lonely.json'} (every model needs its card beside it)"
+
+
+def test_every_command_has_help():
+    for name, command in cli.commands.items():
+        result = run(name, "--help")
+        assert result.exit_code == 0, name
+        assert command.get_short_help_str() and "Usage:" in result.output
+
+
+def test_python_dash_m_works():
+    completed = subprocess.run([sys.executable, "-m", "edge_birads", "--help"], capture_output=True, text=True, check=False)
+    assert completed.returncode == 0
+    assert "not a diagnostic device" in completed.stdout
+    assert "classify" in completed.stdout
+
+
+def test_runtime_import_does_not_pull_in_tensorflow():
+    code = "import sys, edge_birads.cli, edge_birads.classifier; print([m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'matplotlib')])"
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert completed.stdout.strip() == "[]"
+

@@ -1,0 +1,97 @@
+"""Preprocessing: what the model sees for 8-bit, 16-bit, colour, tiny and huge images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_birads.errors import InputError
+from edge_birads.preprocess import PreprocessSpec, apply_clahe, breast_bounding_box, prepare, value_range
+
+SPEC = PreprocessSpec()
+
+
+def test_8bit_is_divided_by_255_as_in_the_paper():
+    image = np.full((300, 200), 51, np.uint8)
+    out = prepare(image, SPEC)
+    assert out.shape == (224, 224, 1) and out.dtype == np.float32
+    np.testing.assert_allclose(out, 0.2, atol=1e-6)
+
+
+def test_12bit_in_16bit_uses_the_real_range_not_65535():
+    gradient = np.tile(np.linspace(0, 4095, 512), (512, 1)).astype(np.uint16)
+    out = prepare(gradient, SPEC)
+    assert out.max() == pytest.approx(1.0, abs=0.01)
+    assert out.min() == pytest.approx(0.0, abs=0.01)
+    assert out.mean() == pytest.approx(0.5, abs=0.02)
+
+
+def test_float_dicom_values_are_scaled_by_their_range():
+    image = np.linspace(-1000.0, 3000.0, 100 * 100, dtype=np.float32).reshape(100, 100)
+    assert value_range(image) == (-1000.0, 3000.0)
+    out = prepare(image, SPEC)
+    assert 0.0 <= out.min() < 0.02 and 0.98 < out.max() <= 1.0
+
+
+def test_one_pixel_image_becomes_a_constant_input():
+    out = prepare(np.array([[255]], np.uint8), SPEC)
+    assert out.shape == (224, 224, 1)
+    assert np.all(out == 1.0)
+
+
+def test_constant_16bit_image_does_not_divide_by_zero():
+    out = prepare(np.full((64, 64), 700, np.uint16), SPEC)
+    assert np.all(out == 0.0)
+
+
+def test_very_large_image_is_resized_without_error():
+    image = np.random.default_rng(1).integers(0, 65535, (6000, 4800), dtype=np.uint16)
+    out = prepare(image, SPEC)
+    assert out.shape == (224, 224, 1)
+    assert 0.45 < out.mean() < 0.55  # area averaging of uniform noise
+
+
+def test_prepare_is_pure(breast_like):
+    before = breast_like.copy()
+    prepare(breast_like, PreprocessSpec(crop_to_breast=True, clahe_clip_limit=2.0))
+    np.testing.assert_array_equal(breast_like, before)
+
+
+def test_non_2d_input_is_an_input_error():
+    with pytest.raises(InputError):
+        prepare(np.zeros((10, 10, 3), np.uint8), SPEC)
+
+
+def test_breast_box_finds_the_bright_region(breast_like):
+    top, bottom, left, right = breast_bounding_box(breast_like, 0.0, 255.0)
+    # The half-ellipse spans rows 36..476 and columns 0..250.
+    assert 20 <= top <= 45 and 465 <= bottom <= 495
+    assert left == 0 and 240 <= right <= 265
+
+
+def test_crop_to_breast_fills_the_input_with_tissue(breast_like):
+    plain = prepare(breast_like, SPEC)
+    cropped = prepare(breast_like, PreprocessSpec(crop_to_breast=True))
+    assert (cropped > 0.1).mean() > (plain > 0.1).mean() + 0.2
+
+
+def test_blank_image_keeps_the_whole_frame():
+    assert breast_bounding_box(np.zeros((50, 60), np.uint8), 0.0, 255.0) == (0, 50, 0, 60)
+
+
+def test_clahe_raises_local_contrast_and_stays_in_range():
+    rng = np.random.default_rng(2)
+    flat = (0.5 + 0.02 * rng.standard_normal((224, 224))).astype(np.float32)
+    out = apply_clahe(flat, 2.0, (8, 8))
+    assert out.std() > flat.std() * 2
+    assert 0.0 <= out.min() and out.max() <= 1.0
+
+
+def test_spec_round_trips_through_the_card_dict():
+    spec = PreprocessSpec(height=448, width=448, crop_to_breast=True, clahe_clip_limit=2.0, clahe_tile_grid=(4, 4))
+    assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_unknown_interpolation_is_refused():
+    with pytest.raises(ValueError):
+        PreprocessSpec.from_dict({"interpolation": "cubic-magic"})
