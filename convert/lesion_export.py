@@ -98,3 +98,114 @@ def run_int8(runner: Int8Runner, pool, indices) -> np.ndarray:
 
 def keras_probs(model, pool, indices, batch: int = 1) -> np.ndarray:
     return np.stack([np.asarray(model(pool.images[i : i + 1].astype(np.float32)[..., None] / 255.0, training=False))[0] for i in indices])
+
+
+def op_names(model_bytes: bytes) -> set[str]:
+    """Builtin ops of the flatbuffer (read before tensors are allocated, so no DELEGATE node hides them)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover
+        from tensorflow.lite import Interpreter
+    return {op["op_name"] for op in Interpreter(model_content=model_bytes)._get_ops_details()}
+
+
+DISCLAIMER = "Research use only, not a diagnostic device: a clinician decides."
+
+
+def versions() -> dict:
+    import platform
+
+    found = {"python": platform.python_version(), "numpy": np.__version__}
+    for module in ("tensorflow", "keras", "ai_edge_litert", "cv2"):
+        try:
+            imported = __import__(module)
+        except ImportError:
+            continue
+        found[{"cv2": "opencv"}.get(module, module)] = getattr(imported, "__version__", "unknown")
+    return found
+
+
+def split_summary(pool, indices) -> dict:
+    chosen = [pool.items[i] for i in indices]
+    return {
+        "images": len(chosen),
+        "patients": len({(it.source, it.patient_id) for it in chosen}),
+        "per_source_label": {
+            source: {label: sum(1 for it in chosen if it.source == source and it.label == k) for k, label in enumerate(("BI-RADS 1", "BI-RADS 2-3", "BI-RADS 4-5"))}
+            for source in sorted({it.source for it in pool.items})
+        },
+    }
+
+
+def build_card(
+    tflite_path,
+    *,
+    name: str,
+    pool,
+    config: dict,
+    split: dict,
+    referral: dict,
+    test_metrics: dict,
+    cv_metrics: dict | None,
+    parity_result: dict,
+    architecture: str,
+    command: str,
+    best_epoch: int,
+) -> dict:
+    """The model card (the fields of card_example.json) for a lesion-FCN export."""
+    from pathlib import Path
+
+    from edge_birads.card import CARD_SCHEMA_VERSION, sha256_of
+
+    tflite_path = Path(tflite_path)
+    runner = Int8Runner(tflite_path.read_bytes())
+    quant = runner.quantization()
+    return {
+        "schema_version": CARD_SCHEMA_VERSION,
+        "name": name,
+        "description": (
+            "Lesion FCN: a 38k-parameter fully convolutional network trained on lesion patches (mini-MIAS lesion "
+            "centres/radii, CBIS-DDSM mass boxes) against normal-tissue patches and mined false positives, applied to "
+            "the whole preprocessed image; per-location log-odds are soft-max-pooled (2x2 mean, global max) and a "
+            "2->3 calibrated head gives the 3 labels. Full-integer int8."
+        ),
+        "labels": ["BI-RADS 1", "BI-RADS 2-3", "BI-RADS 4-5"],
+        "malignant_label": "BI-RADS 4-5",
+        "input": quant["input"],
+        "output": quant["output"],
+        "preprocessing": pool.spec.to_dict(),
+        "referral": referral,
+        "training": {
+            "command": command,
+            "config": config,
+            "seed": config.get("seed"),
+            "best_epoch": best_epoch,
+            "data": {
+                "sources": {"mini-mias": "242 images, 121 patients (../shared/data/mini-mias)", "cbis-ddsm-mass": "1231 images, 691 patients (../shared/data/cbis-ddsm-mass)"},
+                "label_mapping": "normal -> BI-RADS 1, benign -> BI-RADS 2-3, malignant -> BI-RADS 4-5 (pathology)",
+                "annotations": "mini-MIAS lesion centres and radii (origin bottom-left, row = 1023 - y); CBIS-DDSM mass boxes; "
+                "mapped through the breast crop and resize of edge_birads.preprocess.prepare",
+            },
+            "split": split,
+            "architecture": architecture,
+            "loss": "per-location 3-way cross-entropy (normal / benign / malignant), benign and malignant locations "
+            "equally weighted, normal locations weighted normal_weight_ratio times a lesion class",
+            "optimizer": f"AdamW lr {config.get('learning_rate')} cosine decay, weight decay {config.get('weight_decay')}",
+            "epochs": config.get("epochs"),
+        },
+        "metrics": {
+            "note": "int8 TFLite outputs. 'test': this exact model on its held-out test patients (fold 0 of a 5-fold "
+            "patient-level split: never seen in training, epoch choice, head calibration or threshold choice). "
+            "'cross_validation': 5 models of the same recipe, each on its own held-out fold, pooled out-of-fold, "
+            "with per-fold mean and sd. Per source; CIs are 95% patient-level bootstrap (2000 resamples). "
+            "mini-MIAS: malignant vs rest (normal + benign); CBIS-DDSM: malignant vs benign (no normals).",
+            "test": test_metrics,
+            "cross_validation": cv_metrics,
+        },
+        "parity": parity_result,
+        "conversion": {"batch_size_fixed": 1, "n_representative": 100, "ops": sorted(op_names(tflite_path.read_bytes()))},
+        "sha256": sha256_of(tflite_path),
+        "size_bytes": tflite_path.stat().st_size,
+        "versions": versions(),
+        "intended_use": DISCLAIMER,
+    }

@@ -311,31 +311,54 @@ def train_fcn(pool: PreparedPool, train_idx, val_idx, cfg: TrainConfig, log=prin
     return fcn, history, best[2]
 
 
-def fit_head(scores: np.ndarray, labels: np.ndarray, c: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def fit_head(scores: np.ndarray, labels: np.ndarray, c: float = 1.0, iterations: int = 20000) -> tuple[np.ndarray, np.ndarray]:
     """Multinomial logistic regression of the 3 labels on the 2 pooled scores (the Dense head's weights).
 
-    Fitted on validation images: the FCN has seen the training images' lesions,
-    so their scores are over-confident. Classes absent from ``labels`` keep the
-    identity head's logits.
+    Objective as scikit-learn's LogisticRegression(C=c): summed log-loss plus
+    ||W||^2 / (2c), intercepts unpenalised; solved here by gradient descent
+    with backtracking (9 parameters) so training needs no scikit-learn.
+    Fitted on validation images: the FCN has seen the training images'
+    lesions, so their scores are over-confident. Classes absent from
+    ``labels`` keep the identity head's logits.
     """
-    from sklearn.linear_model import LogisticRegression
-
-    kernel = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
-    bias = np.zeros(3, dtype=np.float32)
+    kernel = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=np.float64)
+    bias = np.zeros(3, dtype=np.float64)
     present = np.unique(labels)
     if present.size < 2:
-        return kernel, bias
-    model = LogisticRegression(C=c, max_iter=2000)
-    model.fit(scores, labels)
-    coef = model.coef_
-    intercept = model.intercept_
-    if present.size == 2:  # binary: coef is for present[1] vs present[0]
-        coef = np.stack([-coef[0] / 2, coef[0] / 2])
-        intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
-    for row, cls in enumerate(present):
-        kernel[:, cls] = coef[row]
-        bias[cls] = intercept[row]
-    return kernel, bias
+        return kernel.astype(np.float32), bias.astype(np.float32)
+    x = np.asarray(scores, dtype=np.float64)
+    onehot = (np.asarray(labels)[:, None] == present[None, :]).astype(np.float64)
+    w = np.zeros((x.shape[1], present.size))
+    b = np.zeros(present.size)
+
+    def objective(w, b):
+        z = x @ w + b
+        z -= z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return -(onehot * logp).sum() + (w * w).sum() / (2.0 * c), np.exp(logp)
+
+    value, p = objective(w, b)
+    step = 1.0
+    for _ in range(iterations):
+        grad_w = x.T @ (p - onehot) + w / c
+        grad_b = (p - onehot).sum(axis=0)
+        if max(np.abs(grad_w).max(), np.abs(grad_b).max()) < 1e-7:
+            break
+        while step > 1e-12:
+            new_w, new_b = w - step * grad_w, b - step * grad_b
+            new_value, new_p = objective(new_w, new_b)
+            if new_value <= value - 0.5 * step * ((grad_w**2).sum() + (grad_b**2).sum()):
+                w, b, value, p = new_w, new_b, new_value, new_p
+                step *= 2.0
+                break
+            step *= 0.5
+    if present.size == 2:  # only the difference of two logits matters; keep it, centred like a binary fit
+        w = w - w.mean(axis=1, keepdims=True)
+        b = b - b.mean()
+    for column, cls in enumerate(present):
+        kernel[:, cls] = w[:, column]
+        bias[cls] = b[column]
+    return kernel.astype(np.float32), bias.astype(np.float32)
 
 
 def head_probs(scores: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -479,13 +502,18 @@ def int8_cv(cfg: TrainConfig, out_dir: Path) -> dict:
         fcn = build_fcn(cfg.fcn_width, cfg.dropout)
         fcn.load_weights(str(weights))
         model = whole_image_keras(fcn, pool, (saved["kernel"], saved["bias"]), cfg.smooth)
-        runner = Int8Runner(convert_int8(model, representative_images(pool, train_idx, 100, cfg.seed + fold)))
+        flatbuffer = convert_int8(model, representative_images(pool, train_idx, 100, cfg.seed + fold))
+        (out_dir / f"fold{fold}.tflite").write_bytes(flatbuffer)
+        runner = Int8Runner(flatbuffer)
         val_probs = run_int8(runner, pool, val_idx)
         val_labels = np.array([pool.items[i].label for i in val_idx])
         threshold = referral_threshold(val_probs[:, 2], val_labels == 2, cfg.referral_sensitivity)
         probs = run_int8(runner, pool, test_idx)
         parities[fold] = parity(keras_probs(model, pool, test_idx), probs)
-        np.savez(out_dir / f"fold{fold}_int8.npz", test_idx=test_idx, probs=probs, threshold=threshold)
+        val_flags = val_probs[:, 2] >= threshold
+        val_malignant = val_labels == 2
+        np.savez(out_dir / f"fold{fold}_int8.npz", test_idx=test_idx, probs=probs, threshold=threshold,
+                 val_sensitivity=val_flags[val_malignant].mean(), val_specificity=(~val_flags[~val_malignant]).mean())
         print(json.dumps({"fold": fold, "int8_threshold": threshold, "parity": parities[fold]}), flush=True)
     if parities:
         (out_dir / "parity_int8.json").write_text(json.dumps(parities, indent=1))
@@ -510,6 +538,53 @@ def train_final(cfg: TrainConfig, out_dir: Path) -> dict:
              threshold=run["threshold"], best_epoch=run["best_epoch"])
     (out_dir / "final_history.json").write_text(json.dumps(run["history"], indent=1))
     return {"best_epoch": run["best_epoch"], "threshold": run["threshold"]}
+
+
+def export_fold(cfg: TrainConfig, run_dir: Path, fold: int, out_path: Path, command: str) -> dict:
+    """Write fold ``fold``'s int8 model as ``out_path``.tflite with its card (test = that fold's patients)."""
+    import shutil
+
+    from convert.lesion_export import build_card, split_summary
+    from edge_birads.card import load_card, parse_card
+
+    pool = load_pool(cfg.spec(), DEFAULT_CACHE)
+    int8 = np.load(run_dir / f"fold{fold}_int8.npz")
+    float_run = np.load(run_dir / f"fold{fold}.npz")
+    train_idx, val_idx, test_idx = fold_split(pool, cfg, fold)
+    probs = int8["probs"]
+    flags = probs[:, 2] >= float(int8["threshold"])
+    test_metrics = summarise(pool, test_idx, probs, flags)
+    parities = json.loads((run_dir / "parity_int8.json").read_text())
+    cv_path = run_dir / "metrics_int8.json"
+    cv_metrics = json.loads(cv_path.read_text()) if cv_path.exists() else None
+    tflite = out_path.with_suffix(".tflite")
+    tflite.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / f"fold{fold}.tflite", tflite)
+    card = build_card(
+        tflite,
+        name=out_path.name,
+        pool=pool,
+        config=asdict(cfg),
+        split={"method": f"{cfg.folds}-fold by patient, stratified by (source, worst label of the patient), seed {cfg.seed}; "
+               f"this model: fold {fold} is test, {cfg.validation_fraction:.1%} of the other patients validation",
+               "train": split_summary(pool, train_idx), "val": split_summary(pool, val_idx), "test": split_summary(pool, test_idx)},
+        referral={"threshold": float(int8["threshold"]),
+                  "method": f"highest threshold with >= {cfg.referral_sensitivity:.0%} sensitivity for BI-RADS 4-5 on the int8 model's "
+                  "validation images (both sources pooled); never chosen on test",
+                  "validation_sensitivity": float(int8["val_sensitivity"]), "validation_specificity": float(int8["val_specificity"])},
+        test_metrics=test_metrics,
+        cv_metrics=cv_metrics,
+        parity_result={**parities[str(fold)], "images": "this model's test patients"},
+        architecture="stem conv5x5/2 (16) + maxpool, 5 depthwise-separable blocks (32, 64, 64, 128, 128) with 2 more maxpools "
+                     "(stride 16, receptive field ~123 px), 1x1 conv to 2 log-odds maps; 2x2 mean + global max; dense 2->3; softmax",
+        command=command,
+        best_epoch=int(float_run["best_epoch"]),
+    )
+    parse_card(card, "new card")
+    card_path = tflite.with_suffix(".json")
+    card_path.write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
+    load_card(tflite, card_path)
+    return {"tflite": str(tflite), "card": str(card_path), "test": test_metrics}
 
 
 def config_from_args(args) -> TrainConfig:
@@ -538,7 +613,9 @@ def config_from_args(args) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convert.train_lesion", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["cv", "collect", "int8cv", "final"])
+    parser.add_argument("command", choices=["cv", "collect", "int8cv", "final", "export"])
+    parser.add_argument("--run", type=Path, help="export: the cv run directory")
+    parser.add_argument("--fold", type=int, default=0, help="export: which fold's model to ship (its fold is its test set)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a TrainConfig field (patch.size=...)")
     parser.add_argument("--folds", type=str, default=None, help="comma-separated fold numbers to run (default all)")
@@ -547,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "cv":
         only = None if args.folds is None else [int(f) for f in args.folds.split(",")]
         result = run_cv(cfg, args.out, only)
+    elif args.command == "export":
+        command = "python -m convert.train_lesion " + " ".join(argv if argv is not None else sys.argv[1:])
+        result = export_fold(cfg, args.run, args.fold, args.out, command)
     elif args.command == "final":
         result = train_final(cfg, args.out)
     elif args.command == "int8cv":
