@@ -7,8 +7,13 @@ saw: k-fold by patient within each source (mini-MIAS and CBIS-DDSM differ in
 scanner, resolution and stretch, and CBIS has no normals, so pooled figures
 would reward telling the sources apart).
 
-    python -m convert.train_lesion cv --out /work/experiments/lesion/run
-    python -m convert.train_lesion final --out /work/experiments/lesion/final
+    # everything: 5-fold CV, int8 conversion + evaluation of every fold, fold 0's model shipped with its card
+    python -m convert.train_lesion build --out RUN_DIR --model edge_birads/models/lesion \
+        --set height=512 --set width=256 --set normal_weight_ratio=3 --set mine_from=3
+    python -m convert.train_lesion cv --out RUN_DIR [--folds 0,1]     # float CV only (resumable)
+    python -m convert.train_lesion int8cv --out RUN_DIR               # int8 models of finished folds
+    python -m convert.train_lesion export --run RUN_DIR --fold 0 --out PATH
+    python -m convert.train_lesion pooling --out RUN_DIR              # other whole-image poolings, same FCNs
 
 Within every training run, 12.5% of the training patients (the paper's
 proportion) are held out as validation: they choose the epoch, calibrate the
@@ -587,6 +592,63 @@ def export_fold(cfg: TrainConfig, run_dir: Path, fold: int, out_path: Path, comm
     return {"tflite": str(tflite), "card": str(card_path), "test": test_metrics}
 
 
+POOLINGS = {
+    "max": lambda m: m.reshape(-1, 2).max(axis=0),
+    "mean2x2-max": lambda m: smooth_max(m, 2),
+    "mean3x3-max": lambda m: smooth_max(m, 3),
+    "top5-mean": lambda m: np.sort(m.reshape(-1, 2), axis=0)[-5:].mean(axis=0),
+    "global-mean": lambda m: m.reshape(-1, 2).mean(axis=0),
+}
+
+
+def smooth_max(maps: np.ndarray, k: int) -> np.ndarray:
+    """Mean over k x k windows (valid), then max: what AveragePooling2D(k, 1) + GlobalMaxPooling2D compute."""
+    h, w = maps.shape[:2]
+    acc = sum(maps[i : h - k + 1 + i, j : w - k + 1 + j] for i in range(k) for j in range(k)) / (k * k)
+    return acc.reshape(-1, 2).max(axis=0)
+
+
+def pooling_ablation(cfg: TrainConfig, out_dir: Path) -> dict:
+    """Out-of-fold AUCs of each saved fold FCN under other whole-image poolings (identity head, float).
+
+    Only the pooling changes: the FCN weights are the folds' own, each scored
+    on its own test patients, so no pooling sees patients its FCN was trained on.
+    """
+    setup_tensorflow(cfg.seed)
+    from convert.lesion_model import build_fcn
+
+    pool = load_pool(cfg.spec(), DEFAULT_CACHE)
+    collected: dict[str, list] = {name: [] for name in POOLINGS}
+    indices = []
+    for fold in range(cfg.folds):
+        weights = out_dir / f"fold{fold}.weights.h5"
+        if not weights.exists():
+            continue
+        fcn = build_fcn(cfg.fcn_width, cfg.dropout)
+        fcn.load_weights(str(weights))
+        test_idx = np.load(out_dir / f"fold{fold}.npz")["test_idx"]
+        indices.append(test_idx)
+        for start in range(0, test_idx.size, 16):
+            chunk = test_idx[start : start + 16]
+            maps = np.asarray(fcn(pool.images[chunk].astype(np.float32)[..., None] / 255.0, training=False))
+            for m in maps:
+                for name, fn in POOLINGS.items():
+                    collected[name].append(fn(m))
+    indices = np.concatenate(indices)
+    labels = np.array([pool.items[i].label for i in indices])
+    sources = np.array([pool.items[i].source for i in indices])
+    patients = np.array([f"{pool.items[i].source}/{pool.items[i].patient_id}" for i in indices])
+    result = {}
+    for name, values in collected.items():
+        score = rest_logodds(np.array(values))
+        result[name] = {}
+        for source in (MIAS, CBIS):
+            m = sources == source
+            result[name][source] = {"auc": auc(score[m], labels[m] == 2), "ci95": bootstrap_auc(score[m], labels[m] == 2, patients[m])}
+    (out_dir / "pooling_ablation.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
 def config_from_args(args) -> TrainConfig:
     cfg = TrainConfig()
     overrides = {}
@@ -613,7 +675,8 @@ def config_from_args(args) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convert.train_lesion", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["cv", "collect", "int8cv", "final", "export"])
+    parser.add_argument("command", choices=["cv", "collect", "int8cv", "final", "export", "pooling", "build"])
+    parser.add_argument("--model", type=Path, help="build: output path of the model without suffix (writes .tflite and .json)")
     parser.add_argument("--run", type=Path, help="export: the cv run directory")
     parser.add_argument("--fold", type=int, default=0, help="export: which fold's model to ship (its fold is its test set)")
     parser.add_argument("--out", type=Path, required=True)
@@ -624,6 +687,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "cv":
         only = None if args.folds is None else [int(f) for f in args.folds.split(",")]
         result = run_cv(cfg, args.out, only)
+    elif args.command == "build":
+        if args.model is None:
+            parser.error("build needs --model PATH (without suffix)")
+        command = "python -m convert.train_lesion " + " ".join(argv if argv is not None else sys.argv[1:])
+        run_cv(cfg, args.out)
+        int8_cv(cfg, args.out)
+        result = export_fold(cfg, args.out, args.fold, args.model, command)
+    elif args.command == "pooling":
+        result = pooling_ablation(cfg, args.out)
     elif args.command == "export":
         command = "python -m convert.train_lesion " + " ".join(argv if argv is not None else sys.argv[1:])
         result = export_fold(cfg, args.run, args.fold, args.out, command)
