@@ -31,6 +31,10 @@ ABLATIONS: dict[str, tuple[dict, str]] = {
         "512x256 (H x W) crop, roughly isotropic for both sources, half the compute; normal locations weighted 3x; "
         "hard negatives (top-3 false-positive locations per training image) mined from epoch 3",
     ),
+    "fcn-512x256-normal3-mined-w32": (
+        {"height": 512, "width": 256, "normal_weight_ratio": 3.0, "mine_from": 3, "fcn_width": 32},
+        "as above with twice the channels (32-64-128-128-256-256; ~4x the multiply-adds): is the FCN capacity-bound?",
+    ),
 }
 SHIPPED = "fcn-512x256-normal3-mined"
 

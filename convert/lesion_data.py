@@ -61,6 +61,8 @@ class AnnotatedImage:
     # True when the image holds a finding without coordinates (some MIAS
     # calcification clusters): no tissue of it can be trusted as "normal".
     unlocated_finding: bool = False
+    # MIAS abnormality class (CIRC, SPIC, MISC, ARCH, ASYM, CALC, NORM); CBIS: "MASS".
+    finding: str = ""
 
 
 def mias_lesion(x: float, y: float, radius: float, malignant: bool) -> Lesion:
@@ -104,6 +106,7 @@ def load_mias(root: Path | None = None) -> list[AnnotatedImage]:
                     label=PATHOLOGY_TO_CLASS[row["pathology"]],
                     lesions=lesions,
                     unlocated_finding=unlocated,
+                    finding=row["abnormality"],
                 )
             )
     return images
@@ -137,6 +140,7 @@ def load_cbis(root: Path | None = None) -> list[AnnotatedImage]:
                     source="cbis-ddsm-mass",
                     label=label,
                     lesions=parse_cbis_boxes(row["boxes"], malignant=label == 2),
+                    finding="MASS",
                 )
             )
     return images

@@ -203,9 +203,26 @@ def build_card(
             "cross_validation": cv_metrics,
         },
         "parity": parity_result,
-        "conversion": {"batch_size_fixed": 1, "n_representative": 100, "ops": sorted(op_names(tflite_path.read_bytes()))},
+        "conversion": {"batch_size_fixed": 1, "n_representative": 100, "op_versions": op_versions(tflite_path.read_bytes())},
         "sha256": sha256_of(tflite_path),
         "size_bytes": tflite_path.stat().st_size,
         "versions": versions(),
         "intended_use": DISCLAIMER,
     }
+
+
+def op_versions(model_bytes: bytes) -> dict[str, int]:
+    """Builtin op name -> version, from the flatbuffer (what decides loadability by older runtimes)."""
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:  # pragma: no cover
+        from tensorflow.lite.python import schema_py_generated as schema
+    names = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    model = schema.Model.GetRootAsModel(bytearray(model_bytes), 0)
+    found: dict[str, int] = {}
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(int(code.BuiltinCode()), int(code.DeprecatedBuiltinCode()))
+        name = names.get(builtin, f"BUILTIN_{builtin}")
+        found[name] = max(found.get(name, 0), int(code.Version()))
+    return dict(sorted(found.items()))
