@@ -37,7 +37,8 @@ from edge_birads.preprocess import PreprocessSpec
 
 MIAS = "mini-mias"
 CBIS = "cbis-ddsm-mass"
-DEFAULT_CACHE = Path(os.environ.get("EDGE_BIRADS_CACHE", "/work/experiments/lesion/cache"))
+# Preprocessed pools (~0.2-0.4 GB per spec) live outside the repository.
+DEFAULT_CACHE = Path(os.environ.get("EDGE_BIRADS_CACHE", Path.home() / ".cache" / "edge-birads" / "lesion"))
 
 
 @dataclass(frozen=True)
