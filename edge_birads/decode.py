@@ -9,28 +9,21 @@ that claims a huge image cannot exhaust memory.
 from __future__ import annotations
 
 import os
+import stat
 import struct
-from dataclasses import dataclass
+import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from edge_birads.errors import InputError
+from edge_birads.limits import DEFAULT_LIMITS, DecodeLimits, check_size  # noqa: F401 - re-exported
+from edge_birads.quiet import captured_stderr
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm", ".pnm", ".ppm", ".bmp", ".dcm", ".dicom"})
 DICOM_MAGIC_OFFSET = 128
-
-
-@dataclass(frozen=True)
-class DecodeLimits:
-    """Upper bounds applied before decoding; configurable for unusual scanners."""
-
-    max_file_bytes: int = 512 * 1024 * 1024
-    max_pixels: int = 120_000_000  # a 12000 x 10000 full-field DICOM fits; 30000 x 30000 does not
-
-
-DEFAULT_LIMITS = DecodeLimits()
+UNREADABLE = "not a readable image (unknown format, or truncated or corrupt)"
 
 
 def is_dicom_bytes(head: bytes) -> bool:
@@ -47,13 +40,18 @@ def read_file(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> np.nda
     try:
         if path.is_dir():
             raise InputError("is a directory, not an image file", path)
-        size = path.stat().st_size
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError("not a regular file (a pipe, socket or device)", path)
+        size = info.st_size
         if size == 0:
             raise InputError("empty file (0 bytes)", path)
         if size > limits.max_file_bytes:
             raise InputError(f"file is {size} bytes, over the limit of {limits.max_file_bytes}", path)
         with open(path, "rb") as handle:
-            data = handle.read(limits.max_file_bytes + 1)
+            # read(n) reserves n bytes up front: ask for what stat saw (+1 notices a file still growing),
+            # not the limit, which would reserve 512 MB of address space per file on a 32-bit Pi.
+            data = handle.read(size + 1)
     except InputError:
         raise
     except PermissionError:
@@ -74,29 +72,70 @@ def decode_bytes(data: bytes, suffix: str = "", limits: DecodeLimits = DEFAULT_L
         raise InputError("empty file (0 bytes)")
     if len(data) > limits.max_file_bytes:
         raise InputError(f"file is {len(data)} bytes, over the limit of {limits.max_file_bytes}")
-    if is_dicom_bytes(data[: DICOM_MAGIC_OFFSET + 4]) or suffix in (".dcm", ".dicom"):
-        from edge_birads.dicom import decode_dicom
-
-        return decode_dicom(data, limits)
+    if is_dicom_bytes(data[: DICOM_MAGIC_OFFSET + 4]):
+        return _decode_dicom(data, limits)
+    kind = raster_format(data)
+    if suffix in (".dcm", ".dicom"):
+        if kind is not None:
+            raise InputError(f"named {suffix} but holds a {kind} image, not DICOM")
+        return _decode_dicom(data, limits)  # old DICOMs have no preamble: pydicom tries them
+    if kind is None:
+        raise InputError(UNREADABLE)
     return decode_raster(data, limits)
 
 
+def _decode_dicom(data: bytes, limits: DecodeLimits) -> np.ndarray:
+    from edge_birads.dicom import decode_dicom
+
+    return decode_dicom(data, limits)
+
+
+def raster_format(data: bytes) -> str | None:
+    """The format named by the file's signature, among the few this package accepts.
+
+    OpenCV also decodes GIF, WebP, JPEG 2000, HDR, PFM, ... but their sizes are
+    not checked here before decoding, so anything else is refused.
+    """
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if data[:2] == b"BM":
+        return "BMP"
+    if len(data) >= 3 and data[0:1] == b"P" and data[1:2] in b"123456" and data[2:3].isspace():
+        return "PNM"
+    return None
+
+
 def decode_raster(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """Decode PNG, JPEG, TIFF, PGM or BMP bytes with OpenCV and convert to gray."""
+    """Decode PNG, JPEG, TIFF, PGM or BMP bytes with OpenCV and convert to gray.
+
+    The size in the header is checked first; a header this module cannot read
+    is refused rather than handed to OpenCV unchecked.
+    """
     dims = header_dimensions(data)
-    if dims is not None:
-        width, height = dims
-        if width <= 0 or height <= 0:
-            raise InputError(f"image header gives an invalid size {width}x{height}")
-        if width * height > limits.max_pixels:
-            raise InputError(f"image is {width}x{height} pixels, over the limit of {limits.max_pixels} pixels")
+    if dims is None:
+        raise InputError(UNREADABLE)
+    check_size(*dims, limits)
+    if data[:2] == b"\xff\xd8" and not _jpeg_is_complete(data):
+        # Older OpenCV returns the decoded top part of a cut-off JPEG, grey below: a silently wrong image.
+        raise InputError("truncated JPEG (no end-of-image marker after the image data)")
+    if data[:4] == b"\x89PNG":
+        _check_png_chunks(data)
     buffer = np.frombuffer(data, dtype=np.uint8)
-    try:
-        image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
-    except cv2.error as exc:
-        raise InputError(f"cannot decode image: {str(exc).strip().splitlines()[-1]}") from None
+    with captured_stderr() as said:  # libpng/libtiff/OpenCV complaints would break one line per bad file
+        try:
+            image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+        except cv2.error as exc:
+            raise InputError(f"cannot decode image: {str(exc).strip().splitlines()[-1]}") from None
     if image is None:
-        raise InputError("not a readable image (unknown format, or truncated or corrupt)")
+        raise InputError(UNREADABLE)
+    complaint = " ".join("".join(said).split())
+    if "Corrupt JPEG data" in complaint or "Premature end of JPEG file" in complaint:
+        # libjpeg decoded a damaged stream anyway (grey or garbled blocks): a silently wrong image otherwise.
+        raise InputError(f"corrupt JPEG data (libjpeg: {complaint[:160]})")
     return to_gray(image, limits)
 
 
@@ -114,10 +153,7 @@ def to_gray(image: np.ndarray, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndar
             raise InputError(f"unsupported image with {channels} channels")
     if image.ndim != 2:
         raise InputError(f"unsupported image with {image.ndim} dimensions")
-    if image.size == 0:
-        raise InputError("image has no pixels")
-    if image.size > limits.max_pixels:
-        raise InputError(f"image is {image.shape[1]}x{image.shape[0]} pixels, over the limit of {limits.max_pixels} pixels")
+    check_size(image.shape[1], image.shape[0], limits)
     if image.dtype == np.uint8 or image.dtype == np.uint16:
         return image
     if image.dtype == np.int8:
@@ -131,7 +167,7 @@ def to_gray(image: np.ndarray, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndar
 
 
 def header_dimensions(data: bytes) -> tuple[int, int] | None:
-    """Width and height read from a PNG, JPEG, BMP or PNM header, if present.
+    """Width and height read from a PNG, JPEG, TIFF, BMP or PNM header, if present.
 
     Used to refuse decompression bombs before OpenCV allocates their pixels.
     Returns None for formats (or damaged headers) it does not parse; the
@@ -141,7 +177,9 @@ def header_dimensions(data: bytes) -> tuple[int, int] | None:
         width, height = struct.unpack(">II", data[16:24])
         return width, height
     if data[:2] == b"\xff\xd8":
-        return _jpeg_dimensions(data)
+        return jpeg_dimensions(data)
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return _tiff_dimensions(data)
     if data[:2] == b"BM" and len(data) >= 26:
         width, height = struct.unpack("<ii", data[18:26])
         return abs(width), abs(height)
@@ -150,7 +188,13 @@ def header_dimensions(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
+def jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
+    found = _jpeg_frame(data)
+    return None if found is None else found[1:]
+
+
+def _jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
+    """(offset, width, height) of the first frame header (SOFn), walking the segments."""
     offset = 2
     length = len(data)
     while offset + 4 <= length:
@@ -164,12 +208,65 @@ def _jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
             offset += 2
             continue
         segment = struct.unpack(">H", data[offset + 2 : offset + 4])[0]
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7):  # F7: JPEG-LS
             if offset + 9 > length:
                 return None
             height, width = struct.unpack(">HH", data[offset + 5 : offset + 9])
-            return width, height
+            return offset, width, height
+        if marker == 0xDA or segment < 2:
+            return None  # image data before any frame header, or a bogus segment length
         offset += 2 + segment
+    return None
+
+
+def _jpeg_is_complete(data: bytes) -> bool:
+    """True when an end-of-image marker follows the frame header (the entropy data cannot hold one)."""
+    frame = _jpeg_frame(data)
+    return frame is not None and data.rfind(b"\xff\xd9") > frame[0]
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Refuse a cut-off PNG or one with a damaged chunk before libpng sees it.
+
+    libpng would also refuse both, but prints its own complaint on stderr, and
+    half-copied or bit-rotten files are the common case worth a clear reason.
+    """
+    offset = 8
+    while offset + 12 <= len(data):
+        length = struct.unpack(">I", data[offset : offset + 4])[0]
+        end = offset + 12 + length
+        if end > len(data):
+            break
+        kind = data[offset + 4 : offset + 8]
+        stored = struct.unpack(">I", data[end - 4 : end])[0]
+        if zlib.crc32(data[offset + 4 : end - 4]) != stored:
+            raise InputError(f"corrupt PNG (checksum error in a {kind.decode('latin-1')!r} chunk)")
+        if kind == b"IEND":
+            return
+        offset = end
+    raise InputError("truncated PNG (the file ends before its IEND chunk)")
+
+
+def _tiff_dimensions(data: bytes) -> tuple[int, int] | None:
+    """ImageWidth and ImageLength from the first IFD of a classic (not Big) TIFF."""
+    order = "<" if data[:2] == b"II" else ">"
+    if len(data) < 8:
+        return None
+    ifd = struct.unpack(order + "I", data[4:8])[0]
+    if ifd + 2 > len(data):
+        return None
+    count = struct.unpack(order + "H", data[ifd : ifd + 2])[0]
+    found = {}
+    for index in range(count):
+        entry = ifd + 2 + 12 * index
+        if entry + 12 > len(data):
+            return None
+        tag, kind, number = struct.unpack(order + "HHI", data[entry : entry + 8])
+        if tag in (256, 257) and number == 1 and kind in (3, 4):
+            value = struct.unpack(order + ("H" if kind == 3 else "I"), data[entry + 8 : entry + (10 if kind == 3 else 12)])[0]
+            found[tag] = value
+    if 256 in found and 257 in found:
+        return found[256], found[257]
     return None
 
 

@@ -27,22 +27,37 @@ def iter_input_files(paths: list[str], recursive: bool = False) -> Iterator[Path
 
 
 def _walk_folder(folder: Path, recursive: bool) -> Iterator[Path]:
-    if not recursive:
-        try:
-            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
-        except OSError:
-            yield folder
-            return
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            candidate = Path(entry.path)
-            if entry.is_file() and is_candidate_image(candidate):
-                yield candidate
+    """Files of one folder, then (with ``recursive``) its sub-folders, names sorted.
+
+    Anything named like an image that is not a regular file (a symlink loop,
+    a dangling link, a pipe, or a folder called ``scan.png`` when not
+    descending) is yielded too, so it gets its own error line instead of
+    vanishing silently.
+    """
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError:
+        yield folder  # unreadable folder: read_file reports why
         return
-    for root, dirs, files in os.walk(folder, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            candidate = Path(root) / name
-            if not name.startswith(".") and is_candidate_image(candidate):
-                yield candidate
+    subfolders = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        candidate = Path(entry.path)
+        try:
+            is_real_folder = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            is_real_folder = False
+        if recursive and is_real_folder:
+            subfolders.append(candidate)
+        elif is_candidate_image(candidate) and (candidate.suffix or _is_file(entry)):
+            yield candidate
+    for sub in subfolders:
+        yield from _walk_folder(sub, recursive)
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False

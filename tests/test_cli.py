@@ -91,7 +91,7 @@ def test_a_corrupt_file_gets_one_error_line_and_the_rest_still_print(example_png
     assert [r["error"] is None for r in records] == [True, False, True]
     assert records[1]["label"] is None and records[1]["probabilities"] is None and records[1]["referral"] is None
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert error_lines == [f"error: {bad}: not a readable image (unknown format, or truncated or corrupt)"]
+    assert error_lines == [f"error: {bad}: truncated PNG (the file ends before its IEND chunk)"]
     assert "Traceback" not in result.output
 
 

@@ -22,11 +22,7 @@ def encode(ext: str, image: np.ndarray) -> bytes:
 @pytest.mark.parametrize("ext", [".png", ".jpg", ".tif", ".bmp", ".pgm"])
 def test_header_dimensions_match_the_encoded_size(ext):
     data = encode(ext, np.zeros((37, 53), np.uint8))
-    dims = header_dimensions(data)
-    if ext == ".tif":
-        assert dims is None  # not parsed: checked after decoding instead
-    else:
-        assert dims == (53, 37)
+    assert header_dimensions(data) == (53, 37)
 
 
 @pytest.mark.parametrize("ext", [".png", ".jpg", ".tif", ".bmp", ".pgm"])

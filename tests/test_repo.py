@@ -28,3 +28,12 @@ def test_ci_runs_the_readme_test_command_verbatim():
 def test_readme_says_it_is_not_a_diagnostic_device():
     head = (REPO / "README.md").read_text(encoding="utf-8")[:3000]
     assert "not a diagnostic device" in head and "clinician" in head
+
+
+def test_readme_model_section_is_the_bundled_card():
+    import sys
+
+    sys.path.insert(0, str(REPO / "tools"))
+    from sync_readme import rendered
+
+    assert rendered() in (REPO / "README.md").read_text(encoding="utf-8"), "README is stale: python tools/sync_readme.py"

@@ -1,0 +1,156 @@
+"""Evaluation metrics as pure numpy functions (tested against hand-computed values).
+
+The paper's Table 2 form (per class: precision, recall = sensitivity,
+specificity, F1, support), the malignant-vs-rest ROC AUC with a bootstrap
+interval, and the referral operating point. Undefined ratios (0/0) are
+reported as None rather than 0, so "never predicted" is not mistaken for
+"always wrong".
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return None if den == 0 else float(num) / float(den)
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Rows = true class, columns = predicted class."""
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
+    return matrix
+
+
+def per_class_report(matrix: np.ndarray, labels: list[str] | tuple[str, ...]) -> dict[str, dict]:
+    """Precision, recall, sensitivity, specificity, F1 and support per class (one-vs-rest)."""
+    total = int(matrix.sum())
+    report = {}
+    for i, label in enumerate(labels):
+        tp = int(matrix[i, i])
+        fn = int(matrix[i, :].sum()) - tp
+        fp = int(matrix[:, i].sum()) - tp
+        tn = total - tp - fn - fp
+        precision = _ratio(tp, tp + fp)
+        recall = _ratio(tp, tp + fn)
+        if precision is None or recall is None:
+            f1 = None
+        else:
+            f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+        report[label] = {
+            "precision": precision,
+            "recall": recall,
+            "sensitivity": recall,
+            "specificity": _ratio(tn, tn + fp),
+            "f1": f1,
+            "support": tp + fn,
+        }
+    return report
+
+
+def roc_auc(y_binary: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U, ties count one half); None if one class is absent."""
+    y = np.asarray(y_binary, bool)
+    s = np.asarray(scores, np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), np.float64)
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def bootstrap_auc_ci(
+    y_binary: np.ndarray, scores: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the AUC, resampling images (seeded)."""
+    y = np.asarray(y_binary, bool)
+    s = np.asarray(scores, np.float64)
+    if y.sum() == 0 or (~y).sum() == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        auc = roc_auc(y[idx], s[idx])
+        if auc is not None:
+            values.append(auc)
+    if not values:
+        return None
+    alpha = (1.0 - level) / 2.0
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1.0 - alpha))
+
+
+def sensitivity_specificity(y_binary: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float | None, float | None]:
+    """Referral when score >= threshold: (sensitivity, specificity)."""
+    y = np.asarray(y_binary, bool)
+    flagged = np.asarray(scores, np.float64) >= threshold
+    return _ratio(int((flagged & y).sum()), int(y.sum())), _ratio(int((~flagged & ~y).sum()), int((~y).sum()))
+
+
+def threshold_for_sensitivity(y_binary: np.ndarray, scores: np.ndarray, target: float = 0.9) -> float:
+    """The LARGEST threshold whose sensitivity (score >= t) is at least ``target``.
+
+    Largest, because among thresholds that catch enough malignant images it
+    refers the fewest others (best specificity). It is the score of the
+    ceil(target * n_pos)-th highest-scoring positive. Chosen on validation
+    data only; with no positives it returns 0.0 (refer everything).
+    """
+    y = np.asarray(y_binary, bool)
+    positives = np.sort(np.asarray(scores, np.float64)[y])[::-1]
+    if len(positives) == 0:
+        return 0.0
+    k = max(1, math.ceil(target * len(positives) - 1e-9))
+    return float(positives[k - 1])
+
+
+def evaluate_probabilities(
+    probs: np.ndarray,
+    y_true: np.ndarray,
+    labels: list[str] | tuple[str, ...],
+    malignant_labels: list[str] | tuple[str, ...],
+    threshold: float | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Everything the model card reports for one set of images.
+
+    ``malignant_labels`` may name several classes (the paper's BI-RADS 4 and
+    5); the malignancy score is their summed probability.
+    """
+    probs = np.asarray(probs, np.float64)
+    y_true = np.asarray(y_true, int)
+    y_pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, int)
+    matrix = confusion_matrix(y_true, y_pred, len(labels))
+    malignant_idx = [labels.index(name) for name in malignant_labels]
+    score = probs[:, malignant_idx].sum(axis=1) if len(probs) else np.zeros(0)
+    positive = np.isin(y_true, malignant_idx)
+    auc = roc_auc(positive, score)
+    result = {
+        "n_images": int(len(y_true)),
+        "accuracy": _ratio(int(np.trace(matrix)), int(matrix.sum())),
+        "per_class": per_class_report(matrix, labels),
+        "confusion_matrix": matrix.tolist(),
+        "malignant_vs_rest": {
+            "positives": int(positive.sum()),
+            "negatives": int((~positive).sum()),
+            "auc": auc,
+            "auc_ci95": bootstrap_auc_ci(positive, score, n_boot=n_boot, seed=seed) if auc is not None else None,
+        },
+    }
+    if threshold is not None:
+        sens, spec = sensitivity_specificity(positive, score, threshold)
+        result["referral"] = {"threshold": threshold, "sensitivity": sens, "specificity": spec}
+    return result

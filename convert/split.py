@@ -1,0 +1,110 @@
+"""Patient-level splits: hold-out (the paper's proportions) and k-fold.
+
+The two views and two breasts of one woman look alike; if they fall on both
+sides of a split, test scores measure memory, not generalisation. So every
+function here assigns whole patients, never single images. Stratification
+is by (source, patient's worst label) so each split keeps the mix of sources
+and classes (the paper stratified by class).
+
+Pure functions of (records, seed): no TensorFlow, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from convert.data import Record, labels_for
+
+TEST_FRACTION = 0.2  # the paper: 20% for testing
+VAL_FRACTION = 0.125  # the paper: 12.5% of the remaining 80% for validation
+
+
+@dataclass(frozen=True)
+class Split:
+    """Indices into the record list for each part, and the patients behind them."""
+
+    train: tuple[int, ...]
+    val: tuple[int, ...]
+    test: tuple[int, ...]
+    seed: int
+
+    def patients(self, records: list[Record], part: str) -> set[str]:
+        return {records[i].patient_id for i in getattr(self, part)}
+
+
+def patient_strata(records: list[Record]) -> dict[str, str]:
+    """Patient -> stratum "source|worst label" (worst = last in the class order)."""
+    order = {label: i for i, label in enumerate(labels_for(records))}
+    worst: dict[str, tuple[int, str]] = {}
+    for record in records:
+        rank = order[record.label]
+        if record.patient_id not in worst or rank > worst[record.patient_id][0]:
+            worst[record.patient_id] = (rank, f"{record.source}|{record.label}")
+    return {patient: stratum for patient, (_, stratum) in worst.items()}
+
+
+def _strata_groups(records: list[Record], seed: int) -> list[list[str]]:
+    """Patients grouped by stratum, each group shuffled with ``seed``."""
+    strata = patient_strata(records)
+    rng = np.random.default_rng(seed)
+    groups = []
+    for stratum in sorted(set(strata.values())):
+        patients = sorted(p for p, s in strata.items() if s == stratum)
+        rng.shuffle(patients)
+        groups.append(patients)
+    return groups
+
+
+def _take(patients: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    """Split off round(fraction * n) patients, at least one when the group has two or more."""
+    n = len(patients)
+    k = int(round(fraction * n))
+    if k == 0 and n >= 2 and fraction > 0:
+        k = 1
+    return patients[:k], patients[k:]
+
+
+def split_by_patient(
+    records: list[Record], seed: int = 0, test_fraction: float = TEST_FRACTION, val_fraction: float = VAL_FRACTION
+) -> Split:
+    """Hold-out split: ``test_fraction`` of patients to test, then ``val_fraction`` of the rest to validation."""
+    test_p: set[str] = set()
+    val_p: set[str] = set()
+    for group in _strata_groups(records, seed):
+        test, rest = _take(group, test_fraction)
+        val, _ = _take(rest, val_fraction)
+        test_p.update(test)
+        val_p.update(val)
+    train, val, test = [], [], []
+    for i, record in enumerate(records):
+        if record.patient_id in test_p:
+            test.append(i)
+        elif record.patient_id in val_p:
+            val.append(i)
+        else:
+            train.append(i)
+    return Split(tuple(train), tuple(val), tuple(test), seed)
+
+
+def kfold_by_patient(records: list[Record], k: int = 5, seed: int = 0) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """k folds of (train indices, held-out indices); every patient is held out exactly once.
+
+    Patients of each stratum are dealt round-robin into the folds (starting
+    where the previous stratum stopped) so folds stay balanced in size and mix.
+    """
+    if k < 2:
+        raise ValueError("k-fold needs k >= 2")
+    fold_of: dict[str, int] = {}
+    position = 0
+    for group in _strata_groups(records, seed):
+        for patient in group:
+            fold_of[patient] = position % k
+            position += 1
+    folds = []
+    for fold in range(k):
+        held = tuple(i for i, r in enumerate(records) if fold_of[r.patient_id] == fold)
+        rest = tuple(i for i, r in enumerate(records) if fold_of[r.patient_id] != fold)
+        folds.append((rest, held))
+    return folds

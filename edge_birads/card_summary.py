@@ -1,0 +1,66 @@
+"""A plain-text summary of a model card, for `edge-birads info` and the README.
+
+Clinic staff and reviewers should see what a model is and how well it did on
+patients it never saw without reading JSON; the README quotes this output
+verbatim (a test keeps the two identical), so no figure there is typed by hand.
+"""
+
+from __future__ import annotations
+
+from edge_birads.card import ModelCard
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def summarize(card: ModelCard) -> str:
+    """Markdown: identity, data and split, per-source test metrics, referral point, intended use."""
+    data = card.extra
+    training = data.get("training", {})
+    split = training.get("split", {})
+    referral = data.get("referral", {})
+    spec = card.preprocessing
+    lines = [
+        f"Model `{card.name}`: {data.get('description', '')}",
+        "",
+        f"- Labels: {', '.join(card.labels)}; referral when P({card.malignant_label}) >= {card.referral_threshold:.4f}.",
+        f"- Input: {spec.width}x{spec.height} grayscale, {data.get('input', {}).get('dtype', '?')}; "
+        f"crop to breast: {'yes' if spec.crop_to_breast else 'no'}; CLAHE: {spec.clahe_clip_limit or 'no'}.",
+        f"- sha256: `{card.sha256}`",
+        f"- Threshold rule: {referral.get('method', '-')}.",
+    ]
+    if split:
+        parts = [f"{name} {split[name]['images']} images / {split[name]['patients']} patients" for name in ("train", "val", "test") if name in split]
+        lines.append(f"- Split ({split.get('method', '')}, seed {split.get('seed', '-')}): " + "; ".join(parts) + ".")
+    test = data.get("metrics", {}).get("test", {})
+    if test:
+        lines += [
+            "",
+            "Measured with the int8 model on the test patients (never seen in training or threshold choice):",
+            "",
+            "| test set | images | malignant-vs-rest AUC (95% CI) | referral sensitivity | referral specificity |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for source, metrics in test.items():
+            auc = metrics.get("malignant_vs_rest", {})
+            ci = auc.get("auc_ci95") or [None, None]
+            ref = metrics.get("referral", {})
+            lines.append(
+                f"| {source} | {metrics.get('n_images', '-')} | {_num(auc.get('auc'))} ({_num(ci[0])}-{_num(ci[1])}) "
+                f"| {_pct(ref.get('sensitivity'))} | {_pct(ref.get('specificity'))} |"
+            )
+        pooled = test.get("pooled", {}).get("per_class", {})
+        if pooled:
+            lines += ["", "Per class, pooled test set:", "", "| class | precision | sensitivity | specificity | F1 | support |", "| --- | --- | --- | --- | --- | --- |"]
+            for label, m in pooled.items():
+                lines.append(
+                    f"| {label} | {_num(m.get('precision'))} | {_pct(m.get('sensitivity'))} | {_pct(m.get('specificity'))} "
+                    f"| {_num(m.get('f1'))} | {m.get('support', '-')} |"
+                )
+    lines += ["", data.get("intended_use", "Research use only, not a diagnostic device: a clinician decides.")]
+    return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""Fuzz target: bytes in, a model input tensor or an InputError out, nothing else.
+
+Covers the whole decode-and-preprocess path a file takes in `classify`:
+format sniffing, header size checks, OpenCV, pydicom and its pixel decoders,
+LUTs, MONOCHROME1, and `prepare`. Any other exception, or a tensor that is
+not finite (224, 224, 1) float32 in [0, 1], is a finding: atheris then
+writes the input as ``crash-<sha1>`` and exits non-zero.
+
+    # short run (CI): seeds come from the hostile corpus
+    python fuzz/fuzz_decode.py -max_total_time=60 fuzz/corpus
+    # long run, one process
+    python fuzz/fuzz_decode.py -max_total_time=900 -print_final_stats=1 fuzz/corpus
+    # reproduce a finding
+    python fuzz/fuzz_decode.py crash-<sha1>
+
+The first input byte picks the file suffix the decoder is told (none, .png
+or .dcm), so the fuzzer also reaches the preamble-less DICOM path. Limits are
+small (4 MB, 4 megapixels) so each input stays fast; the limit checks
+themselves are the same code at any size.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import zlib
+from pathlib import Path
+
+import atheris
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+with atheris.instrument_imports(include=["edge_birads", "pydicom"]):
+    import pydicom  # noqa: F401 - imported here so its Python code is instrumented
+
+    from edge_birads.decode import decode_bytes
+    from edge_birads.errors import InputError
+    from edge_birads.limits import DecodeLimits
+    from edge_birads.preprocess import PreprocessSpec, prepare
+
+import numpy as np  # noqa: E402
+
+SUFFIXES = ("", ".png", ".dcm")
+LIMITS = DecodeLimits(max_file_bytes=4 * 2**20, max_pixels=4_000_000)
+SPECS = (PreprocessSpec(), PreprocessSpec(crop_to_breast=True, clahe_clip_limit=2.0))
+
+
+def test_one_input(data: bytes) -> None:
+    if not data:
+        return
+    suffix = SUFFIXES[data[0] % len(SUFFIXES)]
+    spec = SPECS[(data[0] // len(SUFFIXES)) % len(SPECS)]
+    try:
+        tensor = prepare(decode_bytes(data[1:], suffix, LIMITS), spec)
+    except InputError:
+        return
+    if tensor.shape != (spec.height, spec.width, 1) or tensor.dtype != np.float32:
+        raise AssertionError(f"bad tensor {tensor.shape} {tensor.dtype}")
+    if not np.all(np.isfinite(tensor)) or tensor.min() < 0.0 or tensor.max() > 1.0:
+        raise AssertionError(f"tensor out of [0, 1]: {tensor.min()}..{tensor.max()}")
+
+
+def write_seeds(folder: Path) -> int:
+    """Fill ``folder`` with seeds: small images of every format and the hostile corpus files under 64 KB."""
+    import tempfile
+
+    sys.path.insert(0, str(REPO / "tests"))
+    import hostile_corpus as corpus
+
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    small8 = corpus.breast_image(48, 40)
+    small16 = corpus.breast_image(48, 40, depth=16)
+    seeds = {
+        "png8": (1, corpus.encode(".png", small8)),
+        "png16": (1, corpus.encode(".png", small16)),
+        "png1": (1, corpus.one_bit_png(small8)),
+        "pngpal": (1, corpus.palette_png(small8)),
+        "pngrgba": (1, corpus.encode(".png", cv2.cvtColor(small8, cv2.COLOR_GRAY2BGRA))),
+        "jpg": (0, corpus.encode(".jpg", small8)),
+        "jpgprog": (0, corpus.encode(".jpg", small8, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])),
+        "tif": (0, corpus.encode(".tif", small16)),
+        "bmp": (0, corpus.encode(".bmp", small8)),
+        "pgm": (0, corpus.encode(".pgm", small16)),
+        "dcm": (2, corpus.dicom_bytes(small16)),
+        "dcm-mono1": (0, corpus.dicom_bytes(small16, photometric="MONOCHROME1")),
+        "dcm-nopreamble": (2, corpus.dicom_bytes(small16)[132:]),
+    }
+    for name, (selector, data) in seeds.items():
+        (folder / f"seed-{name}").write_bytes(bytes([selector]) + data)
+    with tempfile.TemporaryDirectory() as scratch:
+        for case in corpus.build_corpus(Path(scratch)):
+            path = Path(scratch) / case.name
+            if path.is_file() and not path.is_symlink() and 0 < path.stat().st_size <= 65536:
+                selector = 2 if case.name.endswith(".dcm") else 0
+                (folder / f"corpus-{zlib.crc32(os.fsencode(case.name)):08x}").write_bytes(bytes([selector]) + path.read_bytes())
+    return len(list(folder.iterdir()))
+
+
+def main() -> None:
+    folders = [Path(arg) for arg in sys.argv[1:] if not arg.startswith("-") and not Path(arg).is_file()]
+    for folder in folders:
+        if not folder.exists() or not any(folder.iterdir()):
+            print(f"seeding {folder}: {write_seeds(folder)} inputs", file=sys.stderr)
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""`edge-birads bench` on tiny runs: the shape of its table and JSON, never its speed.
+
+Every engine really runs in its own child process here; only the figures are
+left unchecked (the machine is shared, timings say nothing in a test).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from edge_birads import DISCLAIMER, bench
+from edge_birads.card import card_path_for
+from edge_birads.classifier import default_model_path
+from edge_birads.cli import cli
+
+ENGINES = ["int8 TFLite", "float32 TFLite", "Keras (TensorFlow)"]
+STAT_KEYS = {"min", "p50", "p95", "max"}
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, ["bench", *args])
+
+
+def model_without_keras_config(tmp_path):
+    """A copy of the bundled model whose card lacks keras_config: no float engines can be built."""
+    model = tmp_path / "model.tflite"
+    shutil.copyfile(default_model_path(), model)
+    card = json.loads(card_path_for(default_model_path()).read_text())
+    card.pop("keras_config", None)
+    card_path_for(model).write_text(json.dumps(card))
+    return model
+
+
+def check_ok_engine(engine: dict) -> None:
+    assert engine["status"] == "ok", engine
+    assert set(engine["timings_ms"]) == {"decode", "preprocess", "inference", "total"}
+    for stats in engine["timings_ms"].values():
+        assert set(stats) == STAT_KEYS
+        assert 0 < stats["min"] <= stats["p50"] <= stats["p95"] <= stats["max"]
+    assert engine["peak_rss_mib"] > 10  # a whole Python process with numpy and OpenCV
+    assert 0 < engine["rss_anon_mib"] < engine["peak_rss_mib"]
+    assert engine["cold_start_s"] > 0
+
+
+@pytest.fixture(scope="module")
+def json_report(tmp_path_factory) -> dict:
+    """One full run with every engine the environment allows, as JSON."""
+    result = CliRunner().invoke(cli, ["bench", "--n", "3", "--warmup", "1", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_json_report_has_every_key_and_engine(json_report):
+    report = json_report
+    assert set(report) >= {"tool", "version", "disclaimer", "model", "settings", "machine", "paper", "engines", "ratios", "targets", "notes"}
+    assert report["disclaimer"] == DISCLAIMER
+    assert report["paper"] == {"seconds_per_image": 0.12, "rss_mb": 127.0, "baseline_rss_mb": 450.0}
+    assert report["settings"]["n"] == 3 and report["settings"]["warmup"] == 1
+    assert [engine["name"] for engine in report["engines"]] == ENGINES
+    check_ok_engine(report["engines"][0])
+    for engine in report["engines"][1:]:
+        if engine["status"] == "ok":
+            check_ok_engine(engine)
+        else:
+            assert engine["status"] == "skipped" and engine["reason"], engine
+    assert set(report["targets"]) == set(bench.TARGETS)
+    keras = report["engines"][2]
+    ratio = report["ratios"]["baseline_over_int8_peak_rss"]
+    assert (ratio is None) == (keras["status"] != "ok")
+
+
+def test_keras_baseline_runs_when_tensorflow_is_installed(json_report):
+    if not bench.tensorflow_installed():
+        pytest.skip("TensorFlow not installed: the Keras baseline is listed as skipped (covered below)")
+    engines = {engine["name"]: engine for engine in json_report["engines"]}
+    if "keras_config" not in json.loads(card_path_for(default_model_path()).read_text()):
+        pytest.skip("the bundled model card has no keras_config")
+    check_ok_engine(engines["float32 TFLite"])
+    check_ok_engine(engines["Keras (TensorFlow)"])
+    # A TensorFlow process is far larger than the lean one: a shape check, not a speed claim.
+    assert engines["Keras (TensorFlow)"]["peak_rss_mib"] > engines["int8 TFLite"]["peak_rss_mib"]
+
+
+def test_table_lists_every_engine_and_the_paper(tmp_path):
+    result = run("--n", "3", "--warmup", "0", "--model", str(model_without_keras_config(tmp_path)))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    int8_rows = [line for line in lines if line.startswith("int8 TFLite ")]
+    assert len(int8_rows) == 1 and len(int8_rows[0].split()) == 2 + 9, int8_rows
+    for name in ENGINES[1:]:
+        assert any(line.startswith(name) and "skipped:" in line for line in lines), name
+    reason = "keras_config" if bench.tensorflow_installed() else bench.NO_TENSORFLOW
+    assert any(reason in line for line in lines if line.startswith("float32 TFLite"))
+    assert any(line.startswith("paper, lightweight CNN (per inference)") and "120 ms" in line and "127 MB" in line for line in lines)
+    assert any(line.startswith("paper, baseline") and "450 MB" in line for line in lines)
+    assert any(line.startswith("ratio baseline / int8") for line in lines)
+    assert lines[-1] == DISCLAIMER
+
+
+def test_without_tensorflow_the_float_engines_are_skipped_with_the_reason(tmp_path, monkeypatch, example_pngs):
+    monkeypatch.setattr(bench, "tensorflow_installed", lambda: False)
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copyfile(example_pngs[0], images / example_pngs[0].name)
+    result = run("--n", "2", "--warmup", "0", "--images", str(images), "--format", "json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["settings"]["images"] == [str(images / example_pngs[0].name)]
+    check_ok_engine(report["engines"][0])
+    for engine in report["engines"][1:]:
+        assert engine["status"] == "skipped"
+        assert engine["reason"] == bench.NO_TENSORFLOW
+    assert report["ratios"]["baseline_over_int8_p50_total"] is None
+    assert report["targets"]["time_ratio"]["met"] is None
+
+
+def test_an_image_folder_without_images_is_a_usage_error(tmp_path):
+    result = run("--images", str(tmp_path))
+    assert result.exit_code == 2
+    assert "no image files found" in result.output
+
+
+def test_percentiles_match_hand_computed_values():
+    assert bench.summarize([4.0, 1.0, 3.0, 2.0, 5.0]) == {"min": 1.0, "p50": 3.0, "p95": 4.8, "max": 5.0}
+    assert bench.percentile([7.0], 95) == 7.0
+
+
+def test_synthetic_image_is_a_1024_png_that_the_runtime_reads(tmp_path):
+    from edge_birads.decode import read_file
+
+    image = read_file(bench.synthetic_mammogram(tmp_path / "s.png"))
+    assert image.shape == (1024, 1024) and image.dtype.name == "uint8"
+    assert 0 < (image > 0).mean() < 1  # a breast-like region on a black background
+
+
+def test_float_model_without_a_card_borrows_the_int8_card(tmp_path, monkeypatch):
+    """--float-model with no card beside it runs with the int8 card and the file's own sha256.
+
+    Any TFLite with the same input and output runs this path; the bundled model stands in for a
+    float32 file here so the test needs no TensorFlow.
+    """
+    monkeypatch.setattr(bench, "tensorflow_installed", lambda: False)
+    other = tmp_path / "other.tflite"
+    shutil.copyfile(default_model_path(), other)
+    result = run("--n", "2", "--warmup", "0", "--float-model", str(other), "--format", "json")
+    assert result.exit_code == 0, result.output
+    engines = json.loads(result.output)["engines"]
+    check_ok_engine(engines[1])
+    assert engines[1]["model"] == str(other)
+    assert engines[2]["status"] == "skipped"
+    assert not card_path_for(other).exists()  # the borrowed card lives in a temporary folder
