@@ -65,16 +65,6 @@ class Int8Runner:
         return ((raw - out_zero) * out_scale).reshape(-1)
 
 
-def parity(float_probs: np.ndarray, int8_probs: np.ndarray) -> dict:
-    """Top-1 agreement and largest probability difference between the float and int8 models."""
-    return {
-        "top1_agreement": float((float_probs.argmax(1) == int8_probs.argmax(1)).mean()),
-        "max_abs_prob_diff": float(np.abs(float_probs - int8_probs).max()),
-        "mean_abs_malignant_diff": float(np.abs(float_probs[:, 2] - int8_probs[:, 2]).mean()),
-        "n_images": int(float_probs.shape[0]),
-    }
-
-
 def representative_images(pool, indices, count: int, seed: int) -> np.ndarray:
     """``count`` training images (float [0, 1], (H, W, 1)) for int8 calibration, drawn reproducibly."""
     rng = np.random.default_rng(seed)
@@ -203,26 +193,11 @@ def build_card(
             "cross_validation": cv_metrics,
         },
         "parity": parity_result,
-        "conversion": {"batch_size_fixed": 1, "n_representative": 100, "op_versions": op_versions(tflite_path.read_bytes())},
+        "conversion": {"batch_size_fixed": 1, "n_representative": 100, "op_versions": parity_result.get("op_versions"),
+                       "tflite_runtime_2_14_problems": parity_result.get("tflite_runtime_2_14_problems")},
         "sha256": sha256_of(tflite_path),
         "size_bytes": tflite_path.stat().st_size,
         "versions": versions(),
         "intended_use": DISCLAIMER,
     }
 
-
-def op_versions(model_bytes: bytes) -> dict[str, int]:
-    """Builtin op name -> version, from the flatbuffer (what decides loadability by older runtimes)."""
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError:  # pragma: no cover
-        from tensorflow.lite.python import schema_py_generated as schema
-    names = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
-    model = schema.Model.GetRootAsModel(bytearray(model_bytes), 0)
-    found: dict[str, int] = {}
-    for i in range(model.OperatorCodesLength()):
-        code = model.OperatorCodes(i)
-        builtin = max(int(code.BuiltinCode()), int(code.DeprecatedBuiltinCode()))
-        name = names.get(builtin, f"BUILTIN_{builtin}")
-        found[name] = max(found.get(name, 0), int(code.Version()))
-    return dict(sorted(found.items()))

@@ -66,7 +66,13 @@ def build_whole_image_model(
     """Image (H, W, 1) in [0, 1] -> softmax over the 3 labels; the FCN's weights are shared, not copied."""
     inputs = keras.Input(shape=(height, width, 1), batch_size=batch_size, name="image")
     maps = fcn(inputs)
-    scores = pooled_scores(maps, smooth)
+    if smooth > 1:
+        maps = layers.AveragePooling2D(smooth, strides=1, padding="valid", name="smooth")(maps)
+    # A max-pool window over the whole (fixed-size) map is the global max, but converts to
+    # MAX_POOL_2D + RESHAPE, ops checked against tflite-runtime 2.14 (REDUCE_MAX is not).
+    map_h, map_w = int(maps.shape[1]), int(maps.shape[2])
+    pooled = layers.MaxPooling2D((map_h, map_w), name="max_pool")(maps)
+    scores = layers.Reshape((2,), name="scores")(pooled)
     logits = layers.Dense(3, name="head")(scores)
     outputs = layers.Softmax(name="probabilities")(logits)
     model = keras.Model(inputs, outputs, name="lesion_whole_image")

@@ -77,8 +77,11 @@ def setup_tensorflow(seed: int, threads: int = 2):
     import tensorflow as tf
     import keras
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already running in this process (tests, a second call): keep its threads
+        pass
     keras.utils.set_random_seed(seed)
     return tf, keras
 
@@ -513,11 +516,13 @@ def int8_cv(cfg: TrainConfig, out_dir: Path) -> dict:
     since the int8 model is what the runtime runs.
     """
     setup_tensorflow(cfg.seed)
-    from convert.lesion_export import Int8Runner, convert_int8, keras_probs, parity, representative_images, run_int8, whole_image_keras
+    from convert import export
+    from convert.lesion_export import Int8Runner, convert_int8, keras_probs, representative_images, run_int8, whole_image_keras
     from convert.lesion_model import build_fcn
 
     pool = load_pool(cfg.spec(), DEFAULT_CACHE)
-    parities = {}
+    parity_path = out_dir / "parity_int8.json"
+    parities = json.loads(parity_path.read_text()) if parity_path.exists() else {}
     for fold in range(cfg.folds):
         weights = out_dir / f"fold{fold}.weights.h5"
         if not weights.exists() or (out_dir / f"fold{fold}_int8.npz").exists():
@@ -536,14 +541,17 @@ def int8_cv(cfg: TrainConfig, out_dir: Path) -> dict:
         val_labels = np.array([pool.items[i].label for i in val_idx])
         threshold = referral_threshold(val_probs[:, 2], val_labels == 2, cfg.referral_sensitivity)
         probs = run_int8(runner, pool, test_idx)
-        parities[fold] = parity(keras_probs(model, pool, test_idx), probs)
+        parities[str(fold)] = {
+            **export.parity(keras_probs(model, pool, test_idx), probs).to_dict(),
+            "op_versions": export.op_versions(flatbuffer),
+            "tflite_runtime_2_14_problems": export.tflite_214_problems(export.op_versions(flatbuffer)),
+        }
         val_flags = val_probs[:, 2] >= threshold
         val_malignant = val_labels == 2
         np.savez(out_dir / f"fold{fold}_int8.npz", test_idx=test_idx, probs=probs, threshold=threshold,
                  val_sensitivity=val_flags[val_malignant].mean(), val_specificity=(~val_flags[~val_malignant]).mean())
-        print(json.dumps({"fold": fold, "int8_threshold": threshold, "parity": parities[fold]}), flush=True)
-    if parities:
-        (out_dir / "parity_int8.json").write_text(json.dumps(parities, indent=1))
+        print(json.dumps({"fold": fold, "int8_threshold": threshold, "parity": parities[str(fold)]}), flush=True)
+        parity_path.write_text(json.dumps(parities, indent=1))
     return collect_cv(pool, out_dir, cfg, "_int8")
 
 
@@ -567,6 +575,11 @@ def train_final(cfg: TrainConfig, out_dir: Path) -> dict:
     return {"best_epoch": run["best_epoch"], "threshold": run["threshold"]}
 
 
+# The convert pipeline's parity gate (python -m convert convert: --min-agreement, --max-diff defaults).
+MIN_AGREEMENT = 0.95
+MAX_DIFF = 0.1
+
+
 def export_fold(cfg: TrainConfig, run_dir: Path, fold: int, out_path: Path, command: str) -> dict:
     """Write fold ``fold``'s int8 model as ``out_path``.tflite with its card (test = that fold's patients)."""
     import shutil
@@ -582,6 +595,11 @@ def export_fold(cfg: TrainConfig, run_dir: Path, fold: int, out_path: Path, comm
     flags = probs[:, 2] >= float(int8["threshold"])
     test_metrics = summarise(pool, test_idx, probs, flags)
     parities = json.loads((run_dir / "parity_int8.json").read_text())
+    gate = parities[str(fold)]
+    if gate.get("tflite_runtime_2_14_problems"):
+        raise SystemExit(f"fold {fold}: ops tflite-runtime 2.14 cannot run: {gate['tflite_runtime_2_14_problems']}")
+    if not (gate["decisive_agreement"] >= MIN_AGREEMENT and gate["quantile_abs_prob_diff"] <= MAX_DIFF):
+        raise SystemExit(f"fold {fold}: int8 parity too poor: {gate}")
     cv_path = run_dir / "metrics_int8.json"
     cv_metrics = json.loads(cv_path.read_text()) if cv_path.exists() else None
     tflite = out_path.with_suffix(".tflite")
