@@ -8,7 +8,8 @@ scanner, resolution and stretch, and CBIS has no normals, so pooled figures
 would reward telling the sources apart).
 
     # everything: 5-fold CV, int8 conversion + evaluation of every fold, fold 0's model shipped with its card
-    python -m convert.train_lesion build --out RUN_DIR --model edge_birads/models/lesion \
+    # (python -m convert lesion ARGS is the same as python -m convert.train_lesion ARGS)
+    python -m convert lesion build --out RUN_DIR --model RUN_DIR/model/lesion \
         --set height=512 --set width=256 --set normal_weight_ratio=3 --set mine_from=3
     python -m convert.train_lesion cv --out RUN_DIR [--folds 0,1]     # float CV only (resumable)
     python -m convert.train_lesion int8cv --out RUN_DIR               # int8 models of finished folds
