@@ -86,6 +86,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     _add_training_options(p)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--out", required=True, help="folder for cv.json and cv.md")
+
+    p = sub.add_parser("lesion", help="the lesion FCN (patch-trained, whole-image max pooling): python -m convert lesion --help")
+    p.add_argument("lesion_args", nargs=argparse.REMAINDER, help="arguments of python -m convert.train_lesion")
     return parser.parse_args(argv)
 
 
@@ -225,13 +228,19 @@ def cmd_cv(args, argv) -> int:
     return 0
 
 
+def cmd_lesion(args, argv) -> int:
+    from convert.train_lesion import main as lesion_main
+
+    return lesion_main(args.lesion_args)
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_tensorflow()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     args = parse_args(argv)
     handlers = {
         "train": cmd_train, "convert": cmd_convert, "evaluate": cmd_evaluate, "build": cmd_build,
-        "report": cmd_report, "cv": cmd_cv,
+        "report": cmd_report, "cv": cmd_cv, "lesion": cmd_lesion,
     }
     try:
         return handlers[args.command](args, argv)

@@ -1,0 +1,111 @@
+"""The lesion-FCN ablation: named configurations x patient-level cross-validated metrics.
+
+    python -m convert.lesion_ablation run --root /work/experiments/lesion/ablation [--configs NAME,...] [--folds 0,1,2,3,4]
+    python -m convert.lesion_ablation table --root /work/experiments/lesion/ablation > docs/ablation-table.md
+
+``run`` trains what is missing (finished folds are kept, so it resumes), then
+converts each fold's model to int8 and evaluates that; ``table`` prints the
+Markdown table of whatever has finished, saying how many folds each row has.
+Each configuration lives in ROOT/NAME (the same layout as
+``python -m convert.train_lesion cv``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from convert.train_lesion import CBIS, MIAS, TrainConfig, int8_cv, run_cv
+
+# name -> (TrainConfig overrides, what it tests)
+ABLATIONS: dict[str, tuple[dict, str]] = {
+    "fcn-512x512-balanced": (
+        {"height": 512, "width": 512, "normal_weight_ratio": 1.0, "mine_from": 0},
+        "square 512x512 breast crop (anatomy stretched ~2x horizontally), normal/benign/malignant locations equally weighted, no mining",
+    ),
+    "fcn-512x256-normal3-mined": (
+        {"height": 512, "width": 256, "normal_weight_ratio": 3.0, "mine_from": 3},
+        "512x256 (H x W) crop, roughly isotropic for both sources, half the compute; normal locations weighted 3x; "
+        "hard negatives (top-3 false-positive locations per training image) mined from epoch 3",
+    ),
+    "fcn-512x256-normal3-mined-w32": (
+        {"height": 512, "width": 256, "normal_weight_ratio": 3.0, "mine_from": 3, "fcn_width": 32},
+        "as above with twice the channels (32-64-128-128-256-256; ~4x the multiply-adds): is the FCN capacity-bound?",
+    ),
+}
+SHIPPED = "fcn-512x256-normal3-mined"
+
+
+def config_for(name: str) -> TrainConfig:
+    overrides, _ = ABLATIONS[name]
+    return replace(TrainConfig(), **overrides)
+
+
+def fmt(value, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def row_for(name: str, root: Path) -> list[str] | None:
+    run = root / name
+    for suffix, kind in (("_int8", "int8"), ("", "float")):
+        path = run / f"metrics{suffix}.json"
+        if path.exists():
+            metrics = json.loads(path.read_text())
+            break
+    else:
+        return None
+    pooled, spread = metrics["pooled_out_of_fold"], metrics["per_fold_mean_sd"]
+    cells = [name, f"{metrics['folds_done']} ({kind})"]
+    for source in (MIAS, CBIS):
+        m = pooled.get(source, {})
+        ci = m.get("auc_ci95", (None, None))
+        s = spread.get(f"{source}/auc_malignant_vs_rest", {})
+        cells.append(f"{fmt(m.get('auc_malignant_vs_rest'))} [{fmt(ci[0])}, {fmt(ci[1])}]")
+        cells.append(f"{fmt(s.get('mean'))} ± {fmt(s.get('sd'))}" if metrics["folds_done"] > 1 else "-")
+        cells.append(f"{fmt(m.get('referral_sensitivity'))} / {fmt(m.get('referral_specificity'))}")
+    return cells
+
+
+def table(root: Path) -> str:
+    header = [
+        "configuration", "folds (model)",
+        "MIAS AUC mal-vs-rest [95% CI]", "MIAS AUC per-fold mean ± sd", "MIAS referral sens / spec",
+        "CBIS AUC mal-vs-benign [95% CI]", "CBIS AUC per-fold mean ± sd", "CBIS referral sens / spec",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    notes = []
+    for name, (_, what) in ABLATIONS.items():
+        cells = row_for(name, root)
+        if cells is None:
+            cells = [name, "not run"] + ["-"] * 6
+        lines.append("| " + " | ".join(cells) + " |")
+        notes.append(f"- `{name}`: {what}.")
+    return "\n".join(lines + [""] + notes) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m convert.lesion_ablation", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["run", "table"])
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--configs", default=",".join(ABLATIONS))
+    parser.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8 conversion and evaluation")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        only = None if args.folds is None else [int(f) for f in args.folds.split(",")]
+        for name in args.configs.split(","):
+            cfg = config_for(name)
+            run_cv(cfg, args.root / name, only)
+            if not args.no_int8:
+                int8_cv(cfg, args.root / name)
+    print(table(args.root), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

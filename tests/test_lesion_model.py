@@ -1,0 +1,106 @@
+"""The lesion FCN's whole-image wrapper, its int8 export, and the head calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from convert.train_lesion import fit_head, head_probs
+
+tf = pytest.importorskip("tensorflow", reason="the [train] extra (tensorflow) is not installed")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    import keras
+
+    from convert.lesion_model import build_fcn, build_whole_image_model
+
+    keras.utils.set_random_seed(0)
+    fcn = build_fcn(width=4)
+    model = build_whole_image_model(fcn, 128, 64, smooth=2, batch_size=1)
+    return fcn, model
+
+
+def test_whole_image_model_is_fcn_maps_soft_max_pooled(tiny):
+    fcn, model = tiny
+    image = np.random.default_rng(0).random((1, 128, 64, 1), dtype=np.float32)
+    maps = np.asarray(fcn(image))[0]
+    assert maps.shape == (8, 4, 2)  # stride 16
+    smooth = (maps[:-1, :-1] + maps[1:, :-1] + maps[:-1, 1:] + maps[1:, 1:]) / 4.0
+    pooled = smooth.reshape(-1, 2).max(axis=0)
+    expected = np.exp([0.0, pooled[0], pooled[1]])
+    expected /= expected.sum()  # identity head: logits [0, benign, malignant]
+    assert np.allclose(np.asarray(model(image))[0], expected, atol=1e-5)
+
+
+def test_int8_export_runs_with_int8_io_and_plain_ops(tiny):
+    from convert.export import op_versions, parity, tflite_214_problems
+    from convert.lesion_export import Int8Runner, convert_int8, op_names
+
+    _, model = tiny
+    rng = np.random.default_rng(1)
+    images = rng.random((12, 128, 64, 1), dtype=np.float32)
+    flatbuffer = convert_int8(model, images[:8])
+    runner = Int8Runner(flatbuffer)
+    spec = runner.quantization()
+    assert spec["input"]["shape"] == [1, 128, 64, 1] and spec["input"]["dtype"] == "int8"
+    assert spec["output"]["shape"] == [1, 3]
+    ops = op_names(flatbuffer)
+    assert ops <= {"CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "FULLY_CONNECTED", "SOFTMAX"}
+    int8_probs = np.stack([runner(image) for image in images[8:]])
+    float_probs = np.stack([np.asarray(model(image[None]))[0] for image in images[8:]])
+    assert np.allclose(int8_probs.sum(axis=1), 1.0, atol=0.02)
+    assert parity(float_probs, int8_probs).max_abs_prob_diff < 0.05
+    assert tflite_214_problems(op_versions(flatbuffer)) == []  # loadable by tflite-runtime 2.14 too
+
+
+def test_fit_head_learns_which_score_means_which_label():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    scores = rng.normal(size=(300, 2))
+    scores[labels == 1, 0] += 3.0  # benign score high on benign images
+    scores[labels == 2, 1] += 3.0  # malignant score high on malignant images
+    kernel, bias = fit_head(scores, labels)
+    predicted = head_probs(scores, kernel, bias).argmax(axis=1)
+    assert (predicted == labels).mean() > 0.8
+    assert kernel[1, 2] > 0 > kernel[1, 0] and kernel[0, 1] > 0
+
+
+def test_fit_head_keeps_identity_with_one_class():
+    kernel, bias = fit_head(np.zeros((5, 2)), np.full(5, 2))
+    assert kernel.tolist() == [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]] and bias.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_training_learns_synthetic_lesions():
+    """A few epochs on synthetic breasts: images with a bright blob must outscore images without one."""
+    from convert.lesion_data import AnnotatedImage, Lesion, PatchConfig, PreparedPool
+    from convert.train_lesion import TrainConfig, auc, image_scores, rest_logodds, train_and_calibrate
+    from edge_birads.preprocess import PreprocessSpec
+
+    rng = np.random.default_rng(0)
+    images, items, lesions = [], [], []
+    for p in range(24):
+        for view in range(2):
+            label = (0, 1, 2)[(p + view) % 3]
+            image = np.clip(rng.normal(100, 12, (128, 128)), 0, 255).astype(np.uint8)
+            image[:, 100:] = 5  # background beside the "breast"
+            found = ()
+            if label:
+                row, col = (int(v) for v in rng.integers(24, 80, 2))
+                yy, xx = np.mgrid[:128, :128]
+                blob = (yy - row) ** 2 + (xx - col) ** 2 <= 8**2
+                image[blob] = 230 if label == 2 else 160
+                found = (Lesion(float(row), float(col), 8.0, 8.0, label == 2),)
+            images.append(image)
+            items.append(AnnotatedImage(path=None, patient_id=f"p{p}", source="mini-mias", label=label))
+            lesions.append(found)
+    pool = PreparedPool(PreprocessSpec(height=128, width=128), np.stack(images), items, lesions)
+    patch = PatchConfig(size=48, per_lesion_mias=24, normal_per_mias_normal=16, normal_per_mias_lesion=6, margin_px=8.0)
+    cfg = TrainConfig(height=128, width=128, fcn_width=8, epochs=5, batch_size=16, learning_rate=3e-3, patch=patch, mine_from=3, validation_fraction=0.25)
+    run = train_and_calibrate(pool, np.arange(len(items)), cfg, log=lambda message: None)
+    everything = np.arange(len(items))
+    scores = rest_logodds(image_scores(run["fcn"], pool, everything, cfg.smooth))
+    labels = np.array([item.label for item in items])
+    assert auc(scores, labels == 2) > 0.8
+    assert 0.0 <= run["threshold"] <= 1.0 and run["history"][-1]["mined"] > 0
