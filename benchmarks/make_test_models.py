@@ -9,8 +9,9 @@ Their predictions are meaningless; the cards say so. Needs TensorFlow ([train]).
 
 writes paper-cnn.tflite/.json (Flatten -> Dense 128 head, ~11.2 M parameters)
 and paper-cnn-gap.tflite/.json (GlobalAveragePooling -> Dense 128, ~0.1 M).
-The int8 conversion mirrors the project's: full-integer int8 in/out, batch
-size fixed to 1, representative data of random [0, 1] images.
+The network and the int8 conversion are convert/'s own (convert.models,
+convert.export): full-integer int8 in/out, batch size fixed to 1; the
+representative data are random [0, 1] images.
 """
 
 from __future__ import annotations
@@ -23,41 +24,13 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import sys
+
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # convert/ is run from the checkout
+
 LABELS = ["BI-RADS 1", "BI-RADS 2-3", "BI-RADS 4-5"]
-
-
-def build(head: str):
-    import keras
-
-    inputs = keras.Input((224, 224, 1), batch_size=1)
-    x = inputs
-    for filters in (32, 64, 128):
-        x = keras.layers.Conv2D(filters, 3, activation="relu")(x)
-        x = keras.layers.MaxPooling2D(2)(x)
-    x = keras.layers.Flatten()(x) if head == "flatten" else keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dense(128, activation="relu")(x)
-    x = keras.layers.Dropout(0.5)(x)
-    outputs = keras.layers.Dense(len(LABELS), activation="softmax")(x)
-    return keras.Model(inputs, outputs)
-
-
-def to_int8(model) -> bytes:
-    import tensorflow as tf
-
-    def representative():
-        rng = np.random.default_rng(0)
-        for _ in range(50):
-            yield [rng.random((1, 224, 224, 1), dtype=np.float32)]
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    return converter.convert()
 
 
 def main() -> None:
@@ -71,10 +44,14 @@ def main() -> None:
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
+    from convert.export import to_tflite_int8
+    from convert.models import build_paper_cnn
+
+    representative = np.random.default_rng(args.seed).random((50, 224, 224, 1), dtype=np.float32)
     for name, head in (("paper-cnn", "flatten"), ("paper-cnn-gap", "gap")):
         keras.utils.set_random_seed(args.seed)
-        model = build(head)
-        flat = to_int8(model)
+        model = build_paper_cnn(len(LABELS), head=head, seed=args.seed)
+        flat = to_tflite_int8(model, representative)
         (args.out / f"{name}.tflite").write_bytes(flat)
         card = {
             "schema_version": 1,
