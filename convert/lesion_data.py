@@ -22,20 +22,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from convert.data import data_root
 from edge_birads.decode import read_file
 from edge_birads.preprocess import PreprocessSpec, breast_bounding_box, prepare, value_range
 
 LABELS = ("BI-RADS 1", "BI-RADS 2-3", "BI-RADS 4-5")
 PATHOLOGY_TO_CLASS = {"normal": 0, "benign": 1, "malignant": 2}
 MIAS_SIZE = 1024
-
-
-def data_root() -> Path:
-    """The shared data folder: $EDGE_BIRADS_DATA, else ../shared/data beside the checkout."""
-    env = os.environ.get("EDGE_BIRADS_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @dataclass(frozen=True)

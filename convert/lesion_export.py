@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from convert.evaluate import versions
+from edge_birads import DISCLAIMER
+
 
 def convert_int8(model, representative: np.ndarray) -> bytes:
     """Keras model with a fixed [1, H, W, 1] input -> int8-in/int8-out TFLite flatbuffer."""
@@ -97,22 +100,6 @@ def op_names(model_bytes: bytes) -> set[str]:
     except ImportError:  # pragma: no cover
         from tensorflow.lite import Interpreter
     return {op["op_name"] for op in Interpreter(model_content=model_bytes)._get_ops_details()}
-
-
-DISCLAIMER = "Research use only, not a diagnostic device: a clinician decides."
-
-
-def versions() -> dict:
-    import platform
-
-    found = {"python": platform.python_version(), "numpy": np.__version__}
-    for module in ("tensorflow", "keras", "ai_edge_litert", "cv2"):
-        try:
-            imported = __import__(module)
-        except ImportError:
-            continue
-        found[{"cv2": "opencv"}.get(module, module)] = getattr(imported, "__version__", "unknown")
-    return found
 
 
 def split_summary(pool, indices) -> dict:

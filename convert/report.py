@@ -21,6 +21,7 @@ import numpy as np
 from convert import export
 from convert.data import GROUP_LABELS, PAPER_TO_GROUP, Record, load_images, load_sources, summarize
 from convert.metrics import evaluate_probabilities
+from edge_birads import DISCLAIMER
 from edge_birads.card import load_card
 
 log = logging.getLogger("convert.report")
@@ -155,7 +156,7 @@ def report_markdown(result: dict, threshold: float) -> str:
         "",
         f"Scope: {result['scope']} ({result['data']['images']} images, {result['data']['patients']} patients).",
         f"Referral threshold {threshold:.4f} from the model card (chosen on its validation split, not here).",
-        "Research use only, not a diagnostic device: a clinician decides.",
+        DISCLAIMER,
         "",
     ]
     for key, metrics in result.items():

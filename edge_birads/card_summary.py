@@ -7,6 +7,7 @@ verbatim (a test keeps the two identical), so no figure there is typed by hand.
 
 from __future__ import annotations
 
+from edge_birads import DISCLAIMER
 from edge_birads.card import ModelCard
 
 
@@ -62,5 +63,5 @@ def summarize(card: ModelCard) -> str:
                     f"| {label} | {_num(m.get('precision'))} | {_pct(m.get('sensitivity'))} | {_pct(m.get('specificity'))} "
                     f"| {_num(m.get('f1'))} | {m.get('support', '-')} |"
                 )
-    lines += ["", data.get("intended_use", "Research use only, not a diagnostic device: a clinician decides.")]
+    lines += ["", data.get("intended_use", DISCLAIMER)]
     return "\n".join(lines)

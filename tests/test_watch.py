@@ -238,14 +238,7 @@ def test_unwritable_results_folder_is_a_clear_error_at_start(tmp_path: Path, pol
     if commands is None:
         pytest.skip("cannot make a folder unwritable for root here (no chattr, or the filesystem lacks +i)")
     try:
-        run = subprocess.run(
-            daemon.command(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
-        )
+        run = daemon.run_foreground()
     finally:
         make_writable(daemon.results, commands[1])
     assert run.returncode == 1
@@ -304,16 +297,8 @@ def test_a_bug_exits_non_zero_keeps_the_file_and_a_repeat_offender_is_set_aside(
     data = png_bytes(11)
     (daemon.inbox / "trigger.png").write_bytes(data)
     (daemon.inbox / "fine.png").write_bytes(png_bytes(12))
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     for _ in range(2):
-        run = subprocess.run(
-            [sys.executable, str(runner), *daemon.command()[3:]],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env,
-            check=False,
-        )
+        run = daemon.run_foreground([sys.executable, str(runner), *daemon.command()[3:]])
         assert run.returncode == 70, run.stderr
         assert "internal error while classifying trigger.png: ZeroDivisionError: an injected bug at" in run.stderr
         assert (daemon.inbox / "trigger.png").read_bytes() == data
@@ -340,14 +325,7 @@ def test_a_second_daemon_on_the_same_inbox_is_refused(tmp_path: Path) -> None:
     first = Daemon(tmp_path).start()
     first.wait_started()
     second = Daemon(tmp_path)
-    run = subprocess.run(
-        second.command(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
-    )
+    run = second.run_foreground()
     assert run.returncode == 1
     assert f"another edge-birads watch (pid {first.proc.pid}) is already watching {first.inbox}" in run.stderr
     assert first.stop() == 0

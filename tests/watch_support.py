@@ -77,9 +77,18 @@ class Daemon:
             cmd += ["--poll", "--scan-interval", "0.3"]
         return cmd + list(self.extra)
 
-    def start(self) -> Daemon:
+    def env(self) -> dict[str, str]:
+        """The environment of a daemon run: this checkout first on the path, not under journald."""
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         env.pop("JOURNAL_STREAM", None)
+        return env
+
+    def run_foreground(self, command: list[str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run the daemon (or ``command``) to its own exit, for runs expected to stop by themselves."""
+        return subprocess.run(command or self.command(), capture_output=True, text=True, timeout=timeout, env=self.env(), check=False)
+
+    def start(self) -> Daemon:
+        env = self.env()
         with open(self.log_path, "ab") as log:
             log.write(f"--- start {self.starts}\n".encode())
             log.flush()
