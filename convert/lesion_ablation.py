@@ -1,4 +1,4 @@
-"""The lesion-FCN ablation: named configurations x patient-level cross-validated metrics.
+"""The ablation: the paper's CNN and the lesion FCN, named configurations x patient-level cross-validated metrics.
 
     python -m convert.lesion_ablation run --root /work/experiments/lesion/ablation [--configs NAME,...] [--folds 0,1,2,3,4]
     python -m convert.lesion_ablation table --root /work/experiments/lesion/ablation > docs/ablation-table.md
@@ -7,7 +7,9 @@
 converts each fold's model to int8 and evaluates that; ``table`` prints the
 Markdown table of whatever has finished, saying how many folds each row has.
 Each configuration lives in ROOT/NAME (the same layout as
-``python -m convert.train_lesion cv``).
+``python -m convert.train_lesion cv``). The paper's configurations
+(``convert.paper_cv``) run through the same folds, validation patients and
+int8 scoring as the FCN rows, so the rows compare like with like.
 """
 
 from __future__ import annotations
@@ -20,7 +22,15 @@ from pathlib import Path
 
 from convert.train_lesion import CBIS, MIAS, TrainConfig, int8_cv, run_cv
 
-# name -> (TrainConfig overrides, what it tests)
+# The paper's whole-image CNN: row name -> (convert.train config, what it tests).
+PAPER_ABLATIONS: dict[str, tuple[str, str]] = {
+    "paper-focal": ("paper", "the paper's CNN and recipe as bundled: 224x224 whole image, focal loss (gamma 2, alpha 0.25), Adam, 20 epochs"),
+    "paper-ce": ("paper-ce", "the paper's baseline: as above with plain cross-entropy"),
+    "paper-weighted": ("paper-weighted", "focal loss with balanced class weights"),
+    "paper-oversample": ("paper-oversample", "focal loss, minority classes oversampled to the majority count, rotation +-20 degrees"),
+}
+
+# The lesion FCN: row name -> (convert.train_lesion TrainConfig overrides, what it tests)
 ABLATIONS: dict[str, tuple[dict, str]] = {
     "fcn-512x512-balanced": (
         {"height": 512, "width": 512, "normal_weight_ratio": 1.0, "mine_from": 0},
@@ -79,7 +89,8 @@ def table(root: Path) -> str:
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     notes = []
-    for name, (_, what) in ABLATIONS.items():
+    rows = {name: what for name, (_, what) in PAPER_ABLATIONS.items()} | {name: what for name, (_, what) in ABLATIONS.items()}
+    for name, what in rows.items():
         cells = row_for(name, root)
         if cells is None:
             cells = [name, "not run"] + ["-"] * 6
@@ -92,13 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convert.lesion_ablation", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["run", "table"])
     parser.add_argument("--root", type=Path, required=True)
-    parser.add_argument("--configs", default=",".join(ABLATIONS))
+    parser.add_argument("--configs", default=",".join(list(PAPER_ABLATIONS) + list(ABLATIONS)))
     parser.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 conversion and evaluation")
     args = parser.parse_args(argv)
     if args.command == "run":
         only = None if args.folds is None else [int(f) for f in args.folds.split(",")]
         for name in args.configs.split(","):
+            if name in PAPER_ABLATIONS:
+                from convert.paper_cv import run_paper_cv
+
+                run_paper_cv(PAPER_ABLATIONS[name][0], args.root / name, TrainConfig(), only)
+                continue
+            if name not in ABLATIONS:
+                parser.error(f"unknown configuration {name!r}; choose from {', '.join(list(PAPER_ABLATIONS) + list(ABLATIONS))}")
             cfg = config_for(name)
             run_cv(cfg, args.root / name, only)
             if not args.no_int8:

@@ -14,7 +14,6 @@ origin at the top-left of the array, in float pixels.
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +21,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from convert.data import data_root
+from convert import data
+from convert.data import GROUP_LABELS, MALIGNANT_LABEL, SOURCE_MIAS, Record
 from edge_birads.decode import read_file
 from edge_birads.preprocess import PreprocessSpec, breast_bounding_box, prepare, value_range
 
-LABELS = ("BI-RADS 1", "BI-RADS 2-3", "BI-RADS 4-5")
-PATHOLOGY_TO_CLASS = {"normal": 0, "benign": 1, "malignant": 2}
-MIAS_SIZE = 1024
+LABELS = GROUP_LABELS  # class index 0, 1, 2 = normal, benign, malignant
 
 
 @dataclass(frozen=True)
@@ -58,85 +56,50 @@ class AnnotatedImage:
     finding: str = ""
 
 
-def mias_lesion(x: float, y: float, radius: float, malignant: bool) -> Lesion:
-    """MIAS gives x, y with the origin at the BOTTOM-left of the 1024x1024 image: row = 1023 - y."""
-    return Lesion(row=float(MIAS_SIZE - 1 - y), col=float(x), half_height=float(radius), half_width=float(radius), malignant=malignant)
+def lesions_of(record: Record) -> tuple[tuple[Lesion, ...], bool]:
+    """A record's located findings as ellipses, and whether some finding has no position.
 
-
-def parse_mias_lesions(text: str) -> tuple[tuple[Lesion, ...], bool]:
-    """Parse a labels.csv ``lesions`` cell (``CLASS:SEVERITY:x:y:radius;...``).
-
-    Returns the located lesions and whether some finding had no coordinates
-    (entries such as ``CALC:M:*NOTE:3*:``).
+    MIAS circles (``convert.data`` already turned their bottom-left origin
+    into row = 1023 - y) keep their radius both ways; a finding without
+    centre or radius (scattered calcifications) makes the image's tissue
+    untrustworthy as "normal". CBIS boxes carry no pathology of their own, so
+    every box takes the image's (6 of 1231 images hold a benign and a
+    malignant mass: the price of that).
     """
-    lesions = []
-    unlocated = False
-    for entry in filter(None, (part.strip() for part in text.split(";"))):
-        parts = entry.split(":")
-        if len(parts) != 5:
-            unlocated = True
-            continue
-        _, severity, x, y, radius = parts
-        try:
-            lesions.append(mias_lesion(float(x), float(y), float(radius), severity.upper() == "M"))
-        except ValueError:
-            unlocated = True
-    return tuple(lesions), unlocated
+    if record.source == SOURCE_MIAS:
+        located = [l for l in record.lesions if l.cx is not None and l.cy is not None and l.radius is not None]
+        ellipses = tuple(
+            Lesion(row=float(l.cy), col=float(l.cx), half_height=float(l.radius), half_width=float(l.radius), malignant=(l.severity or "").upper() == "M")
+            for l in located
+        )
+        return ellipses, len(located) < len(record.lesions)
+    malignant = record.label == MALIGNANT_LABEL
+    return tuple(Lesion(row=b.y + b.h / 2.0, col=b.x + b.w / 2.0, half_height=b.h / 2.0, half_width=b.w / 2.0, malignant=malignant) for b in record.boxes), False
+
+
+def annotated(record: Record) -> AnnotatedImage:
+    """The lesion work's view of a ``convert.data`` record (mini-MIAS or CBIS-DDSM masses)."""
+    lesions, unlocated = lesions_of(record)
+    finding = record.extra.get("abnormality") or "" if record.source == SOURCE_MIAS else "MASS"
+    return AnnotatedImage(
+        path=Path(record.path),
+        patient_id=record.patient_id,
+        source=record.source,
+        label=GROUP_LABELS.index(record.label),
+        lesions=lesions,
+        unlocated_finding=unlocated,
+        finding=finding,
+    )
 
 
 def load_mias(root: Path | None = None) -> list[AnnotatedImage]:
-    """mini-MIAS images with lesion centres/radii converted to top-left (row, col)."""
-    folder = (root or data_root()) / "mini-mias"
-    images = []
-    with open(folder / "labels.csv", newline="") as handle:
-        for row in csv.DictReader(handle):
-            lesions, unlocated = parse_mias_lesions(row["lesions"])
-            images.append(
-                AnnotatedImage(
-                    path=folder / row["file"],
-                    patient_id=row["patient_id"],
-                    source="mini-mias",
-                    label=PATHOLOGY_TO_CLASS[row["pathology"]],
-                    lesions=lesions,
-                    unlocated_finding=unlocated,
-                    finding=row["abnormality"],
-                )
-            )
-    return images
-
-
-def parse_cbis_boxes(text: str, malignant: bool) -> tuple[Lesion, ...]:
-    """Parse ``x,y,w,h;...`` boxes (top-left origin) into ellipses.
-
-    The boxes of an image are not linked to their masses' pathology, so every
-    box takes the image's pathology; images with a benign and a malignant mass
-    (6 of 1231) are the price of that.
-    """
-    lesions = []
-    for entry in filter(None, (part.strip() for part in text.split(";"))):
-        x, y, w, h = (float(v) for v in entry.split(","))
-        lesions.append(Lesion(row=y + h / 2.0, col=x + w / 2.0, half_height=h / 2.0, half_width=w / 2.0, malignant=malignant))
-    return tuple(lesions)
+    """mini-MIAS images with their lesion circles, top-left (row, col)."""
+    return [annotated(r) for r in data.load_mias(None if root is None else Path(root) / "mini-mias")]
 
 
 def load_cbis(root: Path | None = None) -> list[AnnotatedImage]:
     """CBIS-DDSM mass images (800x800, stretched) with their mass boxes."""
-    folder = (root or data_root()) / "cbis-ddsm-mass"
-    images = []
-    with open(folder / "labels.csv", newline="") as handle:
-        for row in csv.DictReader(handle):
-            label = PATHOLOGY_TO_CLASS[row["pathology"]]
-            images.append(
-                AnnotatedImage(
-                    path=folder / row["file"],
-                    patient_id=row["patient_id"],
-                    source="cbis-ddsm-mass",
-                    label=label,
-                    lesions=parse_cbis_boxes(row["boxes"], malignant=label == 2),
-                    finding="MASS",
-                )
-            )
-    return images
+    return [annotated(r) for r in data.load_cbis_masses(None if root is None else Path(root) / "cbis-ddsm-mass")]
 
 
 def map_lesion(lesion: Lesion, box: tuple[int, int, int, int], out_shape: tuple[int, int]) -> Lesion:

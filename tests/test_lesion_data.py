@@ -6,11 +6,13 @@ import cv2
 import numpy as np
 import pytest
 
+from convert.data import SOURCE_CBIS, SOURCE_MIAS, Record, parse_boxes, parse_mias_lesions
 from convert.lesion_data import (
     AnnotatedImage,
     Lesion,
     PatchConfig,
     PreparedPool,
+    annotated,
     augmented_patch,
     breast_mask,
     build_patch_batch,
@@ -18,12 +20,10 @@ from convert.lesion_data import (
     extract_patch,
     lesion_centres,
     lesion_distance,
+    lesions_of,
     location_targets,
     map_lesion,
-    mias_lesion,
     normal_centres,
-    parse_cbis_boxes,
-    parse_mias_lesions,
     prepare_annotated,
 )
 from convert.train_lesion import auc, patient_folds, referral_threshold
@@ -39,24 +39,35 @@ def synthetic_mammogram(size: int = 1024, breast_right: int = 600, blob: tuple[i
     return image
 
 
+def mias_record(lesions: str, pathology_label: str = "BI-RADS 4-5") -> Record:
+    return Record("mdb999.png", "mias-999", pathology_label, SOURCE_MIAS, lesions=parse_mias_lesions(lesions), extra={"abnormality": "CIRC"})
+
+
 def test_mias_origin_is_bottom_left():
-    lesion = mias_lesion(x=100, y=200, radius=10, malignant=True)
+    (lesion,), unlocated = lesions_of(mias_record("CIRC:M:100:200:10"))
     assert (lesion.row, lesion.col) == (823.0, 100.0)
     assert lesion.half_height == lesion.half_width == 10.0
+    assert lesion.malignant and not unlocated
 
 
-def test_parse_mias_lesions_flags_findings_without_coordinates():
-    lesions, unlocated = parse_mias_lesions("CIRC:B:477:133:30;CALC:M:*NOTE:3*:")
+def test_mias_findings_without_coordinates_are_flagged():
+    lesions, unlocated = lesions_of(mias_record("CIRC:B:477:133:30;CALC:M:*NOTE:3*:"))
     assert unlocated
     assert len(lesions) == 1
     assert lesions[0].row == 1023 - 133 and lesions[0].col == 477 and not lesions[0].malignant
-    assert parse_mias_lesions("") == ((), False)
+    assert lesions_of(mias_record("", "BI-RADS 1")) == ((), False)
+    item = annotated(mias_record("CIRC:B:477:133:30;CALC:M:*NOTE:3*:"))
+    assert (item.label, item.finding, item.unlocated_finding) == (2, "CIRC", True)
 
 
-def test_parse_cbis_boxes_top_left_origin():
-    (lesion,) = parse_cbis_boxes("69,402,107,82", malignant=True)
+def test_cbis_boxes_top_left_origin_take_the_image_pathology():
+    record = Record("x.jpg", "P_00001", "BI-RADS 4-5", SOURCE_CBIS, boxes=parse_boxes("69,402,107,82"))
+    (lesion,), unlocated = lesions_of(record)
     assert (lesion.row, lesion.col) == (402 + 41, 69 + 53.5)
     assert (lesion.half_height, lesion.half_width) == (41, 53.5)
+    assert lesion.malignant and not unlocated
+    benign = annotated(Record("x.jpg", "P_00001", "BI-RADS 2-3", SOURCE_CBIS, boxes=parse_boxes("69,402,107,82")))
+    assert benign.label == 1 and benign.finding == "MASS" and not benign.lesions[0].malignant
 
 
 @pytest.mark.parametrize("crop", [False, True])
@@ -66,7 +77,7 @@ def test_mias_annotation_lands_on_the_lesion_after_prepare(tmp_path, crop):
     image = synthetic_mammogram(blob=(1023 - y, x), radius=radius)
     path = tmp_path / "mdb999.png"
     cv2.imwrite(str(path), image)
-    lesions, _ = parse_mias_lesions(f"CIRC:M:{x}:{y}:{radius}")
+    lesions, _ = lesions_of(mias_record(f"CIRC:M:{x}:{y}:{radius}"))
     item = AnnotatedImage(path=path, patient_id="mias-999", source="mini-mias", label=2, lesions=lesions)
     spec = PreprocessSpec(height=256, width=256, crop_to_breast=crop)
     prepared, (mapped,) = prepare_annotated(item, spec)
@@ -244,7 +255,8 @@ def _lesions_brighter_than_surroundings(items, spec) -> float:
 def test_real_annotations_land_on_the_lesions(source):
     """On the real pools, masses are denser than their surroundings: ~97% of mapped annotations are
     brighter than the ring around them (a wrong origin, e.g. MIAS y read top-down, gives ~60%)."""
-    from convert.lesion_data import data_root, load_cbis, load_mias
+    from convert.data import data_root
+    from convert.lesion_data import load_cbis, load_mias
 
     folder = data_root() / source
     if not (folder / "labels.csv").exists():

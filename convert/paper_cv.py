@@ -1,0 +1,110 @@
+"""The paper's whole-image CNN cross-validated on the lesion FCN's own patient folds.
+
+Why: the ablation table must compare like with like. The lesion FCN is scored
+on 5 patient-level folds (``convert.train_lesion.patient_folds``) with int8
+outputs, a validation-chosen referral threshold and per-source AUCs; the
+paper's configurations (focal loss, cross-entropy, class weights,
+oversampling, augmentation, GAP head) go through exactly the same folds,
+validation patients, int8 conversion and metrics here, so a row of one can be
+read against a row of the other fold by fold.
+
+Each configuration trains as the paper did: whole image at its input size,
+a fixed number of epochs (no epoch selection), Adam. Per fold it writes
+``fold{k}.npz`` (float Keras) and ``fold{k}_int8.npz`` (the int8 TFLite the
+runtime would run, threshold re-chosen on its own validation outputs) in the
+same layout as the lesion CV, so ``collect_cv`` and the ablation table read
+both alike.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from convert.lesion_data import PreparedPool, load_pool
+from convert.train import TrainConfig as PaperConfig
+from convert.train import get_config, make_batches
+from convert.train_lesion import (
+    DEFAULT_CACHE,
+    TrainConfig,
+    collect_cv,
+    fold_split,
+    referral_threshold,
+    setup_tensorflow,
+    summarise,
+)
+
+# Representative images for int8 calibration, drawn from the fold's training patients.
+REPRESENTATIVE = 200
+
+
+def fold_images(pool: PreparedPool, indices: np.ndarray) -> np.ndarray:
+    """(N, H, W, 1) float32 in [0, 1]: what the runtime's prepare() returns for these images."""
+    return (pool.images[indices].astype(np.float32) / 255.0)[..., None]
+
+
+def fold_labels(pool: PreparedPool, indices: np.ndarray) -> np.ndarray:
+    """Class index per image in the order BI-RADS 1, 2-3, 4-5 (the lesion pool's and the bundled card's)."""
+    return np.array([pool.items[i].label for i in indices], np.int64)
+
+
+def run_fold(cfg: PaperConfig, pool: PreparedPool, fold_cfg: TrainConfig, fold: int, out_dir: Path, log) -> None:
+    """Train one fold's paper CNN, score float and int8 on its test patients, write both .npz files."""
+    from convert.export import TfliteModel, keras_predict, to_tflite_int8
+    from convert.models import build_paper_cnn, compile_model
+
+    started = time.perf_counter()
+    train_idx, val_idx, test_idx = fold_split(pool, fold_cfg, fold)
+    seed = cfg.seed + fold
+    setup_tensorflow(seed, cfg.threads)
+    x_tr, y_tr = fold_images(pool, train_idx), fold_labels(pool, train_idx)
+    model = build_paper_cnn(3, cfg.image_size, head=cfg.head, seed=seed)
+    compile_model(model, cfg.loss, cfg.learning_rate, cfg.focal_gamma, cfg.focal_alpha)
+    log(f"fold {fold}: train {train_idx.size} images, validation {val_idx.size}, test {test_idx.size}")
+    history = model.fit(make_batches(x_tr, y_tr, 3, replace(cfg, seed=seed)), epochs=cfg.epochs, verbose=0)
+    trained = time.perf_counter() - started
+
+    rng = np.random.default_rng(seed)
+    representative = x_tr[rng.choice(len(x_tr), min(REPRESENTATIVE, len(x_tr)), replace=False)]
+    int8 = to_tflite_int8(model, representative)
+    (out_dir / f"fold{fold}_int8.tflite").write_bytes(int8)
+    runner = TfliteModel(int8)
+    val_mal = fold_labels(pool, val_idx) == 2
+    for suffix, predict in (("", lambda idx: keras_predict(model, fold_images(pool, idx))), ("_int8", lambda idx: runner.predict(fold_images(pool, idx)))):
+        p_val, p_test = predict(val_idx), predict(test_idx)
+        threshold = referral_threshold(p_val[:, 2], val_mal, fold_cfg.referral_sensitivity)
+        np.savez(out_dir / f"fold{fold}{suffix}.npz", test_idx=test_idx, probs=p_test, threshold=threshold, val_idx=val_idx, val_probs=p_val)
+        metrics = summarise(pool, test_idx, p_test, p_test[:, 2] >= threshold)
+        log(json.dumps({"fold": fold, "model": suffix.strip("_") or "float", "threshold": threshold, "test": {
+            s: {k: v for k, v in m.items() if k.startswith(("auc", "referral"))} for s, m in metrics.items()}}))
+    (out_dir / f"fold{fold}_history.json").write_text(json.dumps(
+        {"loss": [float(v) for v in history.history["loss"]], "training_seconds": round(trained, 1)}, indent=1))
+    log(f"fold {fold}: done in {time.perf_counter() - started:.0f} s (training {trained:.0f} s)")
+
+
+def run_paper_cv(name: str, out_dir: Path, fold_cfg: TrainConfig, only_folds: list[int] | None = None, **overrides) -> dict:
+    """Cross-validate paper configuration ``name`` (convert.train.CONFIGS) on ``fold_cfg``'s folds; resumable."""
+    cfg = get_config(name, **overrides)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps({"paper_config": asdict(cfg), "folds": asdict(fold_cfg)}, indent=1))
+    pool = load_pool(cfg.preprocess_spec(), DEFAULT_CACHE)
+    with open(out_dir / "log.jsonl", "a") as log_file:
+
+        def log(message: str) -> None:
+            print(message, flush=True)
+            log_file.write(message + "\n")
+            log_file.flush()
+
+        for fold in range(fold_cfg.folds):
+            if only_folds is not None and fold not in only_folds:
+                continue
+            if (out_dir / f"fold{fold}_int8.npz").exists():
+                log(f"fold {fold}: done already")
+                continue
+            run_fold(cfg, pool, fold_cfg, fold, out_dir, log)
+    collect_cv(pool, out_dir, fold_cfg)
+    return collect_cv(pool, out_dir, fold_cfg, suffix="_int8")
