@@ -1,8 +1,11 @@
 """The ablation: the paper's CNN and the lesion FCN, named configurations x patient-level cross-validated metrics.
 
     python -m convert.lesion_ablation run --root /work/experiments/lesion/ablation [--configs NAME,...] [--folds 0,1,2,3,4]
+    python -m convert.lesion_ablation collect --root /work/experiments/lesion/ablation
     python -m convert.lesion_ablation table --root /work/experiments/lesion/ablation > docs/ablation-table.md
 
+``collect`` re-derives every finished row's metrics from its saved per-fold
+predictions (no training: for when a metric is added or changed).
 ``run`` trains what is missing (finished folds are kept, so it resumes), then
 converts each fold's model to int8 and evaluates that; ``table`` prints the
 Markdown table of whatever has finished, saying how many folds each row has.
@@ -77,6 +80,8 @@ def row_for(name: str, root: Path) -> list[str] | None:
         s = spread.get(f"{source}/auc_malignant_vs_rest", {})
         cells.append(f"{fmt(m.get('auc_malignant_vs_rest'))} [{fmt(ci[0])}, {fmt(ci[1])}]")
         cells.append(f"{fmt(s.get('mean'))} ± {fmt(s.get('sd'))}" if metrics["folds_done"] > 1 else "-")
+        if source == MIAS:
+            cells.append(fmt(m.get("sensitivity_at_70_specificity")))
         cells.append(f"{fmt(m.get('referral_sensitivity'))} / {fmt(m.get('referral_specificity'))}")
     return cells
 
@@ -84,7 +89,7 @@ def row_for(name: str, root: Path) -> list[str] | None:
 def table(root: Path) -> str:
     header = [
         "configuration", "folds (model)",
-        "MIAS AUC mal-vs-rest [95% CI]", "MIAS AUC per-fold mean ± sd", "MIAS referral sens / spec",
+        "MIAS AUC mal-vs-rest [95% CI]", "MIAS AUC per-fold mean ± sd", "MIAS sens at 70% spec (ROC)", "MIAS referral sens / spec",
         "CBIS AUC mal-vs-benign [95% CI]", "CBIS AUC per-fold mean ± sd", "CBIS referral sens / spec",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -93,7 +98,7 @@ def table(root: Path) -> str:
     for name, what in rows.items():
         cells = row_for(name, root)
         if cells is None:
-            cells = [name, "not run"] + ["-"] * 6
+            cells = [name, "not run"] + ["-"] * (len(header) - 2)
         lines.append("| " + " | ".join(cells) + " |")
         notes.append(f"- `{name}`: {what}.")
     return "\n".join(lines + [""] + notes) + "\n"
@@ -101,7 +106,7 @@ def table(root: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convert.lesion_ablation", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["run", "table"])
+    parser.add_argument("command", choices=["run", "collect", "table"])
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--configs", default=",".join(list(PAPER_ABLATIONS) + list(ABLATIONS)))
     parser.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
@@ -121,8 +126,29 @@ def main(argv: list[str] | None = None) -> int:
             run_cv(cfg, args.root / name, only)
             if not args.no_int8:
                 int8_cv(cfg, args.root / name)
+    if args.command == "collect":
+        for name in args.configs.split(","):
+            if (args.root / name).is_dir():
+                collect(name, args.root / name)
     print(table(args.root), end="")
     return 0
+
+
+def collect(name: str, run: Path) -> None:
+    """Metrics of a finished (or partly finished) row from its fold*.npz predictions."""
+    from convert.lesion_data import load_pool
+    from convert.train_lesion import DEFAULT_CACHE, collect_cv
+
+    if name in PAPER_ABLATIONS:
+        from convert.train import get_config
+
+        folds, spec = TrainConfig(), get_config(PAPER_ABLATIONS[name][0]).preprocess_spec()
+    else:
+        folds = config_for(name)
+        spec = folds.spec()
+    pool = load_pool(spec, DEFAULT_CACHE)
+    for suffix in ("", "_int8"):
+        collect_cv(pool, run, folds, suffix=suffix)
 
 
 if __name__ == "__main__":

@@ -116,6 +116,24 @@ def threshold_for_sensitivity(y_binary: np.ndarray, scores: np.ndarray, target: 
     return float(positives[k - 1])
 
 
+def sensitivity_at_specificity(y_binary: np.ndarray, scores: np.ndarray, specificity: float = 0.7) -> float | None:
+    """Sensitivity at the lowest threshold whose specificity (score < t counts as negative) is >= ``specificity``.
+
+    A point read off the test ROC curve, not an operating point (its threshold
+    is chosen on the very images it is measured on); it answers "could any
+    threshold give >= 85% sensitivity at >= 70% specificity here?", which is
+    how issue 6 states its target, and ranks models at that point.
+    """
+    y = np.asarray(y_binary, bool)
+    s = np.asarray(scores, np.float64)
+    if not y.any() or y.all():
+        return None
+    for t in np.append(np.unique(s), np.inf):
+        if (s[~y] < t).mean() >= specificity - 1e-12:
+            return float((s[y] >= t).mean())
+    return None  # pragma: no cover - t = inf always reaches specificity 1
+
+
 def evaluate_probabilities(
     probs: np.ndarray,
     y_true: np.ndarray,

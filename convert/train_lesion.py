@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from convert.lesion_data import LABELS, PatchConfig, PreparedPool, build_patch_batch, epoch_centres, load_pool
+from convert.metrics import sensitivity_at_specificity
 from edge_birads.preprocess import PreprocessSpec
 
 MIAS = "mini-mias"
@@ -75,8 +76,8 @@ class TrainConfig:
 def setup_tensorflow(seed: int, threads: int = 2):
     """Seeded, thread-capped TensorFlow (the machine's 2 cores are shared)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
     import keras
+    import tensorflow as tf
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -183,6 +184,7 @@ def source_metrics(probs: np.ndarray, labels: np.ndarray, patients: np.ndarray, 
     out = {"n_images": int(labels.size), "n_malignant": int(malignant.sum()), "n_patients": int(np.unique(patients).size)}
     out["auc_malignant_vs_rest"] = auc(score, malignant)
     out["auc_ci95"] = bootstrap_auc(score, malignant, patients, seed=seed)
+    out["sensitivity_at_70_specificity"] = sensitivity_at_specificity(malignant, score, 0.70)
     out["referral_sensitivity"] = float(flags[malignant].mean()) if malignant.any() else float("nan")
     out["referral_sensitivity_ci95"] = bootstrap_rate(flags[malignant], patients[malignant], seed=seed)
     out["referral_specificity"] = float((~flags[~malignant]).mean()) if (~malignant).any() else float("nan")

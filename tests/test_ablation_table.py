@@ -10,7 +10,7 @@ from convert.lesion_ablation import ABLATIONS, PAPER_ABLATIONS, main, table
 def write_metrics(run, folds_done: int, mias_auc: float, cbis_auc: float) -> None:
     run.mkdir(parents=True)
     pooled = {
-        "mini-mias": {"auc_malignant_vs_rest": mias_auc, "auc_ci95": [mias_auc - 0.1, mias_auc + 0.1], "referral_sensitivity": 0.9, "referral_specificity": 0.25},
+        "mini-mias": {"auc_malignant_vs_rest": mias_auc, "auc_ci95": [mias_auc - 0.1, mias_auc + 0.1], "sensitivity_at_70_specificity": 0.5, "referral_sensitivity": 0.9, "referral_specificity": 0.25},
         "cbis-ddsm-mass": {"auc_malignant_vs_rest": cbis_auc, "auc_ci95": [cbis_auc - 0.05, cbis_auc + 0.05], "referral_sensitivity": 0.95, "referral_specificity": 0.1},
     }
     spread = {"mini-mias/auc_malignant_vs_rest": {"mean": mias_auc + 0.01, "sd": 0.07}, "cbis-ddsm-mass/auc_malignant_vs_rest": {"mean": cbis_auc, "sd": 0.03}}
@@ -23,10 +23,10 @@ def test_table_has_a_row_per_configuration_and_says_what_has_not_run(tmp_path):
     lines = table(tmp_path).splitlines()
     rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ") and " | " in line}
     assert set(PAPER_ABLATIONS) | set(ABLATIONS) <= set(rows)
-    assert rows["paper-focal"] == "| paper-focal | 5 (int8) | 0.55 [0.45, 0.65] | 0.56 ± 0.07 | 0.90 / 0.25 | 0.61 [0.56, 0.66] | 0.61 ± 0.03 | 0.95 / 0.10 |"
+    assert rows["paper-focal"] == "| paper-focal | 5 (int8) | 0.55 [0.45, 0.65] | 0.56 ± 0.07 | 0.50 | 0.90 / 0.25 | 0.61 [0.56, 0.66] | 0.61 ± 0.03 | 0.95 / 0.10 |"
     # one fold has no spread to report
     assert rows["fcn-512x256-normal3-mined"].split(" | ")[3] == "-"
-    assert rows["paper-ce"] == "| paper-ce | not run | - | - | - | - | - | - |"
+    assert rows["paper-ce"] == "| paper-ce | not run | - | - | - | - | - | - | - |"
 
 
 def test_unknown_configuration_is_a_usage_error(tmp_path, capsys):

@@ -13,6 +13,7 @@ from convert.metrics import (
     evaluate_probabilities,
     per_class_report,
     roc_auc,
+    sensitivity_at_specificity,
     sensitivity_specificity,
     threshold_for_sensitivity,
 )
@@ -122,3 +123,21 @@ def test_focal_loss_matches_the_formula() -> None:
     assert float(FocalLoss()(y, p)) == pytest.approx(np.mean(expected), rel=1e-5)
     # gamma 0, alpha 1 is plain cross-entropy.
     assert float(FocalLoss(gamma=0.0, alpha=1.0)(y, p)) == pytest.approx(np.mean([-math.log(0.5), -math.log(0.9)]), rel=1e-5)
+
+
+def test_sensitivity_at_specificity_by_hand() -> None:
+    # negatives 0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 0.9 1.0; positives 0.35 0.75 0.85 0.95
+    negatives = np.arange(1, 11) / 10
+    positives = np.array([0.35, 0.75, 0.85, 0.95])
+    y = np.r_[np.zeros(10, bool), np.ones(4, bool)]
+    s = np.r_[negatives, positives]
+    # specificity >= 0.7 first at t = 0.75 (7 of 10 negatives below): positives 0.75, 0.85, 0.95 caught
+    assert sensitivity_at_specificity(y, s, 0.7) == pytest.approx(0.75)
+    # >= 0.9: t = 0.95 (9 of 10 below), one positive caught
+    assert sensitivity_at_specificity(y, s, 0.9) == pytest.approx(0.25)
+    assert sensitivity_at_specificity(y, s, 0.0) == pytest.approx(1.0)
+    # ties: a negative tied with the positives at 0.5 cannot be excluded without excluding them
+    tied = np.array([0.1, 0.2, 0.5, 0.5, 0.5])
+    assert sensitivity_at_specificity(np.array([0, 0, 0, 1, 1], bool), tied, 0.7) == pytest.approx(0.0)
+    assert sensitivity_at_specificity(np.array([0, 0, 0, 1, 1], bool), tied, 0.6) == pytest.approx(1.0)
+    assert sensitivity_at_specificity(np.ones(3, bool), np.arange(3.0)) is None
