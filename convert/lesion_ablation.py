@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 conversion and evaluation")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "run":
         only = None if args.folds is None else [int(f) for f in args.folds.split(",")]
         for name in args.configs.split(","):

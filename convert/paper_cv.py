@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from convert.data import GROUP_LABELS, MALIGNANT_LABEL
 from convert.lesion_data import PreparedPool, load_pool
 from convert.train import TrainConfig as PaperConfig
-from convert.train import get_config, make_batches
+from convert.train import get_config, make_batches, validation_callback
 from convert.train_lesion import (
     DEFAULT_CACHE,
     TrainConfig,
@@ -65,7 +66,10 @@ def run_fold(cfg: PaperConfig, pool: PreparedPool, fold_cfg: TrainConfig, fold: 
     model = build_paper_cnn(3, cfg.image_size, head=cfg.head, seed=seed)
     compile_model(model, cfg.loss, cfg.learning_rate, cfg.focal_gamma, cfg.focal_alpha)
     log(f"fold {fold}: train {train_idx.size} images, validation {val_idx.size}, test {test_idx.size}")
-    history = model.fit(make_batches(x_tr, y_tr, 3, replace(cfg, seed=seed)), epochs=cfg.epochs, verbose=0)
+    # Progress: loss, validation recall per class and malignant AUC per epoch (logged and kept in the history).
+    epochs: list[dict] = []
+    report = validation_callback(fold_images(pool, val_idx), fold_labels(pool, val_idx), GROUP_LABELS, (MALIGNANT_LABEL,), epochs)
+    model.fit(make_batches(x_tr, y_tr, 3, replace(cfg, seed=seed)), epochs=cfg.epochs, verbose=0, callbacks=[report])
     trained = time.perf_counter() - started
 
     rng = np.random.default_rng(seed)
@@ -81,8 +85,7 @@ def run_fold(cfg: PaperConfig, pool: PreparedPool, fold_cfg: TrainConfig, fold: 
         metrics = summarise(pool, test_idx, p_test, p_test[:, 2] >= threshold)
         log(json.dumps({"fold": fold, "model": suffix.strip("_") or "float", "threshold": threshold, "test": {
             s: {k: v for k, v in m.items() if k.startswith(("auc", "referral"))} for s, m in metrics.items()}}))
-    (out_dir / f"fold{fold}_history.json").write_text(json.dumps(
-        {"loss": [float(v) for v in history.history["loss"]], "training_seconds": round(trained, 1)}, indent=1))
+    (out_dir / f"fold{fold}_history.json").write_text(json.dumps({"epochs": epochs, "training_seconds": round(trained, 1)}, indent=1))
     log(f"fold {fold}: done in {time.perf_counter() - started:.0f} s (training {trained:.0f} s)")
 
 
