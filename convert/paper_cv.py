@@ -34,7 +34,9 @@ from convert.train_lesion import (
     TrainConfig,
     collect_cv,
     fold_split,
+    headline,
     referral_threshold,
+    run_log,
     setup_tensorflow,
     summarise,
 )
@@ -83,8 +85,7 @@ def run_fold(cfg: PaperConfig, pool: PreparedPool, fold_cfg: TrainConfig, fold: 
         threshold = referral_threshold(p_val[:, 2], val_mal, fold_cfg.referral_sensitivity)
         np.savez(out_dir / f"fold{fold}{suffix}.npz", test_idx=test_idx, probs=p_test, threshold=threshold, val_idx=val_idx, val_probs=p_val)
         metrics = summarise(pool, test_idx, p_test, p_test[:, 2] >= threshold)
-        log(json.dumps({"fold": fold, "model": suffix.strip("_") or "float", "threshold": threshold, "test": {
-            s: {k: v for k, v in m.items() if k.startswith(("auc", "referral"))} for s, m in metrics.items()}}))
+        log(json.dumps({"fold": fold, "model": suffix.strip("_") or "float", "threshold": threshold, "test": headline(metrics)}))
     (out_dir / f"fold{fold}_history.json").write_text(json.dumps({"epochs": epochs, "training_seconds": round(trained, 1)}, indent=1))
     log(f"fold {fold}: done in {time.perf_counter() - started:.0f} s (training {trained:.0f} s)")
 
@@ -95,13 +96,7 @@ def run_paper_cv(name: str, out_dir: Path, fold_cfg: TrainConfig, only_folds: li
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps({"paper_config": asdict(cfg), "folds": asdict(fold_cfg)}, indent=1))
     pool = load_pool(cfg.preprocess_spec(), DEFAULT_CACHE)
-    with open(out_dir / "log.jsonl", "a") as log_file:
-
-        def log(message: str) -> None:
-            print(message, flush=True)
-            log_file.write(message + "\n")
-            log_file.flush()
-
+    with run_log(out_dir) as log:
         for fold in range(fold_cfg.folds):
             if only_folds is not None and fold not in only_folds:
                 continue

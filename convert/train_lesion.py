@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -413,42 +414,61 @@ def summarise(pool: PreparedPool, indices, probs, flags, seed: int = 0) -> dict:
     return out
 
 
+@contextmanager
+def run_log(out_dir: Path):
+    """A ``log(message)`` that prints a line and appends it to OUT_DIR/log.jsonl.
+
+    Why: a cross-validation runs for hours on shared cores; the file keeps
+    the record when the terminal is gone, and resumed runs append to it.
+    """
+    with open(out_dir / "log.jsonl", "a") as handle:
+
+        def log(message: str) -> None:
+            print(message, flush=True)
+            handle.write(message + "\n")
+            handle.flush()
+
+        yield log
+
+
+def headline(metrics: dict) -> dict:
+    """The AUC and referral figures of ``summarise`` output, per source: what a fold's log line shows."""
+    return {source: {k: v for k, v in m.items() if k.startswith(("auc", "referral"))} for source, m in metrics.items()}
+
+
 def run_cv(cfg: TrainConfig, out_dir: Path, only_folds: list[int] | None = None) -> dict:
     """k-fold by patient: out-of-fold probabilities for every image, then per-source metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     pool = load_pool(cfg.spec(), DEFAULT_CACHE)
     folds = patient_folds(pool, cfg.folds, cfg.seed)
-    log_file = open(out_dir / "log.jsonl", "a")
-
-    def log(message: str) -> None:
-        print(message, flush=True)
-        log_file.write(message + "\n")
-        log_file.flush()
-
-    for fold in range(cfg.folds):
-        if only_folds is not None and fold not in only_folds:
-            continue
-        path = out_dir / f"fold{fold}.npz"
-        if path.exists():
-            log(f"fold {fold}: done already ({path})")
-            continue
-        test_idx = np.nonzero(folds == fold)[0]
-        train_all = np.nonzero(folds != fold)[0]
-        log(f"fold {fold}: train+val {train_all.size} images, test {test_idx.size}")
-        run = train_and_calibrate(pool, train_all, replace(cfg, seed=cfg.seed + fold), log)
-        scores = image_scores(run["fcn"], pool, test_idx, cfg.smooth)
-        probs = head_probs(scores, *run["head"])
-        run["fcn"].save_weights(str(out_dir / f"fold{fold}.weights.h5"))
-        np.savez(
-            path, test_idx=test_idx, scores=scores, probs=probs, threshold=run["threshold"], best_epoch=run["best_epoch"],
-            kernel=run["head"][0], bias=run["head"][1],
-        )
-        (out_dir / f"fold{fold}_history.json").write_text(json.dumps(run["history"], indent=1))
-        fold_metrics = summarise(pool, test_idx, probs, probs[:, 2] >= run["threshold"])
-        log(json.dumps({"fold": fold, "best_epoch": run["best_epoch"], "threshold": run["threshold"], "test": {
-            s: {k: v for k, v in m.items() if k.startswith("auc") or k.startswith("referral")} for s, m in fold_metrics.items()}}))
+    with run_log(out_dir) as log:
+        for fold in range(cfg.folds):
+            if only_folds is None or fold in only_folds:
+                cv_fold(cfg, pool, folds, fold, out_dir, log)
     return collect_cv(pool, out_dir, cfg)
+
+
+def cv_fold(cfg: TrainConfig, pool: PreparedPool, folds: np.ndarray, fold: int, out_dir: Path, log) -> None:
+    """Train, calibrate and score one fold (skipped when its predictions exist: runs resume)."""
+    path = out_dir / f"fold{fold}.npz"
+    if path.exists():
+        log(f"fold {fold}: done already ({path})")
+        return
+    test_idx = np.nonzero(folds == fold)[0]
+    train_all = np.nonzero(folds != fold)[0]
+    log(f"fold {fold}: train+val {train_all.size} images, test {test_idx.size}")
+    run = train_and_calibrate(pool, train_all, replace(cfg, seed=cfg.seed + fold), log)
+    scores = image_scores(run["fcn"], pool, test_idx, cfg.smooth)
+    probs = head_probs(scores, *run["head"])
+    run["fcn"].save_weights(str(out_dir / f"fold{fold}.weights.h5"))
+    np.savez(
+        path, test_idx=test_idx, scores=scores, probs=probs, threshold=run["threshold"], best_epoch=run["best_epoch"],
+        kernel=run["head"][0], bias=run["head"][1],
+    )
+    (out_dir / f"fold{fold}_history.json").write_text(json.dumps(run["history"], indent=1))
+    fold_metrics = summarise(pool, test_idx, probs, probs[:, 2] >= run["threshold"])
+    log(json.dumps({"fold": fold, "best_epoch": run["best_epoch"], "threshold": run["threshold"], "test": headline(fold_metrics)}))
 
 
 def collect_cv(pool: PreparedPool, out_dir: Path, cfg: TrainConfig, suffix: str = "") -> dict:
@@ -563,14 +583,8 @@ def train_final(cfg: TrainConfig, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     pool = load_pool(cfg.spec(), DEFAULT_CACHE)
-    log_file = open(out_dir / "log.jsonl", "a")
-
-    def log(message: str) -> None:
-        print(message, flush=True)
-        log_file.write(message + "\n")
-        log_file.flush()
-
-    run = train_and_calibrate(pool, np.arange(len(pool.items)), cfg, log)
+    with run_log(out_dir) as log:
+        run = train_and_calibrate(pool, np.arange(len(pool.items)), cfg, log)
     run["fcn"].save_weights(str(out_dir / "final.weights.h5"))
     np.savez(out_dir / "final.npz", train_idx=run["train_idx"], val_idx=run["val_idx"], kernel=run["head"][0], bias=run["head"][1],
              threshold=run["threshold"], best_epoch=run["best_epoch"])

@@ -72,10 +72,9 @@ def test_fit_head_keeps_identity_with_one_class():
     assert kernel.tolist() == [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]] and bias.tolist() == [0.0, 0.0, 0.0]
 
 
-def test_training_learns_synthetic_lesions():
-    """A few epochs on synthetic breasts: images with a bright blob must outscore images without one."""
-    from convert.lesion_data import AnnotatedImage, Lesion, PatchConfig, PreparedPool
-    from convert.train_lesion import TrainConfig, auc, image_scores, rest_logodds, train_and_calibrate
+def synthetic_lesion_pool():
+    """24 patients x 2 views of synthetic breasts; benign and malignant images hold a blob of known place."""
+    from convert.lesion_data import AnnotatedImage, Lesion, PreparedPool
     from edge_birads.preprocess import PreprocessSpec
 
     rng = np.random.default_rng(0)
@@ -95,12 +94,44 @@ def test_training_learns_synthetic_lesions():
             images.append(image)
             items.append(AnnotatedImage(path=None, patient_id=f"p{p}", source="mini-mias", label=label))
             lesions.append(found)
-    pool = PreparedPool(PreprocessSpec(height=128, width=128), np.stack(images), items, lesions)
+    return PreparedPool(PreprocessSpec(height=128, width=128), np.stack(images), items, lesions)
+
+
+def synthetic_config(epochs: int = 5):
+    from convert.lesion_data import PatchConfig
+    from convert.train_lesion import TrainConfig
+
     patch = PatchConfig(size=48, per_lesion_mias=24, normal_per_mias_normal=16, normal_per_mias_lesion=6, margin_px=8.0)
-    cfg = TrainConfig(height=128, width=128, fcn_width=8, epochs=5, batch_size=16, learning_rate=3e-3, patch=patch, mine_from=3, validation_fraction=0.25)
+    return TrainConfig(height=128, width=128, fcn_width=8, epochs=epochs, batch_size=16, learning_rate=3e-3, patch=patch, mine_from=3,
+                       validation_fraction=0.25, folds=3)
+
+
+def test_training_learns_synthetic_lesions():
+    """A few epochs on synthetic breasts: images with a bright blob must outscore images without one."""
+    from convert.train_lesion import auc, image_scores, rest_logodds, train_and_calibrate
+
+    pool, cfg = synthetic_lesion_pool(), synthetic_config()
+    items = pool.items
     run = train_and_calibrate(pool, np.arange(len(items)), cfg, log=lambda message: None)
     everything = np.arange(len(items))
     scores = rest_logodds(image_scores(run["fcn"], pool, everything, cfg.smooth))
     labels = np.array([item.label for item in items])
     assert auc(scores, labels == 2) > 0.8
     assert 0.0 <= run["threshold"] <= 1.0 and run["history"][-1]["mined"] > 0
+
+
+def test_a_cv_fold_writes_its_predictions_and_log_and_resumes(tmp_path):
+    from convert.train_lesion import collect_cv, cv_fold, fold_split, patient_folds, run_log
+
+    pool, cfg = synthetic_lesion_pool(), synthetic_config(epochs=1)
+    folds = patient_folds(pool, cfg.folds, cfg.seed)
+    with run_log(tmp_path) as log:
+        cv_fold(cfg, pool, folds, 2, tmp_path, log)
+        cv_fold(cfg, pool, folds, 2, tmp_path, log)
+    saved = np.load(tmp_path / "fold2.npz")
+    assert saved["test_idx"].tolist() == fold_split(pool, cfg, 2)[2].tolist()
+    assert saved["probs"].shape == (saved["test_idx"].size, 3)
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert lines[0].startswith("fold 2: train+val") and lines[-1].startswith("fold 2: done already")
+    assert any(line.startswith('{"fold": 2, "best_epoch": 1') for line in lines)
+    assert collect_cv(pool, tmp_path, cfg)["folds_done"] == 1
