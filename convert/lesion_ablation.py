@@ -2,6 +2,8 @@
 
     python -m convert.lesion_ablation run --root /work/experiments/lesion/ablation [--configs NAME,...] [--folds 0,1,2,3,4]
     python -m convert.lesion_ablation collect --root /work/experiments/lesion/ablation
+    python -m convert.lesion_ablation card --root /work/experiments/lesion/ablation --configs paper-focal \
+        --card edge_birads/models/default.json   # the recipe's CV figures into the bundled model's card
     python -m convert.lesion_ablation table --root /work/experiments/lesion/ablation > docs/ablation-table.md
 
 ``collect`` re-derives every finished row's metrics from its saved per-fold
@@ -109,7 +111,8 @@ def table(root: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convert.lesion_ablation", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["run", "collect", "table"])
+    parser.add_argument("command", choices=["run", "collect", "card", "table"])
+    parser.add_argument("--card", type=Path, help="card: the model card (JSON) whose recipe is the --configs row")
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--configs", default=",".join(list(PAPER_ABLATIONS) + list(ABLATIONS)))
     parser.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
@@ -134,8 +137,63 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.configs.split(","):
             if (args.root / name).is_dir():
                 collect(name, args.root / name)
+    if args.command == "card":
+        if args.card is None or args.configs not in PAPER_ABLATIONS:
+            parser.error("card needs --card PATH and one paper configuration in --configs")
+        try:
+            add_to_card(args.card, args.configs, args.root)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{args.card}: metrics.recipe_cross_validation from {args.root / args.configs}")
+        return 0
     print(table(args.root), end="")
     return 0
+
+
+def recipe_section(name: str, root: Path) -> dict:
+    """A card section: the recipe's k-fold, int8, out-of-fold figures per source (mean, spread, CI)."""
+    path = root / name / "metrics_int8.json"
+    if not path.exists():
+        raise ValueError(f"{path} is missing: run the row first")
+    metrics = json.loads(path.read_text())
+    per_source = {}
+    for source, m in metrics["pooled_out_of_fold"].items():
+        spread = metrics["per_fold_mean_sd"].get(f"{source}/auc_malignant_vs_rest", {})
+        per_source[source] = {
+            "n_images": m["n_images"],
+            "n_malignant": m["n_malignant"],
+            "auc_malignant_vs_rest": m["auc_malignant_vs_rest"],
+            "auc_ci95": m["auc_ci95"],
+            "auc_per_fold_mean": spread.get("mean"),
+            "auc_per_fold_sd": spread.get("sd"),
+            "sensitivity_at_70_specificity": m.get("sensitivity_at_70_specificity"),
+            "referral_sensitivity": m["referral_sensitivity"],
+            "referral_specificity": m["referral_specificity"],
+        }
+    return {
+        "note": (
+            f"the same recipe ({name}) trained {metrics['folds_done']} times, once per patient-level fold (stratified by source and "
+            "the patient's worst label, seed 0); every image scored once by the int8 model of the fold that never saw its patient; "
+            "threshold chosen on each fold's validation patients for >= 90% sensitivity; AUC CI: patient-level bootstrap, 2000 "
+            "resamples; sensitivity at 70% specificity read off the out-of-fold ROC curve (not an operating point). "
+            "mini-MIAS: malignant vs normal + benign; CBIS-DDSM masses: malignant vs benign (no normals)."
+        ),
+        "folds": metrics["folds_done"],
+        "command": f"python -m convert.lesion_ablation run --root RUNS --configs {name}",
+        "per_source": per_source,
+    }
+
+
+def add_to_card(card_path: Path, name: str, root: Path) -> None:
+    """Write ``recipe_section`` into the card's metrics, after checking the card was trained with that recipe."""
+    card = json.loads(card_path.read_text())
+    recipe = card.get("training", {}).get("config", {})
+    recipe = recipe.get("name") if isinstance(recipe, dict) else recipe
+    if recipe != PAPER_ABLATIONS[name][0]:
+        raise ValueError(f"{card_path} was trained with config {recipe!r}, not {PAPER_ABLATIONS[name][0]!r} (row {name})")
+    card.setdefault("metrics", {})["recipe_cross_validation"] = recipe_section(name, root)
+    card_path.write_text(json.dumps(card, indent=1) + "\n")
 
 
 def collect(name: str, run: Path) -> None:

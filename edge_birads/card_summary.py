@@ -19,6 +19,30 @@ def _num(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _recipe_cross_validation(section: dict | None) -> list[str]:
+    """The recipe's k-fold figures: one split's test set is small, so the card also says how the recipe varies."""
+    if not section:
+        return []
+    lines = [
+        "",
+        f"The same training recipe in {section.get('folds', '-')}-fold patient-level cross-validation (int8, every image scored by "
+        "the fold model that never saw its patient):",
+        "",
+        "| source | images (malignant) | AUC (95% CI) | AUC per fold, mean ± sd | sensitivity at 70% specificity (ROC) "
+        "| referral sensitivity | referral specificity |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for source, m in section.get("per_source", {}).items():
+        ci = m.get("auc_ci95") or [None, None]
+        lines.append(
+            f"| {source} | {m.get('n_images', '-')} ({m.get('n_malignant', '-')}) | {_num(m.get('auc_malignant_vs_rest'))} "
+            f"({_num(ci[0])}-{_num(ci[1])}) | {_num(m.get('auc_per_fold_mean'))} ± {_num(m.get('auc_per_fold_sd'))} "
+            f"| {_pct(m.get('sensitivity_at_70_specificity'))} | {_pct(m.get('referral_sensitivity'))} | {_pct(m.get('referral_specificity'))} |"
+        )
+    lines += ["", f"Reproduce: `{section.get('command', '-')}`."]
+    return lines
+
+
 def summarize(card: ModelCard) -> str:
     """Markdown: identity, data and split, per-source test metrics, referral point, intended use."""
     data = card.extra
@@ -63,5 +87,6 @@ def summarize(card: ModelCard) -> str:
                     f"| {label} | {_num(m.get('precision'))} | {_pct(m.get('sensitivity'))} | {_pct(m.get('specificity'))} "
                     f"| {_num(m.get('f1'))} | {m.get('support', '-')} |"
                 )
+    lines += _recipe_cross_validation(data.get("metrics", {}).get("recipe_cross_validation"))
     lines += ["", data.get("intended_use", DISCLAIMER)]
     return "\n".join(lines)

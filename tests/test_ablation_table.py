@@ -10,8 +10,10 @@ from convert.lesion_ablation import ABLATIONS, PAPER_ABLATIONS, main, table
 def write_metrics(run, folds_done: int, mias_auc: float, cbis_auc: float) -> None:
     run.mkdir(parents=True)
     pooled = {
-        "mini-mias": {"auc_malignant_vs_rest": mias_auc, "auc_ci95": [mias_auc - 0.1, mias_auc + 0.1], "sensitivity_at_70_specificity": 0.5, "referral_sensitivity": 0.9, "referral_specificity": 0.25},
-        "cbis-ddsm-mass": {"auc_malignant_vs_rest": cbis_auc, "auc_ci95": [cbis_auc - 0.05, cbis_auc + 0.05], "referral_sensitivity": 0.95, "referral_specificity": 0.1},
+        "mini-mias": {"auc_malignant_vs_rest": mias_auc, "auc_ci95": [mias_auc - 0.1, mias_auc + 0.1], "sensitivity_at_70_specificity": 0.5,
+                      "n_images": 242, "n_malignant": 39, "referral_sensitivity": 0.9, "referral_specificity": 0.25},
+        "cbis-ddsm-mass": {"auc_malignant_vs_rest": cbis_auc, "auc_ci95": [cbis_auc - 0.05, cbis_auc + 0.05], "n_images": 1231, "n_malignant": 600,
+                           "referral_sensitivity": 0.95, "referral_specificity": 0.1},
     }
     spread = {"mini-mias/auc_malignant_vs_rest": {"mean": mias_auc + 0.01, "sd": 0.07}, "cbis-ddsm-mass/auc_malignant_vs_rest": {"mean": cbis_auc, "sd": 0.03}}
     (run / "metrics_int8.json").write_text(json.dumps({"pooled_out_of_fold": pooled, "per_fold_mean_sd": spread, "folds_done": folds_done}))
@@ -36,3 +38,31 @@ def test_unknown_configuration_is_a_usage_error(tmp_path, capsys):
         main(["run", "--root", str(tmp_path), "--configs", "no-such-config"])
     assert exit_info.value.code == 2
     assert "unknown configuration 'no-such-config'" in capsys.readouterr().err
+
+
+def test_card_gets_the_recipe_cross_validation_and_info_shows_it(tmp_path):
+    from edge_birads.card import parse_card
+    from edge_birads.card_summary import summarize
+    from edge_birads.classifier import default_model_path
+
+    write_metrics(tmp_path / "paper-focal", 5, 0.55, 0.61)
+    card_path = tmp_path / "card.json"
+    card_path.write_text(default_model_path().with_suffix(".json").read_text())
+    assert main(["card", "--root", str(tmp_path), "--configs", "paper-focal", "--card", str(card_path)]) == 0
+    data = json.loads(card_path.read_text())
+    section = data["metrics"]["recipe_cross_validation"]
+    assert section["folds"] == 5 and section["per_source"]["mini-mias"]["auc_per_fold_mean"] == 0.56
+    text = summarize(parse_card(data))
+    assert "| mini-mias | 242 (39) | 0.550 (0.450-0.650) | 0.560 ± 0.070 | 50.0% | 90.0% | 25.0% |" in text
+    assert "Reproduce: `python -m convert.lesion_ablation run --root RUNS --configs paper-focal`." in text
+
+
+def test_card_refuses_a_row_of_another_recipe(tmp_path, capsys):
+    from edge_birads.classifier import default_model_path
+
+    write_metrics(tmp_path / "paper-gap", 5, 0.6, 0.6)
+    card_path = tmp_path / "card.json"
+    card_path.write_text(default_model_path().with_suffix(".json").read_text())
+    assert main(["card", "--root", str(tmp_path), "--configs", "paper-gap", "--card", str(card_path)]) == 2
+    assert "was trained with config 'paper', not 'gap' (row paper-gap)" in capsys.readouterr().err
+    assert "recipe_cross_validation" not in json.loads(card_path.read_text())["metrics"]
