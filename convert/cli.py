@@ -8,7 +8,7 @@ Examples (from the repository root)::
     python -m convert evaluate --run runs/paper --model runs/paper/paper.tflite
     python -m convert build --config ci --out runs/ci/ci      # a tiny pipeline check (CI)
     python -m convert report --model edge_birads/models/default.tflite --data mias --run runs/default --out runs/report
-    python -m convert cv --config gap --folds 5 --out runs/cv-gap
+    python -m convert cv --config gap --folds 5 --out runs/cv-gap   # = the ablation's paper-gap row
 
 Exit codes: 0 success, 1 failed parity / conversion check, 2 usage or data errors.
 """
@@ -82,10 +82,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run", help="run directory: report only its test patients and plot its training curves")
     p.add_argument("--all", action="store_true", help="with --run: report every image, training ones included")
 
-    p = sub.add_parser("cv", help="k-fold cross-validation by patient of a configuration")
-    _add_training_options(p)
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--out", required=True, help="folder for cv.json and cv.md")
+    p = sub.add_parser(
+        "cv", help="k-fold cross-validation by patient of a configuration on mini-MIAS + CBIS-DDSM (the ablation's folds, int8-scored)"
+    )
+    p.add_argument("--config", default="paper", help="training recipe (paper, paper-ce, paper-aug, paper-weighted, paper-oversample, gap, ci)")
+    p.add_argument("--folds", type=int, default=5, help="number of patient-level folds (default 5, as the ablation)")
+    p.add_argument("--only", help="comma-separated fold numbers to run now (default all; finished folds are kept, so runs resume)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int, help="training seed (the folds themselves are always the ablation's, seed 0)")
+    p.add_argument("--threads", type=int, help="TensorFlow threads (default 2)")
+    p.add_argument("--out", required=True, help="folder for the per-fold predictions, int8 models, log.jsonl and metrics*.json")
 
     p = sub.add_parser("lesion", help="the lesion FCN (patch-trained, whole-image max pooling): python -m convert lesion --help")
     p.add_argument("lesion_args", nargs=argparse.REMAINDER, help="arguments of python -m convert.train_lesion")
@@ -221,10 +229,16 @@ def cmd_report(args, argv) -> int:
 
 
 def cmd_cv(args, argv) -> int:
-    from convert.crossval import cross_validate
+    from convert.paper_cv import describe_metrics, run_paper_cv
+    from convert.train import get_config
+    from convert.train_lesion import TrainConfig
 
-    cross_validate(_config_from(args), args.folds, args.out)
-    print((Path(args.out) / "cv.md").read_text())
+    config = get_config(
+        args.config, epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, seed=args.seed, threads=args.threads
+    )
+    only = None if args.only is None else [int(f) for f in args.only.split(",")]
+    metrics = run_paper_cv(config, Path(args.out), TrainConfig(folds=args.folds), only)
+    print(describe_metrics(metrics))
     return 0
 
 

@@ -124,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.configs.split(","):
             if name in PAPER_ABLATIONS:
                 from convert.paper_cv import run_paper_cv
+                from convert.train import get_config
 
-                run_paper_cv(PAPER_ABLATIONS[name][0], args.root / name, TrainConfig(), only)
+                run_paper_cv(get_config(PAPER_ABLATIONS[name][0]), args.root / name, TrainConfig(), only)
                 continue
             if name not in ABLATIONS:
                 parser.error(f"unknown configuration {name!r}; choose from {', '.join(list(PAPER_ABLATIONS) + list(ABLATIONS))}")

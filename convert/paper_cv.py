@@ -28,7 +28,7 @@ import numpy as np
 from convert.data import GROUP_LABELS, MALIGNANT_LABEL
 from convert.lesion_data import PreparedPool, load_pool
 from convert.train import TrainConfig as PaperConfig
-from convert.train import get_config, make_batches, validation_callback
+from convert.train import make_batches, validation_callback
 from convert.train_lesion import (
     DEFAULT_CACHE,
     TrainConfig,
@@ -90,9 +90,12 @@ def run_fold(cfg: PaperConfig, pool: PreparedPool, fold_cfg: TrainConfig, fold: 
     log(f"fold {fold}: done in {time.perf_counter() - started:.0f} s (training {trained:.0f} s)")
 
 
-def run_paper_cv(name: str, out_dir: Path, fold_cfg: TrainConfig, only_folds: list[int] | None = None, **overrides) -> dict:
-    """Cross-validate paper configuration ``name`` (convert.train.CONFIGS) on ``fold_cfg``'s folds; resumable."""
-    cfg = get_config(name, **overrides)
+def run_paper_cv(cfg: PaperConfig, out_dir: Path, fold_cfg: TrainConfig, only_folds: list[int] | None = None) -> dict:
+    """Cross-validate a paper-CNN configuration on ``fold_cfg``'s patient folds; resumable (finished folds are kept).
+
+    Returns the int8 models' out-of-fold metrics (``collect_cv``); the float
+    ones are written beside them as metrics.json.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps({"paper_config": asdict(cfg), "folds": asdict(fold_cfg)}, indent=1))
     pool = load_pool(cfg.preprocess_spec(), DEFAULT_CACHE)
@@ -106,3 +109,22 @@ def run_paper_cv(name: str, out_dir: Path, fold_cfg: TrainConfig, only_folds: li
             run_fold(cfg, pool, fold_cfg, fold, out_dir, log)
     collect_cv(pool, out_dir, fold_cfg)
     return collect_cv(pool, out_dir, fold_cfg, suffix="_int8")
+
+
+def describe_metrics(metrics: dict) -> str:
+    """A few plain lines per source from ``collect_cv`` output (what ``python -m convert cv`` prints)."""
+    if not metrics:
+        return "no fold has finished"
+    lines = [f"{metrics['folds_done']} fold(s), int8 models, every image scored by the fold that never saw its patient:"]
+    for source, m in metrics["pooled_out_of_fold"].items():
+        spread = metrics["per_fold_mean_sd"].get(f"{source}/auc_malignant_vs_rest")
+        ci = m["auc_ci95"]
+        text = f"- {source}: {m['n_images']} images ({m['n_malignant']} malignant); malignant AUC {m['auc_malignant_vs_rest']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+        if spread and metrics["folds_done"] > 1:
+            text += f", per fold {spread['mean']:.3f} ± {spread['sd']:.3f}"
+        at70 = m.get("sensitivity_at_70_specificity")
+        if at70 is not None:
+            text += f"; sensitivity at 70% specificity {100 * at70:.1f}%"
+        text += f"; referral flag {100 * m['referral_sensitivity']:.1f}% sensitivity / {100 * m['referral_specificity']:.1f}% specificity"
+        lines.append(text)
+    return "\n".join(lines)

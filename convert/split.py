@@ -11,6 +11,7 @@ Pure functions of (records, seed): no TensorFlow, no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,23 +89,36 @@ def split_by_patient(
     return Split(tuple(train), tuple(val), tuple(test), seed)
 
 
-def kfold_by_patient(records: list[Record], k: int = 5, seed: int = 0) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """k folds of (train indices, held-out indices); every patient is held out exactly once.
+def kfold_by_patient(patients: Sequence[str], sources: Sequence[str], ranks: Sequence[int], k: int = 5, seed: int = 0) -> np.ndarray:
+    """Fold number (0..k-1) per image; all images of a patient share one fold.
 
-    Patients of each stratum are dealt round-robin into the folds (starting
-    where the previous stratum stopped) so folds stay balanced in size and mix.
+    ``patients``, ``sources`` and ``ranks`` are per image (rank: the label's
+    index in the class order, so a patient's worst label is the largest).
+    Patients are stratified by (source, worst label): within each stratum,
+    in sorted order, they are shuffled with one generator seeded by ``seed``
+    and dealt round-robin, starting where the previous stratum stopped, so
+    every fold holds each source's normals, benigns and malignants and the
+    folds differ in size by at most about one patient per stratum. The
+    paper CNN rows and the lesion FCN rows of the ablation use this one
+    function, so their folds are the same women.
     """
     if k < 2:
         raise ValueError("k-fold needs k >= 2")
-    fold_of: dict[str, int] = {}
-    position = 0
-    for group in _strata_groups(records, seed):
-        for patient in group:
-            fold_of[patient] = position % k
-            position += 1
-    folds = []
-    for fold in range(k):
-        held = tuple(i for i, r in enumerate(records) if fold_of[r.patient_id] == fold)
-        rest = tuple(i for i, r in enumerate(records) if fold_of[r.patient_id] != fold)
-        folds.append((rest, held))
+    if not len(patients) == len(sources) == len(ranks):
+        raise ValueError("patients, sources and ranks must have one entry per image")
+    members: dict[str, list[int]] = {}
+    for index, patient in enumerate(patients):
+        members.setdefault(patient, []).append(index)
+    strata: dict[tuple[str, int], list[list[int]]] = {}
+    for indices in members.values():
+        worst = max(ranks[i] for i in indices)
+        strata.setdefault((sources[indices[0]], worst), []).append(indices)
+    rng = np.random.default_rng(seed)
+    folds = np.zeros(len(patients), dtype=np.int64)
+    offset = 0
+    for key in sorted(strata):
+        group = strata[key]
+        for rank, p in enumerate(rng.permutation(len(group))):
+            folds[group[p]] = (rank + offset) % k
+        offset += len(group)
     return folds

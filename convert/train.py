@@ -18,7 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.data import MALIGNANT_LABEL, PAPER_LABELS, Record, labels_for, load_images, load_sources, subset_by_patient, summarize
+from convert.data import (
+    MALIGNANT_LABEL,
+    PAPER_LABELS,
+    Record,
+    labels_for,
+    load_images,
+    load_sources,
+    subset_by_patient,
+    summarize,
+)
 from convert.metrics import roc_auc
 from convert.split import Split, split_by_patient
 from edge_birads.preprocess import PreprocessSpec

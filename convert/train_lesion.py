@@ -36,6 +36,7 @@ import numpy as np
 
 from convert.lesion_data import LABELS, PatchConfig, PreparedPool, build_patch_batch, epoch_centres, load_pool
 from convert.metrics import sensitivity_at_specificity
+from convert.split import kfold_by_patient
 from edge_birads.preprocess import PreprocessSpec
 
 MIAS = "mini-mias"
@@ -91,33 +92,15 @@ def setup_tensorflow(seed: int, threads: int = 2):
 
 # ---------------------------------------------------------------- splits
 
-def patient_groups(pool: PreparedPool) -> dict[str, list[int]]:
-    groups: dict[str, list[int]] = {}
-    for index, item in enumerate(pool.items):
-        groups.setdefault(f"{item.source}/{item.patient_id}", []).append(index)
-    return groups
-
-
 def patient_folds(pool: PreparedPool, k: int, seed: int) -> np.ndarray:
-    """Fold number per image; a patient's images share a fold.
+    """Fold number per image (``convert.split.kfold_by_patient``: a patient's images share a fold).
 
-    Stratified within each source by the patient's worst label, so every
+    Patients are keyed by source too (patient codes of different sources may
+    collide) and stratified within each source by their worst label, so every
     fold holds MIAS normals, benigns and malignants and CBIS of both kinds.
     """
-    rng = np.random.default_rng(seed)
-    folds = np.zeros(len(pool.items), dtype=np.int64)
-    strata: dict[tuple[str, int], list[list[int]]] = {}
-    for indices in patient_groups(pool).values():
-        worst = max(pool.items[i].label for i in indices)
-        strata.setdefault((pool.items[indices[0]].source, worst), []).append(indices)
-    offset = 0
-    for key in sorted(strata):
-        patients = strata[key]
-        order = rng.permutation(len(patients))
-        for rank, p in enumerate(order):
-            folds[patients[p]] = (rank + offset) % k
-        offset += len(patients)
-    return folds
+    items = pool.items
+    return kfold_by_patient([f"{it.source}/{it.patient_id}" for it in items], [it.source for it in items], [it.label for it in items], k, seed)
 
 
 def validation_split(pool: PreparedPool, indices: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,8 +17,10 @@ import pytest
 pytest.importorskip("tensorflow", reason="the [train] extra (tensorflow) is not installed")
 
 from convert import cli, export  # noqa: E402
+from convert import data as D  # noqa: E402
 from edge_birads.card import load_card  # noqa: E402
 from edge_birads.errors import ModelError  # noqa: E402
+from edge_birads.preprocess import PreprocessSpec  # noqa: E402
 
 # Every top-level field of the card layout the runtime and README rely on (card_example.json).
 CARD_FIELDS = {
@@ -175,10 +177,24 @@ def test_report_on_the_run_test_patients_plots_training_curves(built, tmp_path: 
     assert (out / "training_curves.png").stat().st_size > 0
 
 
-def test_cross_validation_by_patient(tmp_path: Path) -> None:
-    args = ["cv", "--config", "ci", "--data", "synthetic", "--epochs", "1", "--folds", "2", "--out", str(tmp_path)]
+@pytest.mark.skipif(
+    not (D.data_root() / "mini-mias" / "labels.csv").is_file() or not (D.data_root() / "cbis-ddsm-mass" / "labels.csv").is_file(),
+    reason=f"shared data not found under {D.data_root()} (set EDGE_BIRADS_DATA)",
+)
+def test_cross_validation_by_patient_on_the_ablation_folds(tmp_path: Path, capsys) -> None:
+    """One fold of a tiny recipe on the real pools: the same women as the ablation's fold 0, int8-scored per source."""
+    from convert.lesion_data import load_pool
+    from convert.train_lesion import DEFAULT_CACHE, TrainConfig, fold_split
+
+    args = ["cv", "--config", "ci", "--epochs", "1", "--folds", "5", "--only", "0", "--out", str(tmp_path)]
     assert cli.main(args) == 0
-    result = json.loads((tmp_path / "cv.json").read_text())
-    assert len(result["folds"]) == 2
-    assert result["summary"]["auc_pooled"]["n"] == 2
-    assert (tmp_path / "cv.md").read_text().startswith("# 2-fold")
+    printed = capsys.readouterr().out
+    assert printed.startswith("fold 0: train ") and "\n1 fold(s), int8 models" in printed
+    assert "- mini-mias: " in printed and "- cbis-ddsm-mass: " in printed
+    metrics = json.loads((tmp_path / "metrics_int8.json").read_text())
+    assert metrics["folds_done"] == 1
+    pool = load_pool(PreprocessSpec(height=64, width=64), DEFAULT_CACHE)
+    saved = np.load(tmp_path / "fold0_int8.npz")
+    assert saved["test_idx"].tolist() == fold_split(pool, TrainConfig(), 0)[2].tolist()
+    assert metrics["pooled_out_of_fold"]["mini-mias"]["n_images"] == sum(pool.items[i].source == "mini-mias" for i in saved["test_idx"])
+

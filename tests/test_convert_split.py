@@ -64,21 +64,35 @@ def test_stratum_is_the_patients_worst_label() -> None:
     assert patient_strata(records) == {"p1": "s|BI-RADS 4-5", "p2": "t|BI-RADS 2-3"}
 
 
-def test_kfold_holds_each_patient_out_exactly_once() -> None:
+def fold_keys(records: list[D.Record]) -> tuple[list[str], list[str], list[int]]:
+    return [r.patient_id for r in records], [r.source for r in records], [D.GROUP_LABELS.index(r.label) for r in records]
+
+
+def test_kfold_holds_each_patient_out_exactly_once_and_keeps_the_strata() -> None:
     records = make_records(300)
-    folds = kfold_by_patient(records, k=5, seed=1)
-    held_count: Counter = Counter()
-    for train, held in folds:
-        train_p = {records[i].patient_id for i in train}
-        held_p = {records[i].patient_id for i in held}
-        assert not (train_p & held_p)
-        assert sorted(train + held) == list(range(len(records)))
-        held_count.update(held_p)
-    assert set(held_count.values()) == {1} and len(held_count) == 300
-    sizes = [len({records[i].patient_id for i in held}) for _, held in folds]
-    assert max(sizes) - min(sizes) <= 1
-    with pytest.raises(ValueError):
-        kfold_by_patient(records, k=1)
+    folds = kfold_by_patient(*fold_keys(records), k=5, seed=1)
+    fold_of: dict[str, set[int]] = {}
+    for record, fold in zip(records, folds):
+        fold_of.setdefault(record.patient_id, set()).add(int(fold))
+    assert all(len(f) == 1 for f in fold_of.values()) and len(fold_of) == 300
+    sizes = Counter(next(iter(f)) for f in fold_of.values())
+    assert sorted(sizes) == [0, 1, 2, 3, 4] and max(sizes.values()) - min(sizes.values()) <= 1
+    # every stratum (source, worst label) is dealt across the folds: at most one patient apart
+    strata = patient_strata(records)
+    for stratum in set(strata.values()):
+        per_fold = Counter(next(iter(fold_of[p])) for p, s in strata.items() if s == stratum)
+        counts = [per_fold.get(f, 0) for f in range(5)]
+        assert max(counts) - min(counts) <= 1, stratum
+
+
+def test_kfold_is_seeded_and_checks_its_arguments() -> None:
+    keys = fold_keys(make_records(100))
+    assert (kfold_by_patient(*keys, k=4, seed=2) == kfold_by_patient(*keys, k=4, seed=2)).all()
+    assert (kfold_by_patient(*keys, k=4, seed=2) != kfold_by_patient(*keys, k=4, seed=3)).any()
+    with pytest.raises(ValueError, match="k >= 2"):
+        kfold_by_patient(*keys, k=1)
+    with pytest.raises(ValueError, match="one entry per image"):
+        kfold_by_patient(keys[0], keys[1][:-1], keys[2])
 
 
 @pytest.mark.skipif(

@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 import hostile_corpus as corpus
-from edge_birads.errors import printable_name
+import pytest
 from watch_support import Daemon
+
+from edge_birads.errors import printable_name
 
 
 @pytest.mark.parametrize("poll", [False, True], ids=["inotify", "poll"])
