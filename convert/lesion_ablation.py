@@ -54,6 +54,14 @@ ABLATIONS: dict[str, tuple[dict, str]] = {
         "as above with twice the channels (32-64-128-128-256-256; ~4x the multiply-adds): is the FCN capacity-bound?",
     ),
 }
+# Out-of-fold ensembles of finished rows (convert.ensemble_cv): row name -> (member rows, what it tests)
+ENSEMBLES: dict[str, tuple[tuple[str, ...], str]] = {
+    "ensemble-paper-focal+fcn": (
+        ("paper-focal", "fcn-512x256-normal3-mined"),
+        "mean of the two int8 models' validation-standardised malignancy logits, no retraining (a measurement, not a loadable model)",
+    ),
+}
+
 SHIPPED = "fcn-512x256-normal3-mined"
 
 
@@ -100,6 +108,7 @@ def table(root: Path) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     notes = []
     rows = {name: what for name, (_, what) in PAPER_ABLATIONS.items()} | {name: what for name, (_, what) in ABLATIONS.items()}
+    rows |= {name: what for name, (_, what) in ENSEMBLES.items()}
     for name, what in rows.items():
         cells = row_for(name, root)
         if cells is None:
@@ -114,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["run", "collect", "card", "table"])
     parser.add_argument("--card", type=Path, help="card: the model card (JSON) whose recipe is the --configs row")
     parser.add_argument("--root", type=Path, required=True)
-    parser.add_argument("--configs", default=",".join(list(PAPER_ABLATIONS) + list(ABLATIONS)))
+    parser.add_argument("--configs", default=",".join(list(PAPER_ABLATIONS) + list(ABLATIONS) + list(ENSEMBLES)))
     parser.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 conversion and evaluation")
     args = parser.parse_args(argv)
@@ -128,8 +137,11 @@ def main(argv: list[str] | None = None) -> int:
 
                 run_paper_cv(get_config(PAPER_ABLATIONS[name][0]), args.root / name, TrainConfig(), only)
                 continue
+            if name in ENSEMBLES:
+                run_ensemble(name, args.root)
+                continue
             if name not in ABLATIONS:
-                parser.error(f"unknown configuration {name!r}; choose from {', '.join(list(PAPER_ABLATIONS) + list(ABLATIONS))}")
+                parser.error(f"unknown configuration {name!r}; choose from {', '.join(list(PAPER_ABLATIONS) + list(ABLATIONS) + list(ENSEMBLES))}")
             cfg = config_for(name)
             run_cv(cfg, args.root / name, only)
             if not args.no_int8:
@@ -197,10 +209,10 @@ def add_to_card(card_path: Path, name: str, root: Path) -> None:
     card_path.write_text(json.dumps(card, indent=1) + "\n")
 
 
-def collect(name: str, run: Path) -> None:
-    """Metrics of a finished (or partly finished) row from its fold*.npz predictions."""
+def row_pool(name: str):
+    """(preprocessed pool, fold config) of a paper or FCN row: the images its models take, and its folds."""
     from convert.lesion_data import load_pool
-    from convert.train_lesion import DEFAULT_CACHE, collect_cv
+    from convert.train_lesion import DEFAULT_CACHE
 
     if name in PAPER_ABLATIONS:
         from convert.train import get_config
@@ -209,7 +221,28 @@ def collect(name: str, run: Path) -> None:
     else:
         folds = config_for(name)
         spec = folds.spec()
-    pool = load_pool(spec, DEFAULT_CACHE)
+    return load_pool(spec, DEFAULT_CACHE), folds
+
+
+def run_ensemble(name: str, root: Path) -> dict:
+    """Combine the finished folds of an ensemble's member rows (no training)."""
+    from convert.ensemble_cv import ensemble_cv
+
+    members = {}
+    for member in ENSEMBLES[name][0]:
+        pool, folds = row_pool(member)
+        members[member] = (root / member, pool, folds)
+    return ensemble_cv(members, root / name)
+
+
+def collect(name: str, run: Path) -> None:
+    """Metrics of a finished (or partly finished) row from its fold*.npz predictions."""
+    from convert.train_lesion import collect_cv
+
+    if name in ENSEMBLES:
+        run_ensemble(name, run.parent)
+        return
+    pool, folds = row_pool(name)
     for suffix in ("", "_int8"):
         collect_cv(pool, run, folds, suffix=suffix)
 

@@ -162,9 +162,13 @@ def referral_threshold(p_malignant: np.ndarray, malignant: np.ndarray, sensitivi
 
 
 def source_metrics(probs: np.ndarray, labels: np.ndarray, patients: np.ndarray, flags: np.ndarray, seed: int = 0) -> dict:
-    """Malignant-vs-rest AUC with CI, referral sensitivity/specificity with CIs, per-class recall."""
+    """Malignant-vs-rest AUC with CI, referral sensitivity/specificity with CIs, per-class recall.
+
+    ``probs`` is (N, 3) class probabilities, or (N, 1) when a model gives only
+    a malignancy score (an ensemble): then the per-class figures are omitted.
+    """
     malignant = labels == 2
-    score = probs[:, 2]
+    score = probs[:, -1]
     out = {"n_images": int(labels.size), "n_malignant": int(malignant.sum()), "n_patients": int(np.unique(patients).size)}
     out["auc_malignant_vs_rest"] = auc(score, malignant)
     out["auc_ci95"] = bootstrap_auc(score, malignant, patients, seed=seed)
@@ -173,6 +177,8 @@ def source_metrics(probs: np.ndarray, labels: np.ndarray, patients: np.ndarray, 
     out["referral_sensitivity_ci95"] = bootstrap_rate(flags[malignant], patients[malignant], seed=seed)
     out["referral_specificity"] = float((~flags[~malignant]).mean()) if (~malignant).any() else float("nan")
     out["referral_specificity_ci95"] = bootstrap_rate(~flags[~malignant], patients[~malignant], seed=seed)
+    if probs.shape[1] != len(LABELS):
+        return out
     predicted = probs.argmax(axis=1)
     out["recall_per_class"] = {LABELS[c]: float((predicted[labels == c] == c).mean()) for c in range(3) if (labels == c).any()}
     if (labels == 0).any() and (labels > 0).any():
@@ -466,7 +472,7 @@ def collect_cv(pool: PreparedPool, out_dir: Path, cfg: TrainConfig, suffix: str 
             continue
         data = np.load(path)
         idx, p = data["test_idx"], data["probs"]
-        f = p[:, 2] >= float(data["threshold"])
+        f = p[:, -1] >= float(data["threshold"])
         indices.append(idx)
         probs.append(p)
         flags.append(f)
@@ -502,7 +508,7 @@ def by_finding(pool: PreparedPool, indices, probs: np.ndarray, flags: np.ndarray
         out[finding] = {
             "n": int(chosen.sum()),
             "referral_sensitivity": float(flags[chosen].mean()),
-            "auc_vs_normals": auc(probs[keep, 2], chosen[keep]),
+            "auc_vs_normals": auc(probs[keep, -1], chosen[keep]),
         }
     return out
 
@@ -554,7 +560,7 @@ def int8_cv(cfg: TrainConfig, out_dir: Path) -> dict:
         }
         val_flags = val_probs[:, 2] >= threshold
         val_malignant = val_labels == 2
-        np.savez(out_dir / f"fold{fold}_int8.npz", test_idx=test_idx, probs=probs, threshold=threshold,
+        np.savez(out_dir / f"fold{fold}_int8.npz", test_idx=test_idx, probs=probs, threshold=threshold, val_idx=val_idx, val_probs=val_probs,
                  val_sensitivity=val_flags[val_malignant].mean(), val_specificity=(~val_flags[~val_malignant]).mean())
         print(json.dumps({"fold": fold, "int8_threshold": threshold, "parity": parities[str(fold)]}), flush=True)
         parity_path.write_text(json.dumps(parities, indent=1))
