@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convert.lesion_ablation", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["run", "collect", "card", "table"])
     parser.add_argument("--card", type=Path, help="card: the model card (JSON) whose recipe is the --configs row")
+    parser.add_argument("--doc", type=Path, help="table: also write the table between the ablation-table markers of this Markdown file")
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--configs", default=",".join(list(PAPER_ABLATIONS) + list(ABLATIONS) + list(ENSEMBLES)))
     parser.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
@@ -160,8 +161,24 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{args.card}: metrics.recipe_cross_validation from {args.root / args.configs}")
         return 0
-    print(table(args.root), end="")
+    text = table(args.root)
+    if args.doc is not None:
+        write_between_markers(args.doc, text)
+    print(text, end="")
     return 0
+
+
+START, END = "<!-- ablation-table:start -->", "<!-- ablation-table:end -->"
+
+
+def write_between_markers(doc: Path, text: str) -> None:
+    """Replace what lies between the ablation-table markers of ``doc`` (so the page's table is generated, not typed)."""
+    page = doc.read_text()
+    if START not in page or END not in page:
+        raise SystemExit(f"{doc}: no {START} ... {END} markers")
+    head, rest = page.split(START, 1)
+    _, tail = rest.split(END, 1)
+    doc.write_text(f"{head}{START}\n{text}{END}{tail}")
 
 
 def recipe_section(name: str, root: Path) -> dict:
