@@ -260,6 +260,10 @@ def collect(name: str, run: Path) -> None:
         run_ensemble(name, run.parent)
         return
     pool, folds = row_pool(name)
+    if name in PAPER_ABLATIONS:
+        from convert.paper_cv import write_parity
+
+        write_parity(run, folds.folds)
     for suffix in ("", "_int8"):
         collect_cv(pool, run, folds, suffix=suffix)
 

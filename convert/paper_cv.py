@@ -107,8 +107,22 @@ def run_paper_cv(cfg: PaperConfig, out_dir: Path, fold_cfg: TrainConfig, only_fo
                 log(f"fold {fold}: done already")
                 continue
             run_fold(cfg, pool, fold_cfg, fold, out_dir, log)
+    write_parity(out_dir, fold_cfg.folds)
     collect_cv(pool, out_dir, fold_cfg)
     return collect_cv(pool, out_dir, fold_cfg, suffix="_int8")
+
+
+def write_parity(out_dir: Path, folds: int) -> dict:
+    """Float-vs-int8 parity of every finished fold on its test patients (parity_int8.json), from the saved outputs."""
+    from convert.export import parity
+
+    result = {}
+    for fold in range(folds):
+        float_path, int8_path = out_dir / f"fold{fold}.npz", out_dir / f"fold{fold}_int8.npz"
+        if float_path.exists() and int8_path.exists():
+            result[str(fold)] = parity(np.load(float_path)["probs"], np.load(int8_path)["probs"]).to_dict()
+    (out_dir / "parity_int8.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
 
 
 def describe_metrics(metrics: dict) -> str:

@@ -57,6 +57,11 @@ def test_a_fold_is_scored_float_and_int8_on_the_lesion_folds(tmp_path):
     assert [e["epoch"] for e in epochs] == [1, 2, 3] and all("val_malignant_auc" in e and e["loss"] > 0 for e in epochs)
     assert any('"model": "int8"' in m for m in messages)
 
+    from convert.paper_cv import write_parity
+
+    parity = write_parity(tmp_path, 3)
+    assert list(parity) == ["1"] and parity["1"]["n_images"] == test_idx.size
+    assert parity["1"]["max_abs_prob_diff"] == pytest.approx(np.abs(float_probs - int8_probs).max())
     metrics = collect_cv(pool, tmp_path, folds, suffix="_int8")
     assert metrics["folds_done"] == 1
     assert set(metrics["pooled_out_of_fold"]) == {"mini-mias", "cbis-ddsm-mass"}
