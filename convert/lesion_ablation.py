@@ -1,16 +1,18 @@
 """The ablation: the paper's CNN and the lesion FCN, named configurations x patient-level cross-validated metrics.
 
-    python -m convert.lesion_ablation run --root /work/experiments/lesion/ablation [--configs NAME,...] [--folds 0,1,2,3,4]
-    python -m convert.lesion_ablation collect --root /work/experiments/lesion/ablation
-    python -m convert.lesion_ablation card --root /work/experiments/lesion/ablation --configs paper-focal \
+    python -m convert.lesion_ablation run --root RUNS [--configs NAME,...] [--folds 0,1,2,3,4]
+    python -m convert.lesion_ablation collect --root RUNS
+    python -m convert.lesion_ablation card --root RUNS --configs paper-focal \
         --card edge_birads/models/default.json   # the recipe's CV figures into the bundled model's card
-    python -m convert.lesion_ablation table --root /work/experiments/lesion/ablation > docs/ablation-table.md
+    python -m convert.lesion_ablation table --root RUNS --doc docs/ablation.md
 
 ``collect`` re-derives every finished row's metrics from its saved per-fold
 predictions (no training: for when a metric is added or changed).
 ``run`` trains what is missing (finished folds are kept, so it resumes), then
-converts each fold's model to int8 and evaluates that; ``table`` prints the
-Markdown table of whatever has finished, saying how many folds each row has.
+converts each fold's model to int8 and evaluates that; ensemble rows combine
+their members' finished folds (no training). ``table`` prints the Markdown
+table of whatever has finished, saying how many folds each row has, and with
+``--doc`` also writes it between the markers of that page.
 Each configuration lives in ROOT/NAME (the same layout as
 ``python -m convert.train_lesion cv``). The paper's configurations
 (``convert.paper_cv``) run through the same folds, validation patients and
