@@ -69,13 +69,13 @@ def ensemble_cv(members: dict[str, tuple[Path, PreparedPool, TrainConfig]], out_
     """Write the ensemble's fold{k}_int8.npz files and return its out-of-fold metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps({"members": list(members), "combination": "mean of validation-standardised logits"}, indent=1))
-    folds, pool = TrainConfig(), None
+    folds = TrainConfig()
+    pool = next(iter(members.values()))[1]  # every member's pool holds the same images in the same order
     for fold in range(folds.folds):
         outputs = {}
         for name, (run, member_pool, member_folds) in members.items():
             if (run / f"fold{fold}_int8.npz").exists():
                 outputs[name] = member_outputs(run, member_pool, member_folds, fold)
-                pool = pool or member_pool
         if len(outputs) < len(members):
             continue
         (val_idx, _, test_idx, _), *_ = outputs.values()
@@ -84,4 +84,4 @@ def ensemble_cv(members: dict[str, tuple[Path, PreparedPool, TrainConfig]], out_
         threshold = referral_threshold(val, val_malignant, sensitivity)
         np.savez(out_dir / f"fold{fold}_int8.npz", test_idx=test_idx, probs=test[:, None], threshold=threshold, val_idx=val_idx,
                  val_probs=val[:, None])
-    return collect_cv(pool, out_dir, folds, suffix="_int8") if pool is not None else {}
+    return collect_cv(pool, out_dir, folds, suffix="_int8")  # {} while no fold of every member has finished

@@ -80,7 +80,7 @@ def lesions_of(record: Record) -> tuple[tuple[Lesion, ...], bool]:
 def annotated(record: Record) -> AnnotatedImage:
     """The lesion work's view of a ``convert.data`` record (mini-MIAS or CBIS-DDSM masses)."""
     lesions, unlocated = lesions_of(record)
-    finding = record.extra.get("abnormality") or "" if record.source == SOURCE_MIAS else "MASS"
+    finding = (record.extra.get("abnormality") or "") if record.source == SOURCE_MIAS else "MASS"
     return AnnotatedImage(
         path=Path(record.path),
         patient_id=record.patient_id,

@@ -70,7 +70,8 @@ def run_fold(cfg: PaperConfig, pool: PreparedPool, fold_cfg: TrainConfig, fold: 
     log(f"fold {fold}: train {train_idx.size} images, validation {val_idx.size}, test {test_idx.size}")
     # Progress: loss, validation recall per class and malignant AUC per epoch (logged and kept in the history).
     epochs: list[dict] = []
-    report = validation_callback(fold_images(pool, val_idx), fold_labels(pool, val_idx), GROUP_LABELS, (MALIGNANT_LABEL,), epochs)
+    x_val, x_test = fold_images(pool, val_idx), fold_images(pool, test_idx)
+    report = validation_callback(x_val, fold_labels(pool, val_idx), GROUP_LABELS, (MALIGNANT_LABEL,), epochs)
     model.fit(make_batches(x_tr, y_tr, 3, replace(cfg, seed=seed)), epochs=cfg.epochs, verbose=0, callbacks=[report])
     trained = time.perf_counter() - started
 
@@ -80,8 +81,8 @@ def run_fold(cfg: PaperConfig, pool: PreparedPool, fold_cfg: TrainConfig, fold: 
     (out_dir / f"fold{fold}_int8.tflite").write_bytes(int8)
     runner = TfliteModel(int8)
     val_mal = fold_labels(pool, val_idx) == 2
-    for suffix, predict in (("", lambda idx: keras_predict(model, fold_images(pool, idx))), ("_int8", lambda idx: runner.predict(fold_images(pool, idx)))):
-        p_val, p_test = predict(val_idx), predict(test_idx)
+    for suffix, predict in (("", lambda x: keras_predict(model, x)), ("_int8", runner.predict)):
+        p_val, p_test = predict(x_val), predict(x_test)
         threshold = referral_threshold(p_val[:, 2], val_mal, fold_cfg.referral_sensitivity)
         np.savez(out_dir / f"fold{fold}{suffix}.npz", test_idx=test_idx, probs=p_test, threshold=threshold, val_idx=val_idx, val_probs=p_val)
         metrics = summarise(pool, test_idx, p_test, p_test[:, 2] >= threshold)
