@@ -36,6 +36,7 @@ PAPER_ABLATIONS: dict[str, tuple[str, str]] = {
     "paper-ce": ("paper-ce", "the paper's baseline: as above with plain cross-entropy"),
     "paper-weighted": ("paper-weighted", "focal loss with balanced class weights"),
     "paper-oversample": ("paper-oversample", "focal loss, minority classes oversampled to the majority count, rotation +-20 degrees"),
+    "paper-aug": ("paper-aug", "the abstract's augmentation: focal loss, rotation +-20 degrees, CLAHE (clip 2.0) in preprocessing"),
     "paper-gap": ("gap", "beyond the paper: global-average-pooling head instead of Flatten + Dense (11 M -> 0.1 M parameters), "
                   "breast crop before resizing, class weights, rotation +-20 degrees"),
 }
