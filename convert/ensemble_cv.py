@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from convert.lesion_data import PreparedPool
-from convert.train_lesion import TrainConfig, collect_cv, fold_split, referral_threshold
+from convert.metrics import threshold_for_sensitivity
+from convert.train_lesion import TrainConfig, collect_cv, fold_split
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -81,7 +82,7 @@ def ensemble_cv(members: dict[str, tuple[Path, PreparedPool, TrainConfig]], out_
         (val_idx, _, test_idx, _), *_ = outputs.values()
         val, test = combine([o[1] for o in outputs.values()], [o[3] for o in outputs.values()])
         val_malignant = np.array([pool.items[i].label == 2 for i in val_idx])
-        threshold = referral_threshold(val, val_malignant, sensitivity)
+        threshold = threshold_for_sensitivity(val_malignant, val, sensitivity)
         np.savez(out_dir / f"fold{fold}_int8.npz", test_idx=test_idx, probs=test[:, None], threshold=threshold, val_idx=val_idx,
                  val_probs=val[:, None])
     return collect_cv(pool, out_dir, folds, suffix="_int8")  # {} while no fold of every member has finished

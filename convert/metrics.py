@@ -52,38 +52,51 @@ def per_class_report(matrix: np.ndarray, labels: list[str] | tuple[str, ...]) ->
 
 
 def roc_auc(y_binary: np.ndarray, scores: np.ndarray) -> float | None:
-    """Area under the ROC curve (Mann-Whitney U, ties count one half); None if one class is absent."""
+    """Area under the ROC curve (Mann-Whitney U, ties count one half); None if one class is absent.
+
+    Vectorised midranks, because the patient bootstrap calls it thousands of times per row.
+    """
     y = np.asarray(y_binary, bool)
     s = np.asarray(scores, np.float64)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return None
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), np.float64)
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    # Tied scores share the mean of the ranks they span: last rank of the group minus (count - 1) / 2.
+    midrank = np.cumsum(counts) - (counts - 1) / 2.0
+    u = midrank[inverse.ravel()][y].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
 
 
 def bootstrap_auc_ci(
-    y_binary: np.ndarray, scores: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+    y_binary: np.ndarray,
+    scores: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    groups: np.ndarray | None = None,
 ) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of the AUC, resampling images (seeded)."""
+    """Percentile bootstrap interval of the AUC (seeded).
+
+    With ``groups`` (patient ids) whole patients are resampled, because one
+    woman's images are not independent; without, single images are.
+    Resamples that lack a class are skipped.
+    """
     y = np.asarray(y_binary, bool)
     s = np.asarray(scores, np.float64)
     if y.sum() == 0 or (~y).sum() == 0:
         return None
+    members = None
+    if groups is not None:
+        _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+        members = [np.nonzero(inverse == g)[0] for g in range(inverse.max() + 1)]
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
+        if members is None:
+            idx = rng.integers(0, len(y), len(y))
+        else:
+            idx = np.concatenate([members[j] for j in rng.integers(0, len(members), len(members))])
         auc = roc_auc(y[idx], s[idx])
         if auc is not None:
             values.append(auc)

@@ -27,6 +27,7 @@ import numpy as np
 
 from convert.data import GROUP_LABELS, MALIGNANT_LABEL
 from convert.lesion_data import PreparedPool, load_pool
+from convert.metrics import threshold_for_sensitivity
 from convert.train import TrainConfig as PaperConfig
 from convert.train import make_batches, validation_callback
 from convert.train_lesion import (
@@ -35,7 +36,6 @@ from convert.train_lesion import (
     collect_cv,
     fold_split,
     headline,
-    referral_threshold,
     run_log,
     setup_tensorflow,
     summarise,
@@ -83,7 +83,7 @@ def run_fold(cfg: PaperConfig, pool: PreparedPool, fold_cfg: TrainConfig, fold: 
     val_mal = fold_labels(pool, val_idx) == 2
     for suffix, predict in (("", lambda x: keras_predict(model, x)), ("_int8", runner.predict)):
         p_val, p_test = predict(x_val), predict(x_test)
-        threshold = referral_threshold(p_val[:, 2], val_mal, fold_cfg.referral_sensitivity)
+        threshold = threshold_for_sensitivity(val_mal, p_val[:, 2], fold_cfg.referral_sensitivity)
         np.savez(out_dir / f"fold{fold}{suffix}.npz", test_idx=test_idx, probs=p_test, threshold=threshold, val_idx=val_idx, val_probs=p_val)
         metrics = summarise(pool, test_idx, p_test, p_test[:, 2] >= threshold)
         log(json.dumps({"fold": fold, "model": suffix.strip("_") or "float", "threshold": threshold, "test": headline(metrics)}))

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from convert.lesion_data import LABELS, PatchConfig, PreparedPool, build_patch_batch, epoch_centres, load_pool
-from convert.metrics import sensitivity_at_specificity
+from convert.metrics import bootstrap_auc_ci, roc_auc, sensitivity_at_specificity, threshold_for_sensitivity
 from convert.split import kfold_by_patient
 from edge_birads.preprocess import PreprocessSpec
 
@@ -113,34 +113,16 @@ def validation_split(pool: PreparedPool, indices: np.ndarray, fraction: float, s
 
 # ---------------------------------------------------------------- metrics
 
+# Patient-level bootstrap resamples behind every confidence interval of the lesion and paper CVs.
+BOOTSTRAP = 2000
+
 def auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Mann-Whitney AUC with ties counted half; nan when one class is absent."""
-    scores = np.asarray(scores, dtype=np.float64)
-    positive = np.asarray(positive, dtype=bool)
-    pos, neg = scores[positive], scores[~positive]
-    if pos.size == 0 or neg.size == 0:
-        return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (pos.size * neg.size))
+    """``convert.metrics.roc_auc`` in (scores, labels) order, NaN when a class is absent so per-fold means can skip it."""
+    value = roc_auc(positive, scores)
+    return float("nan") if value is None else value
 
 
-def bootstrap_auc(scores, positive, patients, n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Patient-level bootstrap 95% CI (a woman's images are resampled together)."""
-    rng = np.random.default_rng(seed)
-    scores, positive, patients = np.asarray(scores), np.asarray(positive, bool), np.asarray(patients)
-    unique, inverse = np.unique(patients, return_inverse=True)
-    members = [np.nonzero(inverse == u)[0] for u in range(unique.size)]
-    values = []
-    for _ in range(n):
-        pick = np.concatenate([members[j] for j in rng.integers(0, unique.size, unique.size)])
-        value = auc(scores[pick], positive[pick])
-        if not np.isnan(value):
-            values.append(value)
-    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
-
-
-def bootstrap_rate(flags, patients, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+def bootstrap_rate(flags, patients, n: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
     """Patient-level bootstrap 95% CI of a proportion (sensitivity or specificity)."""
     rng = np.random.default_rng(seed)
     flags, patients = np.asarray(flags, float), np.asarray(patients)
@@ -150,15 +132,6 @@ def bootstrap_rate(flags, patients, n: int = 2000, seed: int = 0) -> tuple[float
     members = [np.nonzero(inverse == u)[0] for u in range(unique.size)]
     values = [flags[np.concatenate([members[j] for j in rng.integers(0, unique.size, unique.size)])].mean() for _ in range(n)]
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
-
-
-def referral_threshold(p_malignant: np.ndarray, malignant: np.ndarray, sensitivity: float) -> float:
-    """The highest threshold whose sensitivity on these (validation) images is >= ``sensitivity``."""
-    pos = np.sort(np.asarray(p_malignant)[np.asarray(malignant, bool)])[::-1]
-    if pos.size == 0:
-        return 0.5
-    need = int(np.ceil(sensitivity * pos.size))
-    return float(pos[need - 1])
 
 
 def source_metrics(probs: np.ndarray, labels: np.ndarray, patients: np.ndarray, flags: np.ndarray, seed: int = 0) -> dict:
@@ -171,7 +144,7 @@ def source_metrics(probs: np.ndarray, labels: np.ndarray, patients: np.ndarray, 
     score = probs[:, -1]
     out = {"n_images": int(labels.size), "n_malignant": int(malignant.sum()), "n_patients": int(np.unique(patients).size)}
     out["auc_malignant_vs_rest"] = auc(score, malignant)
-    out["auc_ci95"] = bootstrap_auc(score, malignant, patients, seed=seed)
+    out["auc_ci95"] = bootstrap_auc_ci(malignant, score, n_boot=BOOTSTRAP, seed=seed, groups=patients)
     out["sensitivity_at_70_specificity"] = sensitivity_at_specificity(malignant, score, 0.70)
     out["referral_sensitivity"] = float(flags[malignant].mean()) if malignant.any() else float("nan")
     out["referral_sensitivity_ci95"] = bootstrap_rate(flags[malignant], patients[malignant], seed=seed)
@@ -378,7 +351,7 @@ def train_and_calibrate(pool: PreparedPool, train_all: np.ndarray, cfg: TrainCon
     val_labels = np.array([pool.items[i].label for i in val_idx])
     kernel, bias = fit_head(val_scores, val_labels)
     val_probs = head_probs(val_scores, kernel, bias)
-    threshold = referral_threshold(val_probs[:, 2], val_labels == 2, cfg.referral_sensitivity)
+    threshold = threshold_for_sensitivity(val_labels == 2, val_probs[:, 2], cfg.referral_sensitivity)
     return {
         "fcn": fcn,
         "history": history,
@@ -551,7 +524,7 @@ def int8_cv(cfg: TrainConfig, out_dir: Path) -> dict:
         runner = Int8Runner(flatbuffer)
         val_probs = run_int8(runner, pool, val_idx)
         val_labels = np.array([pool.items[i].label for i in val_idx])
-        threshold = referral_threshold(val_probs[:, 2], val_labels == 2, cfg.referral_sensitivity)
+        threshold = threshold_for_sensitivity(val_labels == 2, val_probs[:, 2], cfg.referral_sensitivity)
         probs = run_int8(runner, pool, test_idx)
         parities[str(fold)] = {
             **export.parity(keras_probs(model, pool, test_idx), probs).to_dict(),
@@ -690,7 +663,7 @@ def pooling_ablation(cfg: TrainConfig, out_dir: Path) -> dict:
         result[name] = {}
         for source in (MIAS, CBIS):
             m = sources == source
-            result[name][source] = {"auc": auc(score[m], labels[m] == 2), "ci95": bootstrap_auc(score[m], labels[m] == 2, patients[m])}
+            result[name][source] = {"auc": auc(score[m], labels[m] == 2), "ci95": bootstrap_auc_ci(labels[m] == 2, score[m], n_boot=BOOTSTRAP, groups=patients[m])}
     (out_dir / "pooling_ablation.json").write_text(json.dumps(result, indent=1))
     return result
 

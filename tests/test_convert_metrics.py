@@ -56,6 +56,8 @@ def test_roc_auc_counts_ties_as_half() -> None:
     assert roc_auc(np.array([1, 1, 0]), np.array([0.9, 0.8, 0.1])) == 1.0
     assert roc_auc(np.array([1, 1, 0]), np.array([0.1, 0.2, 0.9])) == 0.0
     assert roc_auc(np.array([1, 1]), np.array([0.1, 0.2])) is None
+    # Three-way tie at 0.5 (ranks 2-4 share 3): positives rank 3 and 5, U = 8 - 3 = 5 of 2 x 3 pairs.
+    assert roc_auc(np.array([0, 1, 0, 0, 1]), np.array([0.1, 0.5, 0.5, 0.5, 0.9])) == pytest.approx(5 / 6)
 
 
 def test_roc_auc_matches_scikit_learn_on_random_scores() -> None:
@@ -73,6 +75,20 @@ def test_bootstrap_interval_brackets_the_auc() -> None:
     low, high = bootstrap_auc_ci(y, s, n_boot=300, seed=0)
     assert low < roc_auc(y, s) < high and 0.0 <= low and high <= 1.0
     assert bootstrap_auc_ci(y, s, n_boot=300, seed=0) == (low, high)
+
+
+def test_patient_bootstrap_resamples_a_womans_images_together() -> None:
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 60)
+    s = rng.random(60) + 0.5 * y
+    # Each woman has two identical images (both breasts, say): doubling every image leaves each resample's AUC
+    # unchanged, so resampling women must give exactly the per-image interval of the undoubled set.
+    y2, s2, women = np.repeat(y, 2), np.repeat(s, 2), np.repeat(np.arange(60), 2)
+    by_woman = bootstrap_auc_ci(y2, s2, n_boot=300, seed=0, groups=women)
+    assert by_woman == pytest.approx(bootstrap_auc_ci(y, s, n_boot=300, seed=0))
+    # Resampling images instead pretends there are 120 independent cases: a narrower, overconfident interval.
+    by_image = bootstrap_auc_ci(y2, s2, n_boot=300, seed=0)
+    assert by_image[1] - by_image[0] < by_woman[1] - by_woman[0]
 
 
 def test_threshold_is_the_largest_reaching_the_target_sensitivity() -> None:

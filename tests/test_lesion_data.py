@@ -26,7 +26,7 @@ from convert.lesion_data import (
     normal_centres,
     prepare_annotated,
 )
-from convert.train_lesion import auc, patient_folds, referral_threshold
+from convert.train_lesion import auc, patient_folds
 from edge_birads.preprocess import PreprocessSpec
 
 
@@ -210,15 +210,13 @@ def test_patient_folds_never_split_a_patient():
     assert set(folds.tolist()) == set(range(5))
 
 
-def test_auc_and_threshold_against_hand_computed():
+def test_auc_against_hand_computed():
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
     positive = np.array([1, 0, 1, 0, 0, 1], dtype=bool)
     # positives 0.9, 0.7, 0.4 vs negatives 0.8, 0.6, 0.5: pairs won 3 + 2 + 0 = 5 of 9
     assert auc(scores, positive) == pytest.approx(5 / 9)
     assert auc(np.array([1.0, 1.0]), np.array([True, False])) == 0.5
-    # highest threshold keeping >= 2/3 of positives flagged: 0.7
-    assert referral_threshold(scores, positive, 0.66) == 0.7
-    assert referral_threshold(scores, positive, 1.0) == 0.4
+    assert np.isnan(auc(scores, np.zeros(6, bool)))
 
 
 def test_hard_negatives_are_the_top_scoring_locations_away_from_lesions():
