@@ -282,16 +282,17 @@ def validation_callback(x_val: np.ndarray, y_val: np.ndarray, labels: tuple[str,
                 auc = roc_auc(np.isin(y_val, malignant_idx), probs[:, malignant_idx].sum(1))
                 entry["val_recall"] = recalls
                 entry["val_malignant_auc"] = auc
+                entry.setdefault("val_accuracy", float((pred == y_val).mean()))
             sink.append(entry)
-            recall_text = " ".join(
-                f"{label}={value:.2f}" for label, value in entry.get("val_recall", {}).items() if value is not None
-            )
-            auc_text = "n/a" if entry.get("val_malignant_auc") is None else f"{entry['val_malignant_auc']:.3f}"
-            log.info(
-                "epoch %d: loss %.4f acc %.3f | val loss %.4f acc %.3f | val recall %s | val malignant AUC %s",
-                epoch + 1, logs.get("loss", float("nan")), logs.get("accuracy", float("nan")),
-                logs.get("val_loss", float("nan")), logs.get("val_accuracy", float("nan")), recall_text, auc_text,
-            )
+            # Only the figures this fit has: a fit without validation_data has no Keras val_loss.
+            names = (("loss", "loss"), ("accuracy", "acc"), ("val_loss", "| val loss"), ("val_accuracy", "val acc"))
+            parts = [f"epoch {epoch + 1}:"] + [f"{name} {entry[key]:.4f}" for key, name in names if key in entry]
+            recall_text = " ".join(f"{label}={value:.2f}" for label, value in entry.get("val_recall", {}).items() if value is not None)
+            if recall_text:
+                parts.append(f"| val recall {recall_text}")
+            if entry.get("val_malignant_auc") is not None:
+                parts.append(f"| val malignant AUC {entry['val_malignant_auc']:.3f}")
+            log.info("%s", " ".join(parts))
 
     return ValidationReport()
 
