@@ -61,7 +61,7 @@ def test_a_fold_is_scored_float_and_int8_on_the_lesion_folds(tmp_path, caplog):
     # Progress, one line per epoch, with only the figures this fit has (no Keras validation loss: no "nan").
     progress = [r.getMessage() for r in caplog.records if r.name == "convert.train"]
     assert [m.split(":")[0] for m in progress] == ["epoch 1", "epoch 2", "epoch 3"]
-    assert all("nan" not in m and " val acc " in m and "val malignant AUC" in m for m in progress)
+    assert all(" nan" not in m and " val acc " in m and "val malignant AUC" in m for m in progress)
     assert all(0.0 <= e["val_accuracy"] <= 1.0 and "val_loss" not in e for e in epochs)
 
     from convert.paper_cv import write_parity
