@@ -10,6 +10,7 @@ reported as None rather than 0, so "never predicted" is not mistaken for
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -68,6 +69,25 @@ def roc_auc(y_binary: np.ndarray, scores: np.ndarray) -> float | None:
     return float(u / (n_pos * n_neg))
 
 
+def bootstrap_indices(n_items: int, n_boot: int, seed: int = 0, groups: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """Seeded bootstrap resamples of ``n_items`` items, as index arrays.
+
+    With ``groups`` (patient ids, one per item) whole patients are drawn with
+    replacement, because one woman's images are not independent; without,
+    single items are. One resampler for every interval, so AUC and rate
+    intervals of the same run resample the same way.
+    """
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        for _ in range(n_boot):
+            yield rng.integers(0, n_items, n_items)
+        return
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    members = [np.nonzero(inverse == g)[0] for g in range(inverse.max() + 1)]
+    for _ in range(n_boot):
+        yield np.concatenate([members[j] for j in rng.integers(0, len(members), len(members))])
+
+
 def bootstrap_auc_ci(
     y_binary: np.ndarray,
     scores: np.ndarray,
@@ -76,27 +96,16 @@ def bootstrap_auc_ci(
     level: float = 0.95,
     groups: np.ndarray | None = None,
 ) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of the AUC (seeded).
+    """Percentile bootstrap interval of the AUC (seeded; by patient with ``groups``, see ``bootstrap_indices``).
 
-    With ``groups`` (patient ids) whole patients are resampled, because one
-    woman's images are not independent; without, single images are.
     Resamples that lack a class are skipped.
     """
     y = np.asarray(y_binary, bool)
     s = np.asarray(scores, np.float64)
     if y.sum() == 0 or (~y).sum() == 0:
         return None
-    members = None
-    if groups is not None:
-        _, inverse = np.unique(np.asarray(groups), return_inverse=True)
-        members = [np.nonzero(inverse == g)[0] for g in range(inverse.max() + 1)]
-    rng = np.random.default_rng(seed)
     values = []
-    for _ in range(n_boot):
-        if members is None:
-            idx = rng.integers(0, len(y), len(y))
-        else:
-            idx = np.concatenate([members[j] for j in rng.integers(0, len(members), len(members))])
+    for idx in bootstrap_indices(len(y), n_boot, seed, groups):
         auc = roc_auc(y[idx], s[idx])
         if auc is not None:
             values.append(auc)

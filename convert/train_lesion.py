@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from convert.lesion_data import LABELS, PatchConfig, PreparedPool, build_patch_batch, epoch_centres, load_pool
-from convert.metrics import bootstrap_auc_ci, roc_auc, sensitivity_at_specificity, threshold_for_sensitivity
+from convert.metrics import bootstrap_auc_ci, bootstrap_indices, roc_auc, sensitivity_at_specificity, threshold_for_sensitivity
 from convert.split import kfold_by_patient
 from edge_birads.preprocess import PreprocessSpec
 
@@ -124,13 +124,10 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 def bootstrap_rate(flags, patients, n: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
     """Patient-level bootstrap 95% CI of a proportion (sensitivity or specificity)."""
-    rng = np.random.default_rng(seed)
-    flags, patients = np.asarray(flags, float), np.asarray(patients)
+    flags = np.asarray(flags, float)
     if flags.size == 0:
         return float("nan"), float("nan")
-    unique, inverse = np.unique(patients, return_inverse=True)
-    members = [np.nonzero(inverse == u)[0] for u in range(unique.size)]
-    values = [flags[np.concatenate([members[j] for j in rng.integers(0, unique.size, unique.size)])].mean() for _ in range(n)]
+    values = [flags[idx].mean() for idx in bootstrap_indices(flags.size, n, seed, groups=patients)]
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
