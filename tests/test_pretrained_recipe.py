@@ -1,0 +1,85 @@
+"""The pretrained recipe's training pieces on honestly synthetic images (small, so CI can run them)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convert.lesion_data import AnnotatedImage, PreparedPool
+from convert.pretrained import PretrainedConfig, augment, build_model, class_weights, fit, set_trainable
+from edge_birads.preprocess import PreprocessSpec
+
+SMALL = PretrainedConfig(height=64, width=64, batch_size=4, epochs=2, frozen_epochs=1)
+
+
+def synthetic_pool(n: int = 24, size: int = 64) -> PreparedPool:
+    """Dark images with a bright blob; malignant images have a bigger, brighter one (a learnable difference)."""
+    rng = np.random.default_rng(0)
+    images, items = np.zeros((n, size, size), np.uint8), []
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        label = i % 3
+        source = "mini-mias" if i % 2 else "cbis-ddsm-mass"
+        radius = 4 + 6 * (label == 2)
+        blob = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < radius**2
+        images[i] = np.clip(rng.normal(60, 10, (size, size)) + 120 * blob * (label > 0), 0, 255).astype(np.uint8)
+        items.append(AnnotatedImage(Path(f"synthetic/{i}.png"), f"p{i // 2}", source, label))
+    return PreparedPool(PreprocessSpec(size, size), images, items, [() for _ in range(n)])
+
+
+def test_augment_keeps_shape_and_range_and_varies_with_the_generator():
+    image = synthetic_pool().images[2]
+    a = augment(image, SMALL, np.random.default_rng(1))
+    b = augment(image, SMALL, np.random.default_rng(2))
+    assert a.shape == image.shape and a.dtype == np.float32
+    assert 0.0 <= a.min() and a.max() <= 1.0
+    assert not np.allclose(a, b)
+    same = augment(image, SMALL, np.random.default_rng(1))
+    assert np.array_equal(a, same)
+
+
+def test_class_weights_balance_the_present_classes():
+    labels = np.array([0, 1, 1, 1, 2, 2])
+    w = class_weights(labels, True)
+    assert np.allclose([w[0] * 1, w[1] * 3, w[2] * 2], 2.0)
+    assert np.array_equal(class_weights(labels, False), np.ones(3))
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    pytest.importorskip("tensorflow")
+    from convert.train_lesion import setup_tensorflow
+
+    setup_tensorflow(0)
+    return build_model(SMALL, pretrained=False)
+
+
+def test_frozen_phase_trains_only_the_head_and_finetune_opens_blocks_8_on_but_never_batch_norm(small_model):
+    from keras import layers
+
+    set_trainable(small_model, "frozen", 8)
+    assert [layer.name for layer in small_model.layers if layer.trainable and layer.weights] == ["head"]
+    set_trainable(small_model, "finetune", 8)
+    trainable = {layer.name for layer in small_model.layers if layer.trainable and layer.weights}
+    assert "features_8_conv_0_0" in trainable and "features_13_conv_2" in trainable
+    assert "features_7_conv_2" not in trainable and "grey_to_imagenet" not in trainable
+    assert not any(isinstance(small_model.get_layer(name), layers.BatchNormalization) for name in trainable)
+
+
+def test_fit_keeps_the_best_validation_epoch_and_reports_both_sources(small_model):
+    pool = synthetic_pool()
+    train, val = np.arange(0, 18), np.arange(18, 24)
+    run = fit(small_model, pool, train, val, SMALL, log=lambda _: None)
+    assert [h["phase"] for h in run["history"]] == ["frozen", "finetune"]
+    best = max(run["history"], key=lambda h: h["val_auc"]["mean"])
+    assert run["best_epoch"] == best["epoch"]
+    assert set(best["val_auc"]) == {"mini-mias", "cbis-ddsm-mass", "mean"}
+    probs = small_model.predict(pool.images[val][..., None].astype(np.float32) / 255, verbose=0)
+    assert probs.shape == (6, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    # The model left behind is the chosen epoch's: its validation AUCs are the ones that epoch logged.
+    from convert.pretrained import validation_aucs
+
+    assert validation_aucs(probs, pool, val) == pytest.approx(best["val_auc"], nan_ok=True)
