@@ -174,14 +174,14 @@ def main(argv: list[str] | None = None) -> int:
 START, END = "<!-- ablation-table:start -->", "<!-- ablation-table:end -->"
 
 
-def write_between_markers(doc: Path, text: str) -> None:
-    """Replace what lies between the ablation-table markers of ``doc`` (so the page's table is generated, not typed)."""
+def write_between_markers(doc: Path, text: str, start: str = START, end: str = END) -> None:
+    """Replace what lies between a pair of table markers of ``doc`` (so the page's table is generated, not typed)."""
     page = doc.read_text()
-    if START not in page or END not in page:
-        raise SystemExit(f"{doc}: no {START} ... {END} markers")
-    head, rest = page.split(START, 1)
-    _, tail = rest.split(END, 1)
-    doc.write_text(f"{head}{START}\n{text}{END}{tail}")
+    if start not in page or end not in page:
+        raise SystemExit(f"{doc}: no {start} ... {end} markers")
+    head, rest = page.split(start, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{start}\n{text}{end}{tail}")
 
 
 def recipe_section(name: str, root: Path) -> dict:

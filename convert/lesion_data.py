@@ -92,6 +92,19 @@ def annotated(record: Record) -> AnnotatedImage:
     )
 
 
+def breast_of(item: AnnotatedImage) -> str:
+    """One key per breast: CBIS names its files PATIENT_SIDE_VIEW (two views per breast); a MIAS image is its own breast.
+
+    mini-MIAS holds one (MLO) view per breast, so its per-breast figures are its per-image ones.
+    """
+    stem = item.path.stem
+    if item.source != SOURCE_MIAS:
+        parts = stem.split("_")
+        if len(parts) >= 3 and parts[-1] in ("CC", "MLO") and parts[-2] in ("LEFT", "RIGHT"):
+            return f"{item.source}/{item.patient_id}/{parts[-2]}"
+    return f"{item.source}/{item.patient_id}/{stem}"
+
+
 def load_mias(root: Path | None = None) -> list[AnnotatedImage]:
     """mini-MIAS images with their lesion circles, top-left (row, col)."""
     return [annotated(r) for r in data.load_mias(None if root is None else Path(root) / "mini-mias")]

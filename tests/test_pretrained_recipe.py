@@ -83,3 +83,26 @@ def test_fit_keeps_the_best_validation_epoch_and_reports_both_sources(small_mode
     from convert.pretrained import validation_aucs
 
     assert validation_aucs(probs, pool, val) == pytest.approx(best["val_auc"], nan_ok=True)
+
+
+def test_per_breast_scores_average_a_breasts_views_against_its_worst_label():
+    from convert.lesion_data import breast_of
+    from convert.train_lesion import breast_summary
+
+    names = ["00001_LEFT_CC", "00001_LEFT_MLO", "00001_RIGHT_CC", "00002_LEFT_CC", "00002_LEFT_MLO", "00003_RIGHT_MLO"]
+    labels = [2, 1, 1, 1, 1, 2]
+    items = [AnnotatedImage(Path(f"images/{n}.jpg"), f"P_{n[:5]}", "cbis-ddsm-mass", label) for n, label in zip(names, labels)]
+    items.append(AnnotatedImage(Path("images/mdb001.png"), "mias-001", "mini-mias", 2))
+    items.append(AnnotatedImage(Path("images/mdb002.png"), "mias-001", "mini-mias", 0))
+    pool = PreparedPool(PreprocessSpec(8, 8), np.zeros((len(items), 8, 8), np.uint8), items, [() for _ in items])
+    assert breast_of(items[0]) == breast_of(items[1]) == "cbis-ddsm-mass/P_00001/LEFT"
+    assert breast_of(items[6]) != breast_of(items[7])
+    # Per image the malignant CC (0.3) ranks below two benign images (0.5, 0.4): image AUC 0.5.
+    # Per breast: P1 LEFT mean(0.3, 0.9) = 0.6 (malignant), P1 RIGHT 0.5, P2 LEFT mean(0.4, 0.2) = 0.3, P3 RIGHT 0.8 (malignant): AUC 1.
+    scores = np.array([0.3, 0.9, 0.5, 0.4, 0.2, 0.8, 0.7, 0.1])
+    probs = np.stack([1 - scores, np.zeros_like(scores), scores], 1)
+    out = breast_summary(pool, np.arange(len(items)), probs)
+    cbis = out["cbis-ddsm-mass"]
+    assert (cbis["n_breasts"], cbis["n_breasts_two_views"], cbis["n_malignant"]) == (4, 2, 2)
+    assert cbis["auc_malignant_vs_rest"] == 1.0
+    assert out["mini-mias"]["n_breasts"] == 2 and out["mini-mias"]["auc_malignant_vs_rest"] == 1.0
