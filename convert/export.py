@@ -162,7 +162,8 @@ class TfliteModel:
             self.interpreter = Interpreter(model_path=str(model), num_threads=threads)
         self.interpreter.allocate_tensors()
         self._in = self.interpreter.get_input_details()[0]
-        self._out = self.interpreter.get_output_details()[0]
+        # The probabilities: a model may also output a (1, rows, cols, 1) lesion map (edge_birads.classifier.find_outputs).
+        self._out = next(d for d in self.interpreter.get_output_details() if len(d["shape"]) <= 2)
 
     @staticmethod
     def _spec(detail: dict) -> TensorSpecInfo:

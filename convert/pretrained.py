@@ -178,6 +178,30 @@ def validation_aucs(probs: np.ndarray, pool: PreparedPool, indices: np.ndarray) 
     return out
 
 
+def with_lesion_map(model):
+    """The same network with a second output: the malignancy logit map (rows, cols) at the trunk's stride.
+
+    The head's average-pool half applied at every location: the map's mean,
+    plus the max-pool half's term and the bias, is the image's malignancy
+    logit relative to the mean of the other two classes' logits. The map shows
+    where the averaged evidence lies; the max-pool half adds what the single
+    strongest location says.
+    """
+    import keras
+    from keras import layers
+
+    features = model.get_layer("avg_pool").input
+    kernel, bias = model.get_layer("head").get_weights()
+    channels = int(features.shape[-1])
+    average = kernel[:channels]
+    direction = average[:, 2] - 0.5 * (average[:, 0] + average[:, 1])
+    offset = bias[2] - 0.5 * (bias[0] + bias[1])
+    conv = layers.Conv2D(1, 1, name="lesion_map")
+    lesion_map = conv(features)
+    conv.set_weights([direction.reshape(1, 1, channels, 1).astype(np.float32), np.array([offset], np.float32)])
+    return keras.Model(model.input, [model.output, lesion_map], name=model.name + "_with_map")
+
+
 # ------------------------------------------------------------------ training
 
 def fit(model, pool: PreparedPool, train_idx: np.ndarray, val_idx: np.ndarray, cfg: PretrainedConfig, log=print, max_batches: int | None = None) -> dict:

@@ -16,7 +16,8 @@ from edge_birads.deadline import time_limit
 from edge_birads.decode import DEFAULT_LIMITS, DecodeLimits, read_file
 from edge_birads.errors import InputError, ModelError, printable_name
 from edge_birads.interpreter import dequantize, make_interpreter, quantize, tensor_quantization
-from edge_birads.preprocess import prepare
+from edge_birads.heatmap import LesionMap
+from edge_birads.preprocess import crop_box, prepare
 from edge_birads.results import Prediction, Result
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -45,6 +46,21 @@ def to_prediction(probabilities: np.ndarray, card: ModelCard) -> Prediction:
     )
 
 
+def find_outputs(details: list[dict], n_labels: int) -> tuple[dict, dict | None]:
+    """(probabilities output, lesion map output or None) among a model's outputs.
+
+    The probabilities have one value per label; a lesion map is a 4-D
+    (1, rows, cols, 1) tensor. Any other layout is refused: the runtime must
+    never guess which output is the score.
+    """
+    probabilities = [d for d in details if int(np.prod(d["shape"])) == n_labels and len(d["shape"]) <= 2]
+    maps = [d for d in details if len(d["shape"]) == 4 and int(d["shape"][0]) == 1 and int(d["shape"][3]) == 1]
+    if len(probabilities) != 1 or len(maps) > 1 or len(probabilities) + len(maps) != len(details):
+        shapes = ", ".join(str(tuple(int(x) for x in d["shape"])) for d in details)
+        raise ModelError(f"model outputs ({shapes}) are not {n_labels} probabilities, optionally with one (1, rows, cols, 1) lesion map")
+    return probabilities[0], (maps[0] if maps else None)
+
+
 class Classifier:
     """An int8 (or float) TFLite BI-RADS group classifier and its model card."""
 
@@ -59,13 +75,16 @@ class Classifier:
         self.limits = limits
         self.interpreter, self.runtime = make_interpreter(str(self.model_path), threads)
         self._input = self.interpreter.get_input_details()[0]
-        self._output = self.interpreter.get_output_details()[0]
         spec = self.card.preprocessing
         expected = (1, spec.height, spec.width, 1)
         if tuple(int(d) for d in self._input["shape"]) != expected:
             raise ModelError(f"model input shape {tuple(self._input['shape'])} does not match its card {expected}")
-        if int(np.prod(self._output["shape"])) != len(self.card.labels):
-            raise ModelError(f"model output size {tuple(self._output['shape'])} does not match the card's {len(self.card.labels)} labels")
+        self._output, self._map = find_outputs(self.interpreter.get_output_details(), len(self.card.labels))
+
+    @property
+    def has_lesion_map(self) -> bool:
+        """True when the model has a second output: a per-location malignancy map (logits) in the input's frame."""
+        return self._map is not None
 
     @property
     def sha256(self) -> str:
@@ -73,6 +92,16 @@ class Classifier:
 
     def predict(self, tensor: np.ndarray) -> np.ndarray:
         """Run one preprocessed (H, W, 1) float image; return class probabilities."""
+        self._invoke(tensor)
+        return self._read(self._output).reshape(-1)
+
+    def predict_with_map(self, tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class probabilities and, when the model has one, its (rows, cols) lesion map, from one invocation."""
+        self._invoke(tensor)
+        lesion_map = None if self._map is None else self._read(self._map).reshape(self._map["shape"][1:3])
+        return self._read(self._output).reshape(-1), lesion_map
+
+    def _invoke(self, tensor: np.ndarray) -> None:
         dtype = self._input["dtype"]
         batch = tensor.reshape(self._input["shape"])
         if np.issubdtype(dtype, np.integer):
@@ -82,11 +111,13 @@ class Classifier:
             batch = batch.astype(dtype, copy=False)
         self.interpreter.set_tensor(self._input["index"], batch)
         self.interpreter.invoke()
-        raw = self.interpreter.get_tensor(self._output["index"])
+
+    def _read(self, detail: dict) -> np.ndarray:
+        raw = self.interpreter.get_tensor(detail["index"])
         if np.issubdtype(raw.dtype, np.integer):
-            scale, zero_point = tensor_quantization(self._output)
-            return dequantize(raw, scale, zero_point).reshape(-1)
-        return raw.astype(np.float32).reshape(-1)
+            scale, zero_point = tensor_quantization(detail)
+            return dequantize(raw, scale, zero_point)
+        return raw.astype(np.float32)
 
     def classify_image(self, image: np.ndarray) -> Prediction:
         """Classify a decoded 2-D grayscale image."""
@@ -98,15 +129,27 @@ class Classifier:
         Decoding and preprocessing run under the per-file time limit (see
         deadline.py); inference has a fixed cost and runs outside it.
         """
+        return self._classify(path, want_map=False)[0]
+
+    def explain_file(self, path: str | Path) -> tuple[Result, LesionMap | None]:
+        """As ``classify_file``, plus the lesion map on the original image when the model has one (else None)."""
+        return self._classify(path, want_map=self.has_lesion_map)
+
+    def _classify(self, path: str | Path, want_map: bool) -> tuple[Result, LesionMap | None]:
         name = printable_name(path)
         started = time.perf_counter()
+        spec = self.card.preprocessing
         try:
             with time_limit(self.limits.max_seconds):
-                tensor = prepare(read_file(path, self.limits), self.card.preprocessing)
+                image = read_file(path, self.limits)
+                tensor = prepare(image, spec)
+                box = crop_box(image, spec) if want_map else None
         except InputError as exc:
-            return Result(file=name, model_sha256=self.sha256, latency_ms=None, error=exc.reason)
+            return Result(file=name, model_sha256=self.sha256, latency_ms=None, error=exc.reason), None
         except MemoryError:  # the size limits should prevent this; if not, it is this file's failure
-            return Result(file=name, model_sha256=self.sha256, latency_ms=None, error="out of memory while decoding (lower --max-pixels)")
-        prediction = to_prediction(self.predict(tensor), self.card)
+            return Result(file=name, model_sha256=self.sha256, latency_ms=None, error="out of memory while decoding (lower --max-pixels)"), None
+        probabilities, values = self.predict_with_map(tensor) if want_map else (self.predict(tensor), None)
+        prediction = to_prediction(probabilities, self.card)
         latency = round((time.perf_counter() - started) * 1000.0, 3)
-        return Result(file=name, model_sha256=self.sha256, latency_ms=latency, prediction=prediction)
+        result = Result(file=name, model_sha256=self.sha256, latency_ms=latency, prediction=prediction)
+        return result, (None if values is None else LesionMap(image, values, box))

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import click
 
 from edge_birads import DISCLAIMER, __version__
 from edge_birads.errors import ModelError, printable_name
+from edge_birads.heatmap import HeatmapWriter
 from edge_birads.limits import DEFAULT_LIMITS
 from edge_birads.output import FORMATS, TableWriter, csv_header, csv_line, jsonl_line
 
@@ -55,9 +57,12 @@ def cli() -> None:
               envvar="EDGE_BIRADS_MAX_FILE_MB", help="Refuse larger files without reading them. Env: EDGE_BIRADS_MAX_FILE_MB.")
 @click.option("--time-limit", type=click.FloatRange(0), default=DEFAULT_LIMITS.max_seconds, show_default=True, envvar="EDGE_BIRADS_TIME_LIMIT",
               help="Seconds allowed to decode and preprocess one file (0: no limit). Env: EDGE_BIRADS_TIME_LIMIT.")
+@click.option("--heatmap", "heatmap_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write one PNG per image into this folder: the image with the model's lesion map overlaid "
+              "(needs a model with a lesion map).")
 def classify(
     paths: tuple[str, ...], recursive: bool, fmt: str, model: str | None, threads: int,
-    max_pixels: int, max_file_mb: float, time_limit: float,
+    max_pixels: int, max_file_mb: float, time_limit: float, heatmap_dir: str | None,
 ) -> None:
     """Classify mammogram images (PNG, JPEG, TIFF, PGM, BMP, DICOM) or folders of them.
 
@@ -68,12 +73,22 @@ def classify(
 
     limits = replace(DEFAULT_LIMITS, max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 2**20), max_seconds=time_limit)
     classifier = load_classifier(model, threads, limits)
+    heatmaps = None
+    if heatmap_dir is not None:
+        if not classifier.has_lesion_map:
+            raise click.ClickException(f"model {classifier.card.name} has no lesion map: --heatmap needs a model that outputs one")
+        heatmaps = HeatmapWriter(Path(heatmap_dir), classifier.card)
     table = TableWriter(click.echo, classifier.card.malignant_label) if fmt == "table" else None
     if fmt == "csv":
         click.echo(csv_header())
     seen = failed = 0
     for path in iter_input_files(list(paths), recursive=recursive):
-        result = classifier.classify_file(path)
+        if heatmaps is None:
+            result = classifier.classify_file(path)
+        else:
+            result, lesion_map = classifier.explain_file(path)
+            if lesion_map is not None:
+                heatmaps.write(result, lesion_map)
         seen += 1
         if not result.ok:
             failed += 1

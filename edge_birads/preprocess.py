@@ -98,6 +98,17 @@ def apply_clahe(image01: np.ndarray, clip_limit: float, tile_grid: tuple[int, in
     return clahe.apply(image8).astype(np.float32) / 255.0
 
 
+def crop_box(image: np.ndarray, spec: PreprocessSpec) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the part of ``image`` that ``prepare`` resizes to the model input.
+
+    The whole image unless the spec crops to the breast. A lesion map in the
+    model's frame maps back onto the original image through this box.
+    """
+    if not spec.crop_to_breast:
+        return 0, image.shape[0], 0, image.shape[1]
+    return breast_bounding_box(image, *value_range(image))
+
+
 def prepare(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Turn a decoded 2-D image into the model's float32 input (H, W, 1) in [0, 1].
 

@@ -78,7 +78,7 @@ def test_a_card_with_the_wrong_labels_is_refused(tmp_path, image):
     def two_labels(card: dict) -> None:
         card["labels"] = card["labels"][:1] + [card["malignant_label"]]
 
-    assert "does not match the card's 2 labels" in refused(copy_model(tmp_path, edit_card=two_labels), image)
+    assert "are not 2 probabilities" in refused(copy_model(tmp_path, edit_card=two_labels), image)
 
 
 def test_a_card_with_the_wrong_input_size_is_refused(tmp_path, image):

@@ -106,3 +106,20 @@ def test_per_breast_scores_average_a_breasts_views_against_its_worst_label():
     assert (cbis["n_breasts"], cbis["n_breasts_two_views"], cbis["n_malignant"]) == (4, 2, 2)
     assert cbis["auc_malignant_vs_rest"] == 1.0
     assert out["mini-mias"]["n_breasts"] == 2 and out["mini-mias"]["auc_malignant_vs_rest"] == 1.0
+
+
+def test_the_lesion_map_averages_to_the_malignancy_logit_when_the_max_half_is_silent(small_model):
+    from convert.pretrained import with_lesion_map
+
+    head = small_model.get_layer("head")
+    kernel, bias = head.get_weights()
+    rng = np.random.default_rng(3)
+    kernel = rng.normal(0, 0.3, kernel.shape).astype(np.float32)
+    kernel[kernel.shape[0] // 2 :] = 0.0  # the max-pool half says nothing
+    head.set_weights([kernel, rng.normal(0, 0.3, bias.shape).astype(np.float32)])
+    mapped = with_lesion_map(small_model)
+    image = synthetic_pool().images[5][None, ..., None].astype(np.float32) / 255
+    probs, lesion_map = mapped.predict(image, verbose=0)
+    assert lesion_map.shape == (1, 4, 4, 1)  # 64 / stride 16
+    relative = np.log(probs[0, 2]) - 0.5 * (np.log(probs[0, 0]) + np.log(probs[0, 1]))
+    assert float(lesion_map.mean()) == pytest.approx(float(relative), abs=1e-4)

@@ -1,0 +1,124 @@
+"""Models with a lesion map: the runtime finds both outputs, and `classify --heatmap` draws the map on the original image."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edge_birads.cli import cli
+from edge_birads.heatmap import LesionMap, heatmap_name
+
+LABELS = ["BI-RADS 1", "BI-RADS 2-3", "BI-RADS 4-5"]
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def map_model(tmp_path_factory) -> Path:
+    """A tiny int8 model whose lesion map is the brightness of each 16x16 cell (so the hottest cell is the brightest)."""
+    pytest.importorskip("tensorflow")
+    import keras
+    from keras import layers
+
+    from convert.export import to_tflite_int8
+
+    keras.utils.set_random_seed(0)
+    image = keras.Input((SIZE, SIZE, 1))
+    pooled = layers.AveragePooling2D(16)(image)
+    lesion_map = layers.Conv2D(1, 1, name="lesion_map")(pooled)
+    probs = layers.Dense(3, activation="softmax")(layers.GlobalAveragePooling2D()(pooled))
+    model = keras.Model(image, [probs, lesion_map])
+    model.get_layer("lesion_map").set_weights([np.full((1, 1, 1, 1), 8.0, np.float32), np.array([-4.0], np.float32)])
+    rng = np.random.default_rng(0)
+    folder = tmp_path_factory.mktemp("map-model")
+    path = folder / "tiny-map.tflite"
+    # Calibration images with every cell level from black to white, so the int8 map does not saturate.
+    cells = rng.random((32, SIZE // 16, SIZE // 16, 1), dtype=np.float32)
+    path.write_bytes(to_tflite_int8(model, np.repeat(np.repeat(cells, 16, axis=1), 16, axis=2)))
+    card = {
+        "name": "tiny-map",
+        "labels": LABELS,
+        "malignant_label": "BI-RADS 4-5",
+        "referral": {"threshold": 0.5},
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "preprocessing": {"height": SIZE, "width": SIZE, "crop_to_breast": False},
+    }
+    path.with_suffix(".json").write_text(json.dumps(card))
+    return path
+
+
+def bright_square_png(tmp_path: Path, name: str = "square.png") -> Path:
+    """A 400x300 (rows x cols) dark image with one bright square at rows 310-370, cols 10-60."""
+    image = np.full((400, 300), 20, np.uint8)
+    image[310:370, 10:60] = 250
+    path = tmp_path / name
+    assert cv2.imwrite(str(path), image)
+    return path
+
+
+def test_the_runtime_finds_the_probabilities_and_the_map_whatever_their_order(map_model, tmp_path):
+    from edge_birads.classifier import Classifier
+
+    classifier = Classifier(map_model)
+    assert classifier.has_lesion_map
+    result, lesion_map = classifier.explain_file(bright_square_png(tmp_path))
+    assert result.ok and abs(sum(result.prediction.probabilities.values()) - 1) < 1e-5
+    assert lesion_map.values.shape == (4, 4)
+    assert lesion_map.box == (0, 400, 0, 300)
+    row, col = lesion_map.hottest()
+    # The hottest 16x16 cell of the 64x64 input is the one holding the square: rows 300-400, cols 0-75 of the original.
+    assert (row, col) == (350.0, 37.5)
+    # classify_file gives the same record as explain_file.
+    same = classifier.classify_file(bright_square_png(tmp_path))
+    assert same.prediction == result.prediction
+
+
+def test_hottest_maps_back_through_the_crop_box():
+    values = np.zeros((4, 2), np.float32)
+    values[3, 0] = 1.0
+    lesion_map = LesionMap(np.zeros((1000, 600), np.uint8), values, (100, 900, 200, 600))
+    assert lesion_map.hottest() == (100 + 3.5 * 200, 200 + 0.5 * 200)
+
+
+def test_classify_heatmap_writes_a_picture_in_the_original_geometry_for_a_real_dicom(map_model, cbis_dicoms, tmp_path):
+    import pydicom
+
+    dicom = cbis_dicoms[0]
+    out = tmp_path / "maps"
+    result = CliRunner().invoke(cli, ["classify", "--model", str(map_model), "--heatmap", str(out), "--format", "jsonl", str(dicom)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output.splitlines()[0])
+    written = sorted(out.iterdir())
+    assert [p.name for p in written] == [f"{dicom.stem}.heatmap.png"]
+    picture = cv2.imread(str(written[0]), cv2.IMREAD_COLOR)
+    ds = pydicom.dcmread(dicom, stop_before_pixels=True)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    scale = min(1.0, 1024 / max(rows, cols))
+    image_rows, image_cols = round(rows * scale), round(cols * scale)
+    assert picture.shape[1] == image_cols
+    assert picture.shape[0] > image_rows  # the caption bar below the image
+    image_part = picture[:image_rows]
+    # The overlay colours the image (a grey picture has equal channels everywhere).
+    assert (np.ptp(image_part.astype(int), axis=2) > 30).mean() > 0.05
+    # No patient identifier on the picture's file name, and the record is the one printed.
+    assert str(ds.PatientID) not in written[0].name
+    assert record["file"].endswith(dicom.name) and record["error"] is None
+
+
+def test_heatmap_with_a_model_without_a_map_is_one_clear_error(example_pngs, tmp_path):
+    result = CliRunner().invoke(cli, ["classify", "--heatmap", str(tmp_path / "maps"), str(example_pngs[0])])
+    assert result.exit_code == 1
+    assert result.output == "Error: model default has no lesion map: --heatmap needs a model that outputs one\n"
+    assert not (tmp_path / "maps").exists()
+
+
+def test_heatmap_names_are_numbered_when_stems_repeat():
+    taken: set[str] = set()
+    assert [heatmap_name(n, taken) for n in ("a/x.dcm", "b/x.dcm", "x.png", "y")] == [
+        "x.heatmap.png", "x-2.heatmap.png", "x-3.heatmap.png", "y.heatmap.png"
+    ]
