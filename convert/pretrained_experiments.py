@@ -1,0 +1,210 @@
+"""Rows of the pretrained ablation that need no retraining: flip TTA in the graph, and the frozen-feature logistic regression.
+
+    python -m convert.pretrained_experiments flip --source RUNS/mnv2-512 --out RUNS/mnv2-512-flip
+    python -m convert.pretrained_experiments frozen-lr --out RUNS/frozen-lr
+    python -m convert.pretrained_experiments average --members RUNS/mnv2-512,RUNS/frozen-lr --out RUNS/mnv2-512+frozen-lr
+
+Each writes the ablation's per-fold layout (``fold{k}_int8.npz``: test and
+validation outputs, threshold chosen on the validation patients), so
+``convert.pretrained archive / collect / table`` treat them as any row.
+They call the recipe's pipeline (``convert.pretrained``); nothing here trains
+the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from convert.ensemble_cv import combine
+from convert.lesion_data import PreparedPool, load_pool
+from convert.metrics import roc_auc, threshold_for_sensitivity
+from convert.pretrained import REPRESENTATIVE, PretrainedConfig, build_model, images01
+from convert.train_lesion import DEFAULT_CACHE, TrainConfig, collect_cv, fold_split, setup_tensorflow
+
+
+def run_config(run: Path) -> PretrainedConfig:
+    return PretrainedConfig(**json.loads((run / "config.json").read_text())["pretrained_config"])
+
+
+def with_flip_tta(model):
+    """One graph that averages the probabilities of the image and its left-right mirror."""
+    import keras
+    from keras import layers
+
+    image = keras.Input(model.input_shape[1:], name="image")
+    mirrored = layers.Lambda(lambda t: keras.ops.flip(t, axis=2), name="mirror")(image)
+    out = layers.Average(name="flip_tta")([model(image), model(mirrored)])
+    return keras.Model(image, out, name=model.name + "_flip_tta")
+
+
+def flip_row(source: Path, out: Path, folds: TrainConfig | None = None) -> dict:
+    """Flip TTA of every finished fold of ``source`` (same weights), scored as int8; resumable."""
+    from convert.export import TfliteModel, keras_predict, to_tflite_int8
+    from convert.paper_cv import write_parity
+
+    folds = folds or TrainConfig()
+    cfg = run_config(source)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps({"pretrained_config": asdict(cfg), "folds": asdict(folds),
+                                                 "experiment": f"flip TTA in the graph of {source.name}'s fold models"}, indent=1))
+    pool = load_pool(cfg.spec(), DEFAULT_CACHE)
+    for fold in range(folds.folds):
+        weights = source / f"fold{fold}.weights.h5"
+        if not weights.exists() or (out / f"fold{fold}_int8.npz").exists():
+            continue
+        train_idx, val_idx, test_idx = fold_split(pool, folds, fold)
+        seed = cfg.seed + fold
+        setup_tensorflow(seed, cfg.threads)
+        model = build_model(cfg, pretrained=False)
+        model.load_weights(str(weights))
+        tta = with_flip_tta(model)
+        rng = np.random.default_rng(seed)
+        representative = images01(pool, train_idx[rng.choice(train_idx.size, min(REPRESENTATIVE, train_idx.size), replace=False)])
+        runner = TfliteModel(to_tflite_int8(tta, representative))
+        x_val, x_test = images01(pool, val_idx), images01(pool, test_idx)
+        val_mal = np.array([pool.items[i].label for i in val_idx]) == 2
+        for suffix, predict in (("", lambda x: keras_predict(tta, x, batch_size=8)), ("_int8", runner.predict)):
+            p_val, p_test = predict(x_val), predict(x_test)
+            threshold = threshold_for_sensitivity(val_mal, p_val[:, 2], folds.referral_sensitivity)
+            np.savez(out / f"fold{fold}{suffix}.npz", test_idx=test_idx, probs=p_test, threshold=threshold, val_idx=val_idx, val_probs=p_val)
+        history = json.loads((source / f"fold{fold}_history.json").read_text())
+        (out / f"fold{fold}_history.json").write_text(json.dumps({"training_seconds": history.get("training_seconds"),
+                                                                  "note": "the source row's training; TTA adds none"}))
+        print(json.dumps({"fold": fold, "row": out.name, "done": True}), flush=True)
+    write_parity(out, folds.folds)
+    collect_cv(pool, out, folds)
+    return collect_cv(pool, out, folds, suffix="_int8")
+
+
+# ------------------------------------------------------------------ the frozen-feature floor
+
+def pooled_features(maps: np.ndarray) -> np.ndarray:
+    """Per image and channel: mean, max and mean of the top 5% locations of the block-13 map (3 x channels numbers)."""
+    n, rows, cols, channels = maps.shape
+    flat = maps.reshape(n, rows * cols, channels)
+    k = max(1, int(round(0.05 * rows * cols)))
+    top = np.sort(flat, axis=1)[:, -k:, :].mean(axis=1)
+    return np.concatenate([flat.mean(axis=1), flat.max(axis=1), top], axis=1)
+
+
+def frozen_features(cfg: PretrainedConfig, pool: PreparedPool, cache: Path | None = DEFAULT_CACHE) -> np.ndarray:
+    """Pooled ImageNet features of every pool image (the trunk as loaded, no training); cached beside the pool."""
+    path = None if cache is None else Path(cache) / f"frozen_{cfg.weights}_b{cfg.last_block}_{cfg.height}x{cfg.width}_crop{int(cfg.crop_to_breast)}.npy"
+    if path is not None and path.exists():
+        return np.load(path)
+    from convert.trunks.mobilenet_v2 import pretrained_trunk
+
+    setup_tensorflow(cfg.seed, cfg.threads)
+    trunk = pretrained_trunk((cfg.height, cfg.width, 1), cfg.last_block, cfg.weights)
+    parts = []
+    for start in range(0, len(pool.items), 16):
+        maps = trunk.predict(images01(pool, np.arange(start, min(start + 16, len(pool.items)))), verbose=0)
+        parts.append(pooled_features(maps))
+    features = np.concatenate(parts).astype(np.float32)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, features)
+    return features
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, groups: np.ndarray, cs=(0.001, 0.01, 0.1, 1.0), seed: int = 0):
+    """Standardised L2 logistic regression (malignant vs rest), C chosen by a 5-fold patient-grouped inner CV on AUC."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def model(c):
+        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+
+    best_c, best_auc = cs[0], -1.0
+    for c in cs:
+        scores = np.zeros(len(y))
+        for inner_train, inner_test in GroupKFold(5).split(x, y, groups):
+            scores[inner_test] = model(c).fit(x[inner_train], y[inner_train]).predict_proba(x[inner_test])[:, 1]
+        auc = roc_auc(y, scores) or 0.0
+        if auc > best_auc:
+            best_c, best_auc = c, auc
+    return model(best_c).fit(x, y), best_c
+
+
+def frozen_lr_row(out: Path, cfg: PretrainedConfig | None = None, folds: TrainConfig | None = None) -> dict:
+    """Frozen features + logistic regression through the ablation's folds (a score-only row)."""
+    cfg, folds = cfg or PretrainedConfig(), folds or TrainConfig()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps({"pretrained_config": asdict(cfg), "folds": asdict(folds),
+                                                 "experiment": "frozen ImageNet block-13 features (mean, max, top-5% mean) + L2 logistic regression, "
+                                                               "C from {0.001, 0.01, 0.1, 1} by a patient-grouped inner CV"}, indent=1))
+    pool = load_pool(cfg.spec(), DEFAULT_CACHE)
+    x = frozen_features(cfg, pool)
+    y = np.array([it.label == 2 for it in pool.items])
+    patients = np.array([f"{it.source}/{it.patient_id}" for it in pool.items])
+    for fold in range(folds.folds):
+        train_idx, val_idx, test_idx = fold_split(pool, folds, fold)
+        model, c = fit_logistic(x[train_idx], y[train_idx], patients[train_idx])
+        p_val, p_test = model.predict_proba(x[val_idx])[:, 1], model.predict_proba(x[test_idx])[:, 1]
+        threshold = threshold_for_sensitivity(y[val_idx], p_val, folds.referral_sensitivity)
+        np.savez(out / f"fold{fold}_int8.npz", test_idx=test_idx, probs=p_test[:, None], threshold=threshold, val_idx=val_idx,
+                 val_probs=p_val[:, None], c=c)
+        print(json.dumps({"fold": fold, "row": out.name, "C": c}), flush=True)
+    return collect_cv(pool, out, folds, suffix="_int8")
+
+
+def average_row(members: list[Path], out: Path, folds: TrainConfig | None = None) -> dict:
+    """Mean of the members' validation-standardised logits (``convert.ensemble_cv.combine``), per finished fold."""
+    folds = folds or TrainConfig()
+    cfg = run_config(members[0])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps({"pretrained_config": asdict(cfg), "folds": asdict(folds), "members": [m.name for m in members],
+                                                 "experiment": "mean of validation-standardised logits (no retraining)"}, indent=1))
+    pool = load_pool(cfg.spec(), DEFAULT_CACHE)
+    for fold in range(folds.folds):
+        paths = [m / f"fold{fold}_int8.npz" for m in members]
+        if not all(p.exists() for p in paths):
+            continue
+        saved = [np.load(p) for p in paths]
+        if any(not np.array_equal(s["test_idx"], saved[0]["test_idx"]) or not np.array_equal(s["val_idx"], saved[0]["val_idx"]) for s in saved):
+            raise ValueError(f"fold {fold}: members hold other patients")
+        val, test = combine([s["val_probs"][:, -1] for s in saved], [s["probs"][:, -1] for s in saved])
+        val_mal = np.array([pool.items[i].label == 2 for i in saved[0]["val_idx"]])
+        threshold = threshold_for_sensitivity(val_mal, val, folds.referral_sensitivity)
+        np.savez(out / f"fold{fold}_int8.npz", test_idx=saved[0]["test_idx"], probs=test[:, None], threshold=threshold,
+                 val_idx=saved[0]["val_idx"], val_probs=val[:, None])
+        for name in (f"fold{fold}_history.json",):
+            if (members[0] / name).exists():
+                shutil.copyfile(members[0] / name, out / name)
+    return collect_cv(pool, out, folds, suffix="_int8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m convert.pretrained_experiments", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["flip", "frozen-lr", "average"])
+    parser.add_argument("--out", type=Path, required=True, help="the new row's run folder")
+    parser.add_argument("--source", type=Path, help="flip: the fine-tuned row's run folder (its fold weights)")
+    parser.add_argument("--members", help="average: comma-separated run folders")
+    args = parser.parse_args(argv)
+    if args.command == "flip":
+        if args.source is None:
+            parser.error("flip needs --source")
+        metrics = flip_row(args.source, args.out)
+    elif args.command == "frozen-lr":
+        metrics = frozen_lr_row(args.out)
+    else:
+        if not args.members:
+            parser.error("average needs --members")
+        metrics = average_row([Path(m) for m in args.members.split(",")], args.out)
+    from convert.paper_cv import describe_metrics
+
+    print(describe_metrics(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
