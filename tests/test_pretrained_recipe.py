@@ -158,7 +158,7 @@ def test_export_ships_a_fold_model_with_its_map_and_a_card_the_runtime_loads(sma
     assert 0 < hits["chance"] < 1
 
 
-def test_info_names_the_initialisation_and_the_map_hits(small_model, tmp_path):
+def test_info_names_the_initialisation_and_the_map_hits():
     """What `edge-birads info` prints for a card with an initialisation section and lesion-map hits."""
     from edge_birads.card import parse_card
     from edge_birads.card_summary import summarize
