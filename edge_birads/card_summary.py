@@ -8,7 +8,7 @@ verbatim (a test keeps the two identical), so no figure there is typed by hand.
 from __future__ import annotations
 
 from edge_birads import DISCLAIMER
-from edge_birads.card import ModelCard
+from edge_birads.card import ModelCard, decision_rule
 
 
 def _pct(value) -> str:
@@ -53,7 +53,8 @@ def summarize(card: ModelCard) -> str:
     lines = [
         f"Model `{card.name}`: {data.get('description', '')}",
         "",
-        f"- Labels: {', '.join(card.labels)}; referral when P({card.malignant_label}) >= {card.referral_threshold:.4f}.",
+        f"- Labels: {', '.join(card.labels)}.",
+        f"- Decision, one per image: {decision_rule(card.malignant_label, card.referral_threshold)}.",
         f"- Input: {spec.width}x{spec.height} grayscale, {data.get('input', {}).get('dtype', '?')}; "
         f"crop to breast: {'yes' if spec.crop_to_breast else 'no'}; CLAHE: {spec.clahe_clip_limit or 'no'}.",
         f"- sha256: `{card.sha256}`",

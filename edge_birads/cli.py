@@ -16,7 +16,7 @@ import click
 from edge_birads import DISCLAIMER, __version__
 from edge_birads.errors import ModelError, printable_name
 from edge_birads.limits import DEFAULT_LIMITS
-from edge_birads.output import FORMATS, TableWriter, csv_header, csv_line, jsonl_line
+from edge_birads.output import FORMATS, TableWriter, csv_header, csv_line, jsonl_line, rule_summary
 
 
 class ModelLoadError(click.ClickException):
@@ -68,9 +68,10 @@ def classify(
 
     limits = replace(DEFAULT_LIMITS, max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 2**20), max_seconds=time_limit)
     classifier = load_classifier(model, threads, limits)
-    table = TableWriter(click.echo, classifier.card.malignant_label) if fmt == "table" else None
+    card = classifier.card
+    table = TableWriter(click.echo, card.labels, card.malignant_label) if fmt == "table" else None
     if fmt == "csv":
-        click.echo(csv_header())
+        click.echo(csv_header(card.labels))
     seen = failed = 0
     for path in iter_input_files(list(paths), recursive=recursive):
         result = classifier.classify_file(path)
@@ -83,14 +84,11 @@ def classify(
         elif fmt == "jsonl":
             click.echo(jsonl_line(result))
         else:
-            click.echo(csv_line(result))
+            click.echo(csv_line(result, card.labels))
     if seen == 0:
         click.echo("error: no image files found in " + ", ".join(map(printable_name, paths)), err=True)
         sys.exit(1)
-    summary = (
-        f"{seen - failed} of {seen} files classified; referral threshold "
-        f"{classifier.card.referral_threshold:.3f} on P({classifier.card.malignant_label}). {DISCLAIMER}"
-    )
+    summary = f"{seen - failed} of {seen} files classified; {rule_summary(card.rule, card.malignant_label)}. {DISCLAIMER}"
     if fmt == "table":
         click.echo(summary)
     else:

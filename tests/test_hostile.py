@@ -115,10 +115,10 @@ def test_valid_files_in_the_same_run_are_classified(hostile):
     for case in hostile["cases"]:
         record = records[printable_name(hostile["folder"] / case.name)]
         if case.ok:
-            assert record["error"] is None and record["label"] in labels, case.name
+            assert record["error"] is None and record["group"] in labels, case.name
             assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
         else:
-            assert record["label"] is None and record["probabilities"] is None and re.search(case.reason, record["error"]), case.name
+            assert record["group"] is None and record["probabilities"] is None and re.search(case.reason, record["error"]), case.name
 
 
 def test_memory_stays_bounded_across_the_bombs(hostile):
