@@ -27,9 +27,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from edge_birads import DISCLAIMER, __version__
+from edge_birads.progress import Progress
 
 # The paper's reported figures (see /work/shared/paper): per-inference time and RAM.
 PAPER = {"seconds_per_image": 0.12, "rss_mb": 127.0, "baseline_rss_mb": 450.0}
@@ -139,27 +140,6 @@ def child_env() -> dict[str, str]:
     if not any(part in ("site-packages", "dist-packages") for part in Path(root).parts):
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
-
-
-class Progress:
-    """A plain one-line progress bar on stderr, drawn only on a terminal."""
-
-    def __init__(self, stream: TextIO, enabled: bool) -> None:
-        self.stream = stream
-        self.enabled = enabled
-        self.last = 0.0
-
-    def update(self, label: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if not self.enabled or (done < total and now - self.last < 0.1):
-            return
-        self.last = now
-        width = 30
-        filled = width * done // max(total, 1)
-        self.stream.write(f"\r{label:<16} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-        if done >= total:
-            self.stream.write("\n")
-        self.stream.flush()
 
 
 def run_child(job: dict, progress: Progress | None = None, label: str = "") -> tuple[dict | None, float | None, str | None]:
@@ -456,8 +436,9 @@ def bench_command(model: str | None, images_dir: str | None, n: int, warmup: int
 
     from edge_birads.card import load_card
     from edge_birads.classifier import default_model_path
-    from edge_birads.cli import ModelLoadError
+    from edge_birads.cli import ModelLoadError, NoImagesError
     from edge_birads.errors import ModelError
+    from edge_birads.inputs import no_images_message
 
     model_path = Path(model) if model else default_model_path()
     try:
@@ -468,7 +449,7 @@ def bench_command(model: str | None, images_dir: str | None, n: int, warmup: int
         if images_dir:
             images = images_in(Path(images_dir))
             if not images:
-                raise click.UsageError(f"no image files found in {images_dir}")
+                raise NoImagesError(no_images_message([images_dir], recursive=True))
             source = f"{len(images)} image(s) from {images_dir}, repeated"
         else:
             images, source = default_images(Path(scratch))

@@ -2,8 +2,8 @@
 
 User mistakes (a bad model path, no usable input) are ``click`` errors with a
 one-line message; a bad image is reported on its own line and the run goes on.
-Exit codes: 0 all files classified, 1 any file failed or the model could not
-be loaded, 2 usage errors.
+Exit codes, the same for every command: 0 all files done, 1 any file failed, no
+image found or the model could not be loaded, 2 usage errors, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -14,15 +14,25 @@ from dataclasses import replace
 import click
 
 from edge_birads import DISCLAIMER, __version__
-from edge_birads.errors import ModelError, printable_name
+from edge_birads.errors import ModelError
 from edge_birads.limits import DEFAULT_LIMITS
 from edge_birads.output import FORMATS, TableWriter, csv_header, csv_line, jsonl_line, rule_summary
+from edge_birads.progress import Progress
 
 
 class ModelLoadError(click.ClickException):
     """A model that cannot be loaded: exit code 1 with a one-line message."""
 
     exit_code = 1
+
+
+class NoImagesError(click.ClickException):
+    """Nothing to classify or time in the paths given: exit code 1, as for a file that failed."""
+
+    exit_code = 1
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
 
 
 def load_classifier(model: str | None, threads: int, limits=None):
@@ -64,30 +74,43 @@ def classify(
     Prints one result per file. A file that cannot be read gets a one-line
     error and the others go on; the exit code is then 1.
     """
-    from edge_birads.inputs import iter_input_files
+    from edge_birads.inputs import iter_input_files, no_images_message
 
-    limits = replace(DEFAULT_LIMITS, max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 2**20), max_seconds=time_limit)
-    classifier = load_classifier(model, threads, limits)
-    card = classifier.card
-    table = TableWriter(click.echo, card.labels, card.malignant_label) if fmt == "table" else None
-    if fmt == "csv":
-        click.echo(csv_header(card.labels))
+    progress = Progress(sys.stderr, sys.stderr.isatty(), unit="files")
+    files: list = []
     seen = failed = 0
-    for path in iter_input_files(list(paths), recursive=recursive):
-        result = classifier.classify_file(path)
-        seen += 1
-        if not result.ok:
-            failed += 1
-            click.echo(f"error: {result.file}: {result.error}", err=True)
-        if table is not None:
-            table.write(result)
-        elif fmt == "jsonl":
-            click.echo(jsonl_line(result))
-        else:
-            click.echo(csv_line(result, card.labels))
-    if seen == 0:
-        click.echo("error: no image files found in " + ", ".join(map(printable_name, paths)), err=True)
-        sys.exit(1)
+    try:
+        files = list(iter_input_files(list(paths), recursive=recursive))
+        if not files:
+            raise NoImagesError(no_images_message(paths, recursive))
+        limits = replace(DEFAULT_LIMITS, max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 2**20), max_seconds=time_limit)
+        classifier = load_classifier(model, threads, limits)
+        card = classifier.card
+        table = TableWriter(click.echo, card.labels, card.malignant_label) if fmt == "table" else None
+        if fmt == "csv":
+            click.echo(csv_header(card.labels))
+        for path in files:
+            progress.update("classifying", seen, len(files))
+            result = classifier.classify_file(path)
+            progress.clear()
+            if not result.ok:
+                click.echo(f"error: {result.file}: {result.error}", err=True)
+            if table is not None:
+                table.write(result)
+            elif fmt == "jsonl":
+                click.echo(jsonl_line(result))
+            else:
+                click.echo(csv_line(result, card.labels))
+            seen, failed = seen + 1, failed + (not result.ok)  # counted once printed: an interrupt never over-counts
+        progress.update("classifying", seen, len(files))
+    except KeyboardInterrupt:
+        progress.clear()
+        click.echo(
+            f"interrupted: {seen} of {len(files)} files done ({seen - failed} classified, {failed} failed, "
+            f"their results above are complete); {len(files) - seen} not read.",
+            err=True,
+        )
+        sys.exit(EXIT_INTERRUPTED)
     summary = f"{seen - failed} of {seen} files classified; {rule_summary(card.rule, card.malignant_label)}. {DISCLAIMER}"
     if fmt == "table":
         click.echo(summary)

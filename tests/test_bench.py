@@ -118,10 +118,10 @@ def test_without_tensorflow_the_float_engines_are_skipped_with_the_reason(tmp_pa
     assert report["targets"]["time_ratio"]["met"] is None
 
 
-def test_an_image_folder_without_images_is_a_usage_error(tmp_path):
+def test_an_image_folder_without_images_fails_as_classify_does(tmp_path):
     result = run("--images", str(tmp_path))
-    assert result.exit_code == 2
-    assert "no image files found" in result.output
+    classify = CliRunner().invoke(cli, ["classify", str(tmp_path)])
+    assert (result.exit_code, result.stderr) == (classify.exit_code, classify.stderr) == (1, f"Error: no image files found in {tmp_path}\n")
 
 
 def test_percentiles_match_hand_computed_values():

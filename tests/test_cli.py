@@ -106,7 +106,7 @@ def test_missing_file_exit_code_and_message(tmp_path):
 def test_empty_folder_is_an_error(tmp_path):
     result = run("classify", str(tmp_path))
     assert result.exit_code == 1
-    assert result.stderr.strip() == f"error: no image files found in {tmp_path}"
+    assert result.stderr == f"Error: no image files found in {tmp_path}\n"
 
 
 SUMMARY = (
