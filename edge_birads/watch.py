@@ -40,7 +40,8 @@ from pathlib import Path
 from edge_birads import __version__
 from edge_birads.durable import free_name, move_no_replace, read_json, sweep_temporaries, write_json_atomic
 from edge_birads.decode import BROKEN_LINK, decode_key
-from edge_birads.errors import ModelError, printable_name
+from edge_birads.errors import InputError, ModelError, printable_name
+from edge_birads.limits import check_file_size
 from edge_birads.output import describe
 from edge_birads.watch_config import StartupError, WatchConfig, prepare_folders
 from edge_birads.watch_inbox import EventSource, InboxTracker, probe
@@ -295,9 +296,10 @@ class WatchDaemon:
             return self.quarantine(name, None, "is a directory, not an image file")
         if mode != stat.S_IFREG:
             return self.quarantine(name, None, "not a regular file (a pipe, socket or device)")
-        limit = self.classifier.limits.max_file_bytes
-        if size > limit:
-            return self.quarantine(name, None, f"file is {size} bytes, over the limit of {limit}")
+        try:
+            check_file_size(size, self.classifier.limits)
+        except InputError as exc:
+            return self.quarantine(name, None, exc.reason)
         self.activity.context = f"hashing {shown}"
         try:
             sha = hash_file(path)
