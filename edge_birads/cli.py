@@ -122,7 +122,7 @@ def classify(
 
 @cli.command()
 @click.option("--model", type=click.Path(dir_okay=False), default=None, help="The int8 .tflite model (card beside it). Default: the bundled model.")
-@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None, help="Folder of images. Default: the bundled samples.")
+@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None, help="Folder of images (read recursively). Default: the two sample mammograms installed with edge-birads.")
 @click.option("--n", type=click.IntRange(1), default=100, show_default=True, help="Timed images per engine (the images repeat).")
 @click.option("--warmup", type=click.IntRange(0), default=10, show_default=True, help="Untimed images per engine after the first.")
 @click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True, help="Interpreter (and TensorFlow) threads.")
