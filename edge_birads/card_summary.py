@@ -39,7 +39,8 @@ def _recipe_cross_validation(section: dict | None) -> list[str]:
             f"({_num(ci[0])}-{_num(ci[1])}) | {_num(m.get('auc_per_fold_mean'))} ± {_num(m.get('auc_per_fold_sd'))} "
             f"| {_pct(m.get('sensitivity_at_70_specificity'))} | {_pct(m.get('referral_sensitivity'))} | {_pct(m.get('referral_specificity'))} |"
         )
-    lines += ["", f"Reproduce: `{section.get('command', '-')}`."]
+    lines += ["", f"Reproduce (from a source checkout with `pip install -e '.[train]'`: `convert/` is not part of the installed "
+              f"package): `{section.get('command', '-')}`."]
     return lines
 
 

@@ -242,3 +242,13 @@ def test_the_bundled_card_states_the_decision_rule_the_runtime_applies():
     assert CARD.extra["referral"]["decision_rule"] == decision_rule(CARD.malignant_label, CARD.referral_threshold)
     info = run("info")
     assert f"- Decision, one per image: {decision_rule(CARD.malignant_label, CARD.referral_threshold)}." in info.stdout.splitlines()
+
+
+def test_info_says_reproducing_needs_a_source_checkout():
+    lines = run("info").stdout.splitlines()
+    command = CARD.extra["metrics"]["recipe_cross_validation"]["command"]
+    assert command.startswith("python -m convert")
+    assert [line for line in lines if "python -m convert" in line] == [
+        "Reproduce (from a source checkout with `pip install -e '.[train]'`: `convert/` is not part of the installed package): "
+        f"`{command}`."
+    ]
