@@ -410,7 +410,7 @@ def bench_command(model: str | None, images_dir: str | None, n: int, warmup: int
 
     from edge_birads.card import load_card
     from edge_birads.classifier import default_model_path
-    from edge_birads.cli import ModelLoadError, NoImagesError
+    from edge_birads.cli import EXIT_INTERRUPTED, ModelLoadError, NoImagesError
     from edge_birads.errors import ModelError
     from edge_birads.inputs import no_images_message
 
@@ -429,7 +429,13 @@ def bench_command(model: str | None, images_dir: str | None, n: int, warmup: int
             images, source = default_images(Path(scratch))
         settings = BenchSettings(model_path, images, source, n, warmup, threads,
                                  Path(float_model) if float_model else None)
-        report = run_bench(settings, Progress(sys.stderr, sys.stderr.isatty()))
+        progress = Progress(sys.stderr, sys.stderr.isatty())
+        try:
+            report = run_bench(settings, progress)
+        except KeyboardInterrupt:
+            progress.clear()
+            click.echo("interrupted: no report (every engine's figures are needed for the comparison).", err=True)
+            sys.exit(EXIT_INTERRUPTED)
     if fmt == "json":
         click.echo(json.dumps(report, indent=2))
     else:

@@ -196,3 +196,13 @@ def test_an_installed_wheel_benches_its_own_sample_images(tmp_path):
     assert report["settings"]["images"] == [str(samples / "cbis-P00173-left-cc-benign.png"), str(samples / "cbis-P00820-left-cc-malignant.png")]
     assert report["settings"]["image_source"].startswith("the 2 sample mammograms installed with edge-birads")
     check_ok_engine(report["engines"][0])
+
+
+def test_ctrl_c_exits_130_as_classify_does(monkeypatch):
+    def interrupted(settings, progress):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run_bench", interrupted)
+    result = run("--n", "1")
+    assert (result.exit_code, result.stdout) == (130, "")
+    assert result.stderr == "interrupted: no report (every engine's figures are needed for the comparison).\n"
