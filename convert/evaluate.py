@@ -20,7 +20,7 @@ from convert import export
 from convert.metrics import evaluate_probabilities, sensitivity_specificity, threshold_for_sensitivity
 from convert.train import RunData, TrainConfig
 from edge_birads import DISCLAIMER
-from edge_birads.card import CARD_SCHEMA_VERSION, card_path_for, load_card, parse_card, sha256_of
+from edge_birads.card import CARD_SCHEMA_VERSION, card_path_for, decision_rule, load_card, parse_card, sha256_of
 
 log = logging.getLogger("convert.evaluate")
 
@@ -234,7 +234,7 @@ def build_card(
         "input": model.input_spec.__dict__,
         "output": model.output_spec.__dict__,
         "preprocessing": data.spec.to_dict(),
-        "referral": evaluation["referral"],
+        "referral": {**evaluation["referral"], "decision_rule": decision_rule(malignant, evaluation["referral"]["threshold"])},
         "training": {
             "command": command,
             "config": config.to_dict(),
@@ -297,6 +297,7 @@ def summary_markdown(card: dict) -> str:
     ref = card["referral"]
     lines += [
         f"Referral threshold {ref['threshold']:.4f} ({ref['method']}).",
+        f"Decision: {decision_rule(card['malignant_label'], ref['threshold'])}.",
         f"Validation sensitivity {_fmt(ref['validation_sensitivity'])}, specificity {_fmt(ref['validation_specificity'])}; "
         f"test sensitivity {_fmt(ref['test_sensitivity'])}, specificity {_fmt(ref['test_specificity'])}.",
         "",

@@ -132,7 +132,7 @@ def build_card(
     """The model card (the fields of card_example.json) for a lesion-FCN export."""
     from pathlib import Path
 
-    from edge_birads.card import CARD_SCHEMA_VERSION, sha256_of
+    from edge_birads.card import CARD_SCHEMA_VERSION, decision_rule, sha256_of
 
     tflite_path = Path(tflite_path)
     runner = Int8Runner(tflite_path.read_bytes())
@@ -151,7 +151,7 @@ def build_card(
         "input": quant["input"],
         "output": quant["output"],
         "preprocessing": pool.spec.to_dict(),
-        "referral": referral,
+        "referral": {**referral, "decision_rule": decision_rule("BI-RADS 4-5", referral["threshold"])},
         "training": {
             "command": command,
             "config": config,

@@ -16,6 +16,7 @@ from typing import Any
 
 from edge_birads.errors import ModelError
 from edge_birads.preprocess import PreprocessSpec
+from edge_birads.results import REFER, ROUTINE, Rule
 
 CARD_SCHEMA_VERSION = 1
 
@@ -35,6 +36,25 @@ class ModelCard:
     @property
     def malignant_index(self) -> int:
         return self.labels.index(self.malignant_label)
+
+    @property
+    def rule(self) -> Rule:
+        """What every record carries: the model and the threshold its decision used."""
+        return Rule(self.name, self.sha256, self.referral_threshold)
+
+
+def decision_rule(malignant_label: str, threshold: float) -> str:
+    """The one rule that turns a model's probabilities into what is reported, in words.
+
+    Card writers store it in the card (``referral.decision_rule``); ``edge-birads info``
+    and the README show it; :func:`edge_birads.classifier.to_prediction` applies it.
+    """
+    return (
+        f"'{REFER}' when the suspicion score (the probability of {malignant_label}) is >= {threshold:.4f}, "
+        f"else '{ROUTINE}'; the group reported never contradicts the decision: a referred image "
+        f"is reported as {malignant_label} even when another group is more likely (the threshold is set low, for "
+        f"sensitivity), a routine image as the most likely of the other groups; every group's probability is reported too"
+    )
 
 
 def card_path_for(model_path: str | Path) -> Path:

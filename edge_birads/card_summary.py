@@ -8,7 +8,7 @@ verbatim (a test keeps the two identical), so no figure there is typed by hand.
 from __future__ import annotations
 
 from edge_birads import DISCLAIMER
-from edge_birads.card import ModelCard
+from edge_birads.card import ModelCard, decision_rule
 
 
 def _pct(value) -> str:
@@ -39,7 +39,8 @@ def _recipe_cross_validation(section: dict | None) -> list[str]:
             f"({_num(ci[0])}-{_num(ci[1])}) | {_num(m.get('auc_per_fold_mean'))} ± {_num(m.get('auc_per_fold_sd'))} "
             f"| {_pct(m.get('sensitivity_at_70_specificity'))} | {_pct(m.get('referral_sensitivity'))} | {_pct(m.get('referral_specificity'))} |"
         )
-    lines += ["", f"Reproduce: `{section.get('command', '-')}`."]
+    lines += ["", f"Reproduce (from a source checkout with `pip install -e '.[train]'`: `convert/` is not part of the installed "
+              f"package): `{section.get('command', '-')}`."]
     return lines
 
 
@@ -53,7 +54,8 @@ def summarize(card: ModelCard) -> str:
     lines = [
         f"Model `{card.name}`: {data.get('description', '')}",
         "",
-        f"- Labels: {', '.join(card.labels)}; referral when P({card.malignant_label}) >= {card.referral_threshold:.4f}.",
+        f"- Labels: {', '.join(card.labels)}.",
+        f"- Decision, one per image: {decision_rule(card.malignant_label, card.referral_threshold)}.",
         f"- Input: {spec.width}x{spec.height} grayscale, {data.get('input', {}).get('dtype', '?')}; "
         f"crop to breast: {'yes' if spec.crop_to_breast else 'no'}; CLAHE: {spec.clahe_clip_limit or 'no'}.",
         f"- sha256: `{card.sha256}`",

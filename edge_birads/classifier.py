@@ -30,7 +30,11 @@ def default_model_path() -> Path:
 
 
 def to_prediction(probabilities: np.ndarray, card: ModelCard) -> Prediction:
-    """Probabilities (renormalised to sum to 1) -> label, malignancy score, referral flag."""
+    """Probabilities (renormalised to sum to 1) -> the card's decision rule (see card.decision_rule).
+
+    Referral when the suspicion score P(malignant label) is at or above the threshold; the
+    group is then the malignant label, else the most likely of the other labels.
+    """
     probabilities = np.clip(np.asarray(probabilities, dtype=np.float64).reshape(-1), 0.0, None)
     total = probabilities.sum()
     if total <= 0:
@@ -38,11 +42,17 @@ def to_prediction(probabilities: np.ndarray, card: ModelCard) -> Prediction:
     else:
         probabilities = probabilities / total
     score = float(probabilities[card.malignant_index])
+    referral = score >= card.referral_threshold
+    if referral:
+        group = card.malignant_label
+    else:
+        others = [i for i in range(len(card.labels)) if i != card.malignant_index]
+        group = card.labels[max(others, key=lambda i: probabilities[i])]
     return Prediction(
-        label=card.labels[int(np.argmax(probabilities))],
+        referral=referral,
+        group=group,
+        suspicion_score=round(score, 6),
         probabilities={label: round(float(p), 6) for label, p in zip(card.labels, probabilities)},
-        malignancy_score=round(score, 6),
-        referral=score >= card.referral_threshold,
     )
 
 
@@ -89,6 +99,10 @@ class Classifier:
     @property
     def sha256(self) -> str:
         return self.card.sha256
+
+    def failure(self, name: str, reason: str) -> Result:
+        """The record of a file that could not be classified (prediction fields null, rule kept)."""
+        return Result(file=name, rule=self.card.rule, latency_ms=None, error=reason)
 
     def predict(self, tensor: np.ndarray) -> np.ndarray:
         """Run one preprocessed (H, W, 1) float image; return class probabilities."""
@@ -145,11 +159,11 @@ class Classifier:
                 tensor = prepare(image, spec)
                 box = crop_box(image, spec) if want_map else None
         except InputError as exc:
-            return Result(file=name, model_sha256=self.sha256, latency_ms=None, error=exc.reason), None
+            return self.failure(name, exc.reason), None
         except MemoryError:  # the size limits should prevent this; if not, it is this file's failure
-            return Result(file=name, model_sha256=self.sha256, latency_ms=None, error="out of memory while decoding (lower --max-pixels)"), None
+            return self.failure(name, "out of memory while decoding (lower --max-pixels)"), None
         probabilities, values = self.predict_with_map(tensor) if want_map else (self.predict(tensor), None)
         prediction = to_prediction(probabilities, self.card)
         latency = round((time.perf_counter() - started) * 1000.0, 3)
-        result = Result(file=name, model_sha256=self.sha256, latency_ms=latency, prediction=prediction)
+        result = Result(file=name, rule=self.card.rule, latency_ms=latency, prediction=prediction)
         return result, (None if values is None else LesionMap(image, values, box))

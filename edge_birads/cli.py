@@ -2,8 +2,8 @@
 
 User mistakes (a bad model path, no usable input) are ``click`` errors with a
 one-line message; a bad image is reported on its own line and the run goes on.
-Exit codes: 0 all files classified, 1 any file failed or the model could not
-be loaded, 2 usage errors.
+Exit codes, the same for every command: 0 all files done, 1 any file failed, no
+image found or the model could not be loaded, 2 usage errors, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -15,16 +15,26 @@ from pathlib import Path
 import click
 
 from edge_birads import DISCLAIMER, __version__
-from edge_birads.errors import ModelError, printable_name
+from edge_birads.errors import ModelError
 from edge_birads.heatmap import HeatmapWriter
 from edge_birads.limits import DEFAULT_LIMITS
-from edge_birads.output import FORMATS, TableWriter, csv_header, csv_line, jsonl_line
+from edge_birads.output import FORMATS, TableWriter, csv_header, csv_line, jsonl_line, rule_summary
+from edge_birads.progress import Progress
 
 
 class ModelLoadError(click.ClickException):
     """A model that cannot be loaded: exit code 1 with a one-line message."""
 
     exit_code = 1
+
+
+class NoImagesError(click.ClickException):
+    """Nothing to classify or time in the paths given: exit code 1, as for a file that failed."""
+
+    exit_code = 1
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
 
 
 def load_classifier(model: str | None, threads: int, limits=None):
@@ -69,43 +79,54 @@ def classify(
     Prints one result per file. A file that cannot be read gets a one-line
     error and the others go on; the exit code is then 1.
     """
-    from edge_birads.inputs import iter_input_files
+    from edge_birads.inputs import iter_input_files, no_images_message
 
-    limits = replace(DEFAULT_LIMITS, max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 2**20), max_seconds=time_limit)
-    classifier = load_classifier(model, threads, limits)
-    heatmaps = None
-    if heatmap_dir is not None:
-        if not classifier.has_lesion_map:
-            raise click.ClickException(f"model {classifier.card.name} has no lesion map: --heatmap needs a model that outputs one")
-        heatmaps = HeatmapWriter(Path(heatmap_dir), classifier.card)
-    table = TableWriter(click.echo, classifier.card.malignant_label) if fmt == "table" else None
-    if fmt == "csv":
-        click.echo(csv_header())
+    progress = Progress(sys.stderr, sys.stderr.isatty(), unit="files")
+    files: list = []
     seen = failed = 0
-    for path in iter_input_files(list(paths), recursive=recursive):
-        if heatmaps is None:
-            result = classifier.classify_file(path)
-        else:
-            result, lesion_map = classifier.explain_file(path)
-            if lesion_map is not None:
-                heatmaps.write(result, lesion_map)
-        seen += 1
-        if not result.ok:
-            failed += 1
-            click.echo(f"error: {result.file}: {result.error}", err=True)
-        if table is not None:
-            table.write(result)
-        elif fmt == "jsonl":
-            click.echo(jsonl_line(result))
-        else:
-            click.echo(csv_line(result))
-    if seen == 0:
-        click.echo("error: no image files found in " + ", ".join(map(printable_name, paths)), err=True)
-        sys.exit(1)
-    summary = (
-        f"{seen - failed} of {seen} files classified; referral threshold "
-        f"{classifier.card.referral_threshold:.3f} on P({classifier.card.malignant_label}). {DISCLAIMER}"
-    )
+    try:
+        files = list(iter_input_files(list(paths), recursive=recursive))
+        if not files:
+            raise NoImagesError(no_images_message(paths, recursive))
+        limits = replace(DEFAULT_LIMITS, max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 2**20), max_seconds=time_limit)
+        classifier = load_classifier(model, threads, limits)
+        card = classifier.card
+        heatmaps = None
+        if heatmap_dir is not None:
+            if not classifier.has_lesion_map:
+                raise click.ClickException(f"model {card.name} has no lesion map: --heatmap needs a model that outputs one")
+            heatmaps = HeatmapWriter(Path(heatmap_dir), card)
+        table = TableWriter(click.echo, card.labels, card.malignant_label) if fmt == "table" else None
+        if fmt == "csv":
+            click.echo(csv_header(card.labels))
+        for path in files:
+            progress.update("classifying", seen, len(files))
+            if heatmaps is None:
+                result = classifier.classify_file(path)
+            else:
+                result, lesion_map = classifier.explain_file(path)
+                if lesion_map is not None:
+                    heatmaps.write(result, lesion_map)
+            progress.clear()
+            if not result.ok:
+                click.echo(f"error: {result.file}: {result.error}", err=True)
+            if table is not None:
+                table.write(result)
+            elif fmt == "jsonl":
+                click.echo(jsonl_line(result))
+            else:
+                click.echo(csv_line(result, card.labels))
+            seen, failed = seen + 1, failed + (not result.ok)  # counted once printed: an interrupt never over-counts
+        progress.update("classifying", seen, len(files))
+    except KeyboardInterrupt:
+        progress.clear()
+        click.echo(
+            f"interrupted: {seen} of {len(files)} files done ({seen - failed} classified, {failed} failed, "
+            f"their results above are complete); {len(files) - seen} not read.",
+            err=True,
+        )
+        sys.exit(EXIT_INTERRUPTED)
+    summary = f"{seen - failed} of {seen} files classified; {rule_summary(card.rule, card.malignant_label)}. {DISCLAIMER}"
     if fmt == "table":
         click.echo(summary)
     else:
@@ -116,7 +137,7 @@ def classify(
 
 @cli.command()
 @click.option("--model", type=click.Path(dir_okay=False), default=None, help="The int8 .tflite model (card beside it). Default: the bundled model.")
-@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None, help="Folder of images. Default: the bundled samples.")
+@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None, help="Folder of images (read recursively). Default: the two sample mammograms installed with edge-birads.")
 @click.option("--n", type=click.IntRange(1), default=100, show_default=True, help="Timed images per engine (the images repeat).")
 @click.option("--warmup", type=click.IntRange(0), default=10, show_default=True, help="Untimed images per engine after the first.")
 @click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True, help="Interpreter (and TensorFlow) threads.")

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from edge_birads.errors import InputError
-from edge_birads.limits import DEFAULT_LIMITS, DecodeLimits, check_size  # noqa: F401 - re-exported
+from edge_birads.limits import DEFAULT_LIMITS, DecodeLimits, check_file_size, check_size  # noqa: F401 - re-exported
 from edge_birads.quiet import captured_stderr
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm", ".pnm", ".ppm", ".bmp", ".dcm", ".dicom"})
@@ -48,8 +48,7 @@ def read_file(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> np.nda
         size = info.st_size
         if size == 0:
             raise InputError("empty file (0 bytes)", path)
-        if size > limits.max_file_bytes:
-            raise InputError(f"file is {size} bytes, over the limit of {limits.max_file_bytes}", path)
+        check_file_size(size, limits)
         with open(path, "rb") as handle:
             # read(n) reserves n bytes up front: ask for what stat saw (+1 notices a file still growing),
             # not the limit, which would reserve 512 MB of address space per file on a 32-bit Pi.
@@ -74,8 +73,7 @@ def decode_bytes(data: bytes, suffix: str = "", limits: DecodeLimits = DEFAULT_L
     """Decode an in-memory file; DICOM is recognised by magic or by suffix."""
     if not data:
         raise InputError("empty file (0 bytes)")
-    if len(data) > limits.max_file_bytes:
-        raise InputError(f"file is {len(data)} bytes, over the limit of {limits.max_file_bytes}")
+    check_file_size(len(data), limits)
     if is_dicom_bytes(data[: DICOM_MAGIC_OFFSET + 4]):
         return _decode_dicom(data, limits)
     kind = raster_format(data)

@@ -12,12 +12,16 @@ import warnings
 
 import numpy as np
 
-from edge_birads.decode import jpeg_dimensions
+from edge_birads.decode import DICOM_MAGIC_OFFSET, is_dicom_bytes, jpeg_dimensions
 from edge_birads.errors import InputError
 from edge_birads.limits import check_size
 from edge_birads.quiet import captured_stderr
 
 MAMMOGRAPHY_MODALITIES = frozenset({"MG"})
+DICOM_EXTRA = "pip install 'edge-birads[dicom]'"
+NOT_DICOM = "not a DICOM file (no DICM marker and no DICOM image elements)"
+# What any DICOM image has; a file without the DICM marker and without these is not DICOM at all.
+IMAGE_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData", "Rows", "Modality", "SOPClassUID")
 # pydicom inflates a Deflated-syntax file in one unbounded zlib call: a few KB can claim gigabytes.
 DEFLATED_SYNTAX = b"1.2.840.10008.1.2.1.99"
 
@@ -27,7 +31,7 @@ def _pydicom():
         import pydicom
         from pydicom import pixels
     except ImportError:  # pragma: no cover - depends on the install
-        raise InputError("DICOM support needs pydicom: pip install 'edge-birads[dicom]'") from None
+        raise InputError(f"DICOM support needs pydicom: {DICOM_EXTRA}") from None
     return pydicom, pixels
 
 
@@ -51,13 +55,19 @@ def decode_dicom(data: bytes, limits) -> np.ndarray:
 
 def _decode(data: bytes, limits) -> np.ndarray:
     pydicom, pixels = _pydicom()
+    marked = is_dicom_bytes(data[: DICOM_MAGIC_OFFSET + 4])
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=True)
         modality = str(dataset.get("Modality", "") or "").strip().upper()
     except InputError:
         raise  # the time limit fired inside pydicom
     except Exception as exc:  # pydicom raises many types for damaged files
+        if not marked:
+            raise InputError(NOT_DICOM) from None
         raise InputError(f"not a readable DICOM file ({type(exc).__name__})") from None
+    if not marked and not any(keyword in dataset for keyword in IMAGE_KEYWORDS):
+        # Named .dcm, but pydicom's forced read of any bytes finds an element or two of noise.
+        raise InputError(NOT_DICOM)
     if modality and modality not in MAMMOGRAPHY_MODALITIES:
         raise InputError(f"DICOM modality is {modality[:16]!r}, not mammography (MG)")
     if "PixelData" not in dataset and "FloatPixelData" not in dataset and "DoubleFloatPixelData" not in dataset:
@@ -91,6 +101,9 @@ def _decode(data: bytes, limits) -> np.ndarray:
     except Exception as exc:  # missing decoder, short pixel data, bad transfer syntax
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", None) or str(syntax or "unknown")
+        text = " ".join(str(exc).split())
+        if "missing" in text and "dependenc" in text:  # pydicom: every decoder plugin for this syntax lacks its package
+            raise InputError(f"cannot decode DICOM pixel data compressed as {name}: the decoders are not installed ({DICOM_EXTRA})") from None
         raise InputError(f"cannot decode DICOM pixel data (transfer syntax {name}): {_first_words(exc)}") from None
     if array.ndim != 2:
         raise InputError(f"DICOM pixel data has shape {array.shape}, expected one 2-D frame")

@@ -104,13 +104,10 @@ def heatmap_name(file_name: str, taken: set[str]) -> str:
 
 
 def caption_for(result, card) -> list[str]:
-    """The picture's caption: the file, the decision and the score under the card's threshold (no identifiers)."""
-    p = result.prediction
-    decision = "REFER for review" if p.referral else "routine"
-    return [
-        f"{result.file}",
-        f"{decision}: P({card.malignant_label}) {p.malignancy_score:.3f}, threshold {card.referral_threshold:.3f}; model {card.name}",
-    ]
+    """The picture's caption: the file, then the record's decision and score in the log's words (no identifiers)."""
+    from edge_birads.output import describe
+
+    return [f"{result.file}", f"{describe(result.to_dict())}; model {card.name}"]
 
 
 class HeatmapWriter:

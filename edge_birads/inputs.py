@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edge_birads.decode import is_candidate_image
+from edge_birads.errors import printable_name
 
 
 def iter_input_files(paths: list[str], recursive: bool = False) -> Iterator[Path]:
@@ -61,3 +62,12 @@ def _is_file(entry: os.DirEntry) -> bool:
         return entry.is_file()
     except OSError:
         return False
+
+
+def no_images_message(paths: list[str] | tuple[str, ...], recursive: bool) -> str:
+    """Why nothing was found, and the fix when it is only a missing -r."""
+    message = "no image files found in " + ", ".join(map(printable_name, paths))
+    folders = [raw for raw in paths if Path(raw).is_dir()]
+    if not recursive and folders and next(iter_input_files(folders, recursive=True), None) is not None:
+        message += " (there are images in sub-folders: add -r to read them)"
+    return message

@@ -22,6 +22,20 @@ class DecodeLimits:
     max_seconds: float = 60.0  # per-file decode + preprocess time limit (0 = none); see deadline.py
 
 
+def file_size(size: int) -> str:
+    """A size a person reads at a glance, with the exact byte count beside it."""
+    if size < 1024:
+        return f"{size} bytes"
+    scaled, unit = (size / 2**20, "MiB") if size >= 2**20 else (size / 1024, "KiB")
+    return f"{scaled:.1f} {unit} ({size} bytes)"
+
+
+def check_file_size(size: int, limits: DecodeLimits) -> None:
+    """Refuse a file larger than the limit (--max-file-mb) before reading it; both sizes with their units."""
+    if size > limits.max_file_bytes:
+        raise InputError(f"file is {file_size(size)}, over the limit of {file_size(limits.max_file_bytes)}")
+
+
 def check_size(width: int, height: int, limits: DecodeLimits) -> None:
     """Refuse sizes no mammogram has, before any pixel is decoded when the header allows."""
     if width <= 0 or height <= 0:

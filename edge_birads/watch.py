@@ -40,7 +40,9 @@ from pathlib import Path
 from edge_birads import __version__
 from edge_birads.durable import free_name, move_no_replace, read_json, sweep_temporaries, write_json_atomic
 from edge_birads.decode import BROKEN_LINK, decode_key
-from edge_birads.errors import ModelError, printable_name
+from edge_birads.errors import InputError, ModelError, printable_name
+from edge_birads.limits import check_file_size
+from edge_birads.output import describe
 from edge_birads.watch_config import StartupError, WatchConfig, prepare_folders
 from edge_birads.watch_inbox import EventSource, InboxTracker, probe
 from edge_birads.watch_log import EventLog
@@ -294,9 +296,10 @@ class WatchDaemon:
             return self.quarantine(name, None, "is a directory, not an image file")
         if mode != stat.S_IFREG:
             return self.quarantine(name, None, "not a regular file (a pipe, socket or device)")
-        limit = self.classifier.limits.max_file_bytes
-        if size > limit:
-            return self.quarantine(name, None, f"file is {size} bytes, over the limit of {limit}")
+        try:
+            check_file_size(size, self.classifier.limits)
+        except InputError as exc:
+            return self.quarantine(name, None, exc.reason)
         self.activity.context = f"hashing {shown}"
         try:
             sha = hash_file(path)
@@ -363,11 +366,7 @@ class WatchDaemon:
         record.update(file=shown, sha256=sha, duplicate_of=None, processed_at=utc_now())
         self.write_result(name, sha, result_slot.free, record)
         self.activity.counts.classified += 1
-        referral = "REFER" if record["referral"] else "no referral"
-        self.log.info(
-            f"{shown}: {record['label']}, malignancy score {record['malignancy_score']:.3f}, {referral} "
-            f"({record['latency_ms']:.0f} ms) -> {result_slot.free.name}"
-        )
+        self.log.info(f"{shown}: {describe(record)} ({record['latency_ms']:.0f} ms) -> {result_slot.free.name}")
 
     def write_result(self, name: str, sha: str, target: Path | None, record: dict) -> None:
         """Result durable -> name in the content index -> input to done/. In that order."""
@@ -403,20 +402,8 @@ class WatchDaemon:
         if lookup.found is not None:
             return self.finish_failed(name, sha, lookup.slot, reason, earlier=True)
         shown = printable_name(name)
-        record = {
-            "file": shown,
-            "label": None,
-            "probabilities": None,
-            "malignancy_score": None,
-            "referral": None,
-            "model_sha256": self.classifier.sha256,
-            "latency_ms": None,
-            "error": reason,
-            "sha256": sha,
-            "identity": key,
-            "quarantined_as": lookup.slot,
-            "processed_at": utc_now(),
-        }
+        record = self.classifier.failure(shown, reason).to_dict()
+        record.update(sha256=sha, identity=key, quarantined_as=lookup.slot, processed_at=utc_now())
         self.activity.context = f"quarantining {shown}"
         self.guard_output(f"writing {lookup.free}", lambda: write_json_atomic(lookup.free, record, durable=True))
         self.finish_failed(name, sha, lookup.slot, reason, earlier=False)

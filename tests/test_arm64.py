@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from edge_birads.output import jsonl_line
-from edge_birads.results import RESULT_FIELDS, Prediction, Result
+from edge_birads.results import RESULT_FIELDS, Prediction, Result, Rule
 
 SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "raspberrypi" / "compare_outputs.py"
 SHA = "d5a1cd9cc4d5c8fb32b099b3bfb8bfd207cd1d6ad2afaeac7bdbfc4a7e46eed3"
@@ -33,10 +33,11 @@ def run_output(prefix: str, latency: float, malignant: float = 0.25) -> str:
     """What `classify --format jsonl` prints for two images and one bad file, read from ``prefix``."""
     rest = round((1.0 - malignant) / 2, 6)
     probabilities = {"BI-RADS 1": rest, "BI-RADS 2-3": rest, "BI-RADS 4-5": malignant}
+    rule = Rule("default", SHA, 0.33)
     results = [
-        Result(f"{prefix}/examples/a.png", SHA, latency, Prediction("BI-RADS 1", probabilities, malignant, malignant >= 0.33)),
-        Result(f"{prefix}/dicom/b.dcm", SHA, latency * 2, Prediction("BI-RADS 4-5", {"BI-RADS 1": 0.1, "BI-RADS 2-3": 0.2, "BI-RADS 4-5": 0.7}, 0.7, True)),
-        Result(f"{prefix}/not-an-image.png", SHA, None, error="cannot decode image (not a PNG/JPEG/TIFF/PGM/BMP file)"),
+        Result(f"{prefix}/examples/a.png", rule, latency, Prediction(malignant >= 0.33, "BI-RADS 1", malignant, probabilities)),
+        Result(f"{prefix}/dicom/b.dcm", rule, latency * 2, Prediction(True, "BI-RADS 4-5", 0.7, {"BI-RADS 1": 0.1, "BI-RADS 2-3": 0.2, "BI-RADS 4-5": 0.7})),
+        Result(f"{prefix}/not-an-image.png", rule, None, error="cannot decode image (not a PNG/JPEG/TIFF/PGM/BMP file)"),
     ]
     return "".join(jsonl_line(result) + "\n" for result in results)
 
@@ -67,10 +68,10 @@ def test_one_probability_differing_fails_with_a_readable_diff(compare_outputs, t
     assert code == 1
     assert out.splitlines() == [
         "DIFFERENT: x86_64 vs arm64, 3 vs 3 records",
-        "examples/a.png: probabilities[BI-RADS 4-5]",
+        "examples/a.png: suspicion_score",
         "    x86_64 0.25",
         "    arm64  0.250001",
-        "examples/a.png: malignancy_score",
+        "examples/a.png: probabilities[BI-RADS 4-5]",
         "    x86_64 0.25",
         "    arm64  0.250001",
     ]
@@ -105,7 +106,7 @@ def test_a_referral_flipped_to_a_number_is_a_difference(compare_outputs, tmp_pat
 
 @pytest.mark.parametrize(
     "text, reason",
-    [("{not json\n", "not JSON"), ('{"label": "x"}\n', "no 'file' field"), ('{"file": "a"}\n', "missing field(s) label")],
+    [("{not json\n", "not JSON"), ('{"group": "x"}\n', "no 'file' field"), ('{"file": "a"}\n', "missing field(s) referral")],
 )
 def test_output_that_is_not_classify_jsonl_is_a_usage_error(compare_outputs, tmp_path, capsys, text, reason):
     good = write(tmp_path, "good.jsonl", run_output("in", latency=1.0))

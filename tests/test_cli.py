@@ -31,13 +31,13 @@ def jsonl(output: str) -> list[dict]:
 def check_record(record: dict) -> None:
     assert list(record) == list(RESULT_FIELDS)
     assert record["error"] is None
-    assert record["label"] in CARD.labels
     assert set(record["probabilities"]) == set(CARD.labels)
     assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
-    assert record["label"] == max(record["probabilities"], key=record["probabilities"].get)
-    assert record["malignancy_score"] == record["probabilities"][CARD.malignant_label]
-    assert record["referral"] == (record["malignancy_score"] >= CARD.referral_threshold)
-    assert record["model_sha256"] == CARD.sha256
+    assert record["suspicion_score"] == record["probabilities"][CARD.malignant_label]
+    assert record["referral"] == (record["suspicion_score"] >= CARD.referral_threshold)
+    others = {label: p for label, p in record["probabilities"].items() if label != CARD.malignant_label}
+    assert record["group"] == (CARD.malignant_label if record["referral"] else max(others, key=others.get))
+    assert (record["referral_threshold"], record["model"], record["model_sha256"]) == (CARD.referral_threshold, "default", CARD.sha256)
     assert record["latency_ms"] > 0
 
 
@@ -89,7 +89,8 @@ def test_a_corrupt_file_gets_one_error_line_and_the_rest_still_print(example_png
     assert result.exit_code == 1
     records = jsonl(result.stdout)
     assert [r["error"] is None for r in records] == [True, False, True]
-    assert records[1]["label"] is None and records[1]["probabilities"] is None and records[1]["referral"] is None
+    assert records[1]["group"] is None and records[1]["probabilities"] is None and records[1]["referral"] is None
+    assert (records[1]["referral_threshold"], records[1]["model_sha256"]) == (CARD.referral_threshold, CARD.sha256)
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert error_lines == [f"error: {bad}: truncated PNG (the file ends before its IEND chunk)"]
     assert "Traceback" not in result.output
@@ -105,7 +106,14 @@ def test_missing_file_exit_code_and_message(tmp_path):
 def test_empty_folder_is_an_error(tmp_path):
     result = run("classify", str(tmp_path))
     assert result.exit_code == 1
-    assert result.stderr.strip() == f"error: no image files found in {tmp_path}"
+    assert result.stderr == f"Error: no image files found in {tmp_path}\n"
+
+
+SUMMARY = (
+    f"suspicion score = P({CARD.malignant_label}); refer for review when >= {CARD.referral_threshold:.3f} "
+    f"(model default, sha256 {CARD.sha256[:12]}...). Research use only, not a diagnostic device: a clinician decides."
+)
+HEADER = "DECISION          GROUP        SUSPICION SCORE  P(BI-RADS 1)  P(BI-RADS 2-3)  FILE"
 
 
 def test_table_format(example_pngs, tmp_path):
@@ -113,23 +121,61 @@ def test_table_format(example_pngs, tmp_path):
     bad.write_text("text")
     result = run("classify", str(example_pngs[0]), str(bad))
     assert result.exit_code == 1
-    lines = result.stdout.splitlines()
-    assert lines[0].split() == ["LABEL", *f"P({CARD.malignant_label})".split(), "REFERRAL", "FILE"]
-    assert lines[1].endswith(str(example_pngs[0]))
-    assert lines[2].startswith("ERROR") and lines[2].endswith(f"{bad}: not a readable image (unknown format, or truncated or corrupt)")
-    assert lines[3].startswith("1 of 2 files classified") and "a clinician decides" in lines[3]
+    assert result.stdout.splitlines() == [
+        HEADER,
+        f"routine           BI-RADS 2-3            0.000         0.000           1.000  {example_pngs[0]}",
+        f"ERROR             -                          -             -               -  {bad}: not a readable image (unknown format, or truncated or corrupt)",
+        f"1 of 2 files classified; {SUMMARY}",
+    ]
 
 
-def test_csv_has_the_jsonl_columns_and_values(example_pngs):
-    as_csv = run("classify", "--format", "csv", str(example_pngs[0]))
-    as_jsonl = run("classify", "--format", "jsonl", str(example_pngs[0]))
+def test_a_referred_image_is_never_shown_in_a_lower_group(cbis_dicoms):
+    """CBIS 1-133 is most likely BI-RADS 2-3 (0.891) but its suspicion score 0.109 is over the threshold 0.094."""
+    (dicom,) = [path for path in cbis_dicoms if path.name == "1-133.dcm"]
+    result = run("classify", str(dicom))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        HEADER,
+        f"REFER for review  BI-RADS 4-5            0.109         0.000           0.891  {dicom}",
+        f"1 of 1 files classified; {SUMMARY}",
+    ]
+    record = jsonl(run("classify", "--format", "jsonl", str(dicom)).stdout)[0]
+    assert (record["referral"], record["group"], record["suspicion_score"]) == (True, "BI-RADS 4-5", 0.109375)
+
+
+def test_a_routine_image_is_never_shown_as_suspicious(cbis_dicoms, tmp_path):
+    """The same rule the other way: with a card threshold of 0.95, CBIS 1-281 (P(BI-RADS 4-5) 0.906) is routine, group 2-3."""
+    model = tmp_path / "strict.tflite"
+    shutil.copyfile(default_model_path(), model)
+    card = json.loads(default_model_path().with_suffix(".json").read_text())
+    card["name"], card["referral"]["threshold"] = "strict", 0.95
+    model.with_suffix(".json").write_text(json.dumps(card))
+    (dicom,) = [path for path in cbis_dicoms if path.name == "1-281.dcm"]
+    result = run("classify", "--model", str(model), str(dicom))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1:] == [
+        f"routine           BI-RADS 2-3            0.906         0.000           0.094  {dicom}",
+        f"1 of 1 files classified; suspicion score = P(BI-RADS 4-5); refer for review when >= 0.950 (model strict, sha256 {CARD.sha256[:12]}...). "
+        "Research use only, not a diagnostic device: a clinician decides.",
+    ]
+
+
+def test_csv_has_one_column_per_group_and_the_jsonl_values(example_pngs, tmp_path):
+    bad = tmp_path / "x.png"
+    bad.write_text("text")
+    as_csv = run("classify", "--format", "csv", str(example_pngs[1]), str(bad))
+    records = jsonl(run("classify", "--format", "jsonl", str(example_pngs[1]), str(bad)).stdout)
+    assert as_csv.stdout.splitlines()[0] == (
+        "file,referral,group,suspicion_score,P(BI-RADS 1),P(BI-RADS 2-3),P(BI-RADS 4-5),referral_threshold,model,model_sha256,latency_ms,error"
+    )
     rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
-    record = jsonl(as_jsonl.stdout)[0]
-    assert list(rows[0]) == list(RESULT_FIELDS)
-    assert rows[0]["label"] == record["label"]
-    assert json.loads(rows[0]["probabilities"]) == record["probabilities"]
-    assert rows[0]["referral"] == str(record["referral"]).lower()
-    assert rows[0]["error"] == ""
+    for row, record in zip(rows, records, strict=True):
+        assert not any(cell.startswith("{") for cell in row.values()), "no JSON in a cell"
+        expected = {key: value for key, value in record.items() if key not in ("probabilities", "latency_ms")}
+        expected.update({f"P({label})": p for label, p in (record["probabilities"] or dict.fromkeys(CARD.labels, "")).items()})
+        as_text = {key: "" if v is None else str(v).lower() if isinstance(v, bool) else str(v) for key, v in expected.items()}
+        assert {key: row[key] for key in as_text} == as_text
+    assert rows[0]["referral"] == "true" and rows[0]["P(BI-RADS 4-5)"] == "0.667969"
 
 
 def test_usage_errors_exit_2():
@@ -187,7 +233,22 @@ def test_stderr_holds_only_the_summary_in_a_real_process(example_pngs):
         capture_output=True, text=True, check=False,
     )
     assert completed.returncode == 0
-    assert completed.stderr.splitlines() == [
-        f"1 of 1 files classified; referral threshold {CARD.referral_threshold:.3f} on P({CARD.malignant_label}). "
-        "Research use only, not a diagnostic device: a clinician decides."
+    assert completed.stderr.splitlines() == [f"1 of 1 files classified; {SUMMARY}"]
+
+
+def test_the_bundled_card_states_the_decision_rule_the_runtime_applies():
+    from edge_birads.card import decision_rule
+
+    assert CARD.extra["referral"]["decision_rule"] == decision_rule(CARD.malignant_label, CARD.referral_threshold)
+    info = run("info")
+    assert f"- Decision, one per image: {decision_rule(CARD.malignant_label, CARD.referral_threshold)}." in info.stdout.splitlines()
+
+
+def test_info_says_reproducing_needs_a_source_checkout():
+    lines = run("info").stdout.splitlines()
+    command = CARD.extra["metrics"]["recipe_cross_validation"]["command"]
+    assert command.startswith("python -m convert")
+    assert [line for line in lines if "python -m convert" in line] == [
+        "Reproduce (from a source checkout with `pip install -e '.[train]'`: `convert/` is not part of the installed package): "
+        f"`{command}`."
     ]

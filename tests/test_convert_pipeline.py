@@ -18,7 +18,7 @@ pytest.importorskip("tensorflow", reason="the [train] extra (tensorflow) is not 
 
 from convert import cli, export  # noqa: E402
 from convert import data as D  # noqa: E402
-from edge_birads.card import load_card  # noqa: E402
+from edge_birads.card import decision_rule, load_card  # noqa: E402
 from edge_birads.errors import ModelError  # noqa: E402
 from edge_birads.preprocess import PreprocessSpec  # noqa: E402
 
@@ -50,6 +50,7 @@ def test_build_writes_a_card_the_runtime_accepts(built) -> None:
     assert data["input"]["shape"] == [1, 64, 64, 1] and data["output"]["shape"] == [1, 3]
     assert 0.0 <= data["referral"]["threshold"] <= 1.0
     assert data["referral"]["validation_sensitivity"] >= 0.9
+    assert data["referral"]["decision_rule"] == decision_rule("BI-RADS 4-5", card.referral_threshold)
     pooled = data["metrics"]["test"]["pooled"]
     assert set(pooled["per_class"]) == set(card.labels)
     assert pooled["n_images"] == data["training"]["split"]["test"]["images"] > 0

@@ -43,10 +43,18 @@ def test_round_trip_error_is_at_most_half_a_step():
 def test_prediction_renormalises_and_flags_referral_at_the_threshold():
     prediction = to_prediction(np.array([0.5, 0.25, 0.25], np.float32) * 0.98, CARD)
     assert sum(prediction.probabilities.values()) == pytest.approx(1.0)
-    assert prediction.label == "BI-RADS 1"
-    assert prediction.malignancy_score == pytest.approx(0.25)
+    assert prediction.suspicion_score == pytest.approx(0.25)
     assert prediction.referral is True  # score == threshold refers
-    assert to_prediction(np.array([0.6, 0.2, 0.2]), CARD).referral is False
+    assert prediction.group == "BI-RADS 4-5"  # referred: the suspicious group, though BI-RADS 1 is most likely
+    routine = to_prediction(np.array([0.6, 0.2, 0.2]), CARD)
+    assert (routine.referral, routine.group) == (False, "BI-RADS 1")
+    assert to_prediction(np.array([0.25, 0.5, 0.25]), CARD).group == "BI-RADS 4-5"
+
+
+def test_a_routine_group_is_the_most_likely_of_the_other_groups():
+    strict = ModelCard("t", CARD.labels, CARD.malignant_label, 0.9, CARD.sha256, CARD.preprocessing)
+    routine = to_prediction(np.array([0.05, 0.15, 0.8]), strict)  # BI-RADS 4-5 most likely, but under the threshold
+    assert (routine.referral, routine.group) == (False, "BI-RADS 2-3")
 
 
 def test_all_zero_output_gives_a_uniform_not_a_crash():

