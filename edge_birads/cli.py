@@ -8,6 +8,7 @@ image found or the model could not be loaded, 2 usage errors, 130 interrupted (C
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import click
 
 from edge_birads import DISCLAIMER, __version__
+from edge_birads.breasts import per_breast as per_breast_results
+from edge_birads.breasts import view_of
 from edge_birads.errors import ModelError
 from edge_birads.heatmap import HeatmapWriter
 from edge_birads.limits import DEFAULT_LIMITS
@@ -70,9 +73,12 @@ def cli() -> None:
 @click.option("--heatmap", "heatmap_dir", type=click.Path(file_okay=False), default=None,
               help="Also write one PNG per image into this folder: the image with the model's lesion map overlaid "
               "(needs a model with a lesion map).")
+@click.option("--per-breast", is_flag=True,
+              help="Also report each breast whose views (CC, MLO) were given: the mean of their suspicion scores against the "
+              "same threshold. Views pair by DICOM patient, study date and laterality, or by names ending _CC / _MLO.")
 def classify(
     paths: tuple[str, ...], recursive: bool, fmt: str, model: str | None, threads: int,
-    max_pixels: int, max_file_mb: float, time_limit: float, heatmap_dir: str | None,
+    max_pixels: int, max_file_mb: float, time_limit: float, heatmap_dir: str | None, per_breast: bool,
 ) -> None:
     """Classify mammogram images (PNG, JPEG, TIFF, PGM, BMP, DICOM) or folders of them.
 
@@ -81,9 +87,12 @@ def classify(
     """
     from edge_birads.inputs import iter_input_files, no_images_message
 
+    if per_breast and fmt == "csv":
+        raise click.UsageError("--per-breast is not available with --format csv (a breast's row has other columns): use jsonl or table")
     progress = Progress(sys.stderr, sys.stderr.isatty(), unit="files")
     files: list = []
     seen = failed = 0
+    results, views = [], []
     try:
         files = list(iter_input_files(list(paths), recursive=recursive))
         if not files:
@@ -117,7 +126,12 @@ def classify(
             else:
                 click.echo(csv_line(result, card.labels))
             seen, failed = seen + 1, failed + (not result.ok)  # counted once printed: an interrupt never over-counts
+            if per_breast:
+                results.append(result)
+                views.append(view_of(path))
         progress.update("classifying", seen, len(files))
+        if per_breast:
+            write_breasts(per_breast_results(results, views), fmt)
     except KeyboardInterrupt:
         progress.clear()
         click.echo(
@@ -133,6 +147,18 @@ def classify(
         click.echo(summary, err=True)
     if failed:
         sys.exit(1)
+
+
+def write_breasts(breasts, fmt: str) -> None:
+    """The per-breast records after the per-image ones: JSON lines, or a short section under the table."""
+    if fmt == "jsonl":
+        for breast in breasts:
+            click.echo(json.dumps(breast.to_dict(), ensure_ascii=False))
+        return
+    click.echo("")
+    click.echo("PER BREAST (mean suspicion score of its views):" if breasts else "PER BREAST: no breast with two classified views given.")
+    for breast in breasts:
+        click.echo(breast.describe())
 
 
 @cli.command()
