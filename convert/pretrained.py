@@ -381,7 +381,8 @@ def export_fold(
     model.load_weights(str(run_dir / f"fold{fold}.weights.h5"))
     rng = np.random.default_rng(seed)
     representative = images01(pool, train_idx[rng.choice(train_idx.size, min(REPRESENTATIVE, train_idx.size), replace=False)])
-    flatbuffer = to_tflite_int8(with_lesion_map(model), representative)
+    shipped = with_lesion_map(model)
+    flatbuffer = to_tflite_int8(shipped, representative)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_bytes(flatbuffer)
     labels = ["BI-RADS 1", "BI-RADS 2-3", "BI-RADS 4-5"]
@@ -463,6 +464,8 @@ def export_fold(
         "size_bytes": out_path.stat().st_size,
         "versions": versions(),
         "intended_use": DISCLAIMER + " " + source.note,
+        # The float network's layout (no weights), so `edge-birads bench` can time its Keras baseline.
+        "keras_config": json.loads(shipped.to_json()),
     })
     if (results / row / "metrics_int8.json").exists():
         card["metrics"]["recipe_cross_validation"] = {**recipe_section(row, results), "command": f"python -m convert.pretrained cv --row {row} --out RUNS/{row}"}

@@ -150,6 +150,7 @@ def test_export_ships_a_fold_model_with_its_map_and_a_card_the_runtime_loads(sma
     assert card["initialisation"]["sha256"] == "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
     assert "research use only" in card["intended_use"]
     assert card["parity"]["top1_agreement"] >= 0.95
+    assert card["keras_config"]["class_name"] == "Functional"
     _, val_idx, test_idx = fold_split(pool, TrainConfig(), 0)
     assert card["training"]["split"]["val"]["images"] == val_idx.size
     assert card["metrics"]["test"]["pooled"]["n_images"] == test_idx.size
