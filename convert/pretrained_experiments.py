@@ -99,7 +99,7 @@ def frozen_features(cfg: PretrainedConfig, pool: PreparedPool, cache: Path | Non
     path = None if cache is None else Path(cache) / f"frozen_{cfg.weights}_b{cfg.last_block}_{cfg.height}x{cfg.width}_crop{int(cfg.crop_to_breast)}.npy"
     if path is not None and path.exists():
         return np.load(path)
-    from convert.trunks.mobilenet_v2 import pretrained_trunk
+    from convert.trunks import pretrained_trunk
 
     setup_tensorflow(cfg.seed, cfg.threads)
     trunk = pretrained_trunk((cfg.height, cfg.width, 1), cfg.last_block, cfg.weights)

@@ -69,6 +69,20 @@ def test_frozen_phase_trains_only_the_head_and_finetune_opens_blocks_8_on_but_ne
     assert not any(isinstance(small_model.get_layer(name), layers.BatchNormalization) for name in trainable)
 
 
+def test_efficientnet_lite0_fine_tunes_its_late_blocks_only():
+    pytest.importorskip("tensorflow")
+    from keras import layers
+
+    cfg = replace(SMALL, weights="efficientnet_lite0_imagenet", last_block=10, unfreeze_from=6)
+    model = build_model(cfg, pretrained=False)
+    set_trainable(model, "finetune", cfg.unfreeze_from, cfg.weights)
+    trainable = {layer.name for layer in model.layers if layer.trainable and layer.weights}
+    assert "_blocks_6__expand_conv" in trainable and "_blocks_10__project_conv" in trainable and "head" in trainable
+    assert "_blocks_5__project_conv" not in trainable and "_conv_stem" not in trainable
+    assert not any(isinstance(model.get_layer(name), layers.BatchNormalization) for name in trainable)
+    assert model.get_layer("avg_pool").input.shape[-1] == 112
+
+
 def test_fit_keeps_the_best_validation_epoch_and_reports_both_sources(small_model):
     pool = synthetic_pool()
     train, val = np.arange(0, 18), np.arange(18, 24)

