@@ -68,3 +68,22 @@ def test_view_keys_by_name_keep_folders_apart(tmp_path):
     assert a.key != b.key and a.label == b.label == "s1"
     assert name_view(tmp_path / "s1.png") is None
     assert view_of(tmp_path / "s2 MLO.jpeg").view == "MLO"
+
+
+def test_dicom_views_pair_by_patient_date_and_side_not_by_study(tmp_path, cbis_dicoms):
+    """A clinic's exam: one Patient ID and date, L and R, CC and MLO each; every view its own study (as CBIS-DDSM writes them)."""
+    import pydicom
+
+    keys = {}
+    for i, (side, view) in enumerate([("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")]):
+        ds = pydicom.dcmread(cbis_dicoms[0], stop_before_pixels=True)
+        ds.PatientID, ds.StudyDate, ds.StudyInstanceUID = "CLINIC-4711", "20260101", pydicom.uid.generate_uid()
+        ds.ImageLaterality, ds.ViewPosition = side, view
+        del ds.Laterality
+        path = tmp_path / f"{i}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        keys[(side, view)] = view_of(path)
+    assert keys[("L", "CC")].key == keys[("L", "MLO")].key != keys[("R", "CC")].key == keys[("R", "MLO")].key
+    assert [keys[k].view for k in sorted(keys)] == ["CC", "MLO", "CC", "MLO"]
+    assert {k.label for k in keys.values()} == {"left breast", "right breast"}
+    assert all("4711" not in k.key and "4711" not in k.label for k in keys.values())
