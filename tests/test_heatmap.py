@@ -122,3 +122,19 @@ def test_heatmap_names_are_numbered_when_stems_repeat():
     assert [heatmap_name(n, taken) for n in ("a/x.dcm", "b/x.dcm", "x.png", "y")] == [
         "x.heatmap.png", "x-2.heatmap.png", "x-3.heatmap.png", "y.heatmap.png"
     ]
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_find_outputs_picks_by_shape_in_either_order_and_refuses_a_guess(order):
+    from edge_birads.classifier import find_outputs
+    from edge_birads.errors import ModelError
+
+    probs = {"index": 7, "shape": np.array([1, 3])}
+    lesion_map = {"index": 9, "shape": np.array([1, 32, 32, 1])}
+    details = [probs, lesion_map] if order == 0 else [lesion_map, probs]
+    assert find_outputs(details, 3) == (probs, lesion_map)
+    assert find_outputs([probs], 3) == (probs, None)
+    with pytest.raises(ModelError, match="are not 3 probabilities"):
+        find_outputs([probs, {"index": 8, "shape": np.array([1, 3])}], 3)
+    with pytest.raises(ModelError, match="are not 3 probabilities"):
+        find_outputs([lesion_map], 3)
