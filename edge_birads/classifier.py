@@ -62,10 +62,12 @@ class Classifier:
         self._output = self.interpreter.get_output_details()[0]
         spec = self.card.preprocessing
         expected = (1, spec.height, spec.width, 1)
-        if tuple(int(d) for d in self._input["shape"]) != expected:
-            raise ModelError(f"model input shape {tuple(self._input['shape'])} does not match its card {expected}")
-        if int(np.prod(self._output["shape"])) != len(self.card.labels):
-            raise ModelError(f"model output size {tuple(self._output['shape'])} does not match the card's {len(self.card.labels)} labels")
+        shape_in = tuple(int(d) for d in self._input["shape"])
+        shape_out = tuple(int(d) for d in self._output["shape"])
+        if shape_in != expected:  # plain ints: numpy 2 would print np.int32(1)
+            raise ModelError(f"model input shape {shape_in} does not match its card {expected}")
+        if int(np.prod(shape_out)) != len(self.card.labels):
+            raise ModelError(f"model output size {shape_out} does not match the card's {len(self.card.labels)} labels")
 
     @property
     def sha256(self) -> str:
