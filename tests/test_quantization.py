@@ -49,6 +49,18 @@ def test_prediction_renormalises_and_flags_referral_at_the_threshold():
     assert to_prediction(np.array([0.6, 0.2, 0.2]), CARD).referral is False
 
 
+def test_the_malignancy_score_is_the_malignant_labels_probability_wherever_it_sits():
+    """Benign and malignant probabilities differ here, so reading the wrong index cannot go unnoticed."""
+    prediction = to_prediction(np.array([0.1, 0.6, 0.3]), CARD)
+    assert prediction.label == "BI-RADS 2-3"
+    assert prediction.malignancy_score == pytest.approx(0.3)
+    assert prediction.referral is True  # 0.3 >= 0.25, although the benign 0.6 wins
+    assert to_prediction(np.array([0.1, 0.7, 0.2]), CARD).referral is False  # 0.2 < 0.25, the benign 0.7 is not read
+    first = ModelCard("t", ("BI-RADS 4-5", "BI-RADS 1", "BI-RADS 2-3"), "BI-RADS 4-5", 0.25, "0" * 64, PreprocessSpec())
+    moved = to_prediction(np.array([0.3, 0.1, 0.6]), first)
+    assert moved.malignancy_score == pytest.approx(0.3) and moved.referral is True and moved.label == "BI-RADS 2-3"
+
+
 def test_all_zero_output_gives_a_uniform_not_a_crash():
     prediction = to_prediction(np.zeros(3), CARD)
     assert prediction.probabilities == {label: pytest.approx(1 / 3) for label in CARD.labels}
