@@ -87,8 +87,9 @@ class Classifier:
         self._input = self.interpreter.get_input_details()[0]
         spec = self.card.preprocessing
         expected = (1, spec.height, spec.width, 1)
-        if tuple(int(d) for d in self._input["shape"]) != expected:
-            raise ModelError(f"model input shape {tuple(self._input['shape'])} does not match its card {expected}")
+        shape_in = tuple(int(d) for d in self._input["shape"])
+        if shape_in != expected:  # plain ints: numpy 2 would print np.int32(1)
+            raise ModelError(f"model input shape {shape_in} does not match its card {expected}")
         self._output, self._map = find_outputs(self.interpreter.get_output_details(), len(self.card.labels))
 
     @property

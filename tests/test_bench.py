@@ -206,3 +206,40 @@ def test_ctrl_c_exits_130_as_classify_does(monkeypatch):
     result = run("--n", "1")
     assert (result.exit_code, result.stdout) == (130, "")
     assert result.stderr == "interrupted: no report (every engine's figures are needed for the comparison).\n"
+
+
+def made_up_engine(name: str, total_p50: float, inference_p50: float, rss: float, cold: float) -> bench.EngineResult:
+    stages = {"decode": 1.0, "preprocess": 1.0, "inference": inference_p50, "total": total_p50}
+    timings = {stage: {"min": p50, "p50": p50, "p95": p50, "max": p50} for stage, p50 in stages.items()}
+    return bench.EngineResult(name, "ok", peak_rss_mib=rss, rss_anon_mib=rss / 2, cold_start_s=cold, timings_ms=timings)
+
+
+def test_ratios_are_the_other_engine_over_int8_from_made_up_timings():
+    """Keras 60 ms vs int8 5 ms is 12x, never 0.08x: the ratios and the table say so."""
+    engines = [
+        made_up_engine("Keras (TensorFlow)", 60.0, 30.0, 500.0, 4.0),  # listed first: ratios go by name, not order
+        made_up_engine("int8 TFLite", 5.0, 2.0, 50.0, 0.25),
+        made_up_engine("float32 TFLite", 10.0, 8.0, 75.0, 0.5),
+    ]
+    assert bench.ratios(engines) == {
+        "baseline_over_int8_p50_total": 12.0,
+        "baseline_over_int8_p50_inference": 15.0,
+        "baseline_over_int8_peak_rss": 10.0,
+        "baseline_over_int8_cold_start": 16.0,
+        "float32_over_int8_p50_total": 2.0,
+        "float32_over_int8_p50_inference": 4.0,
+        "float32_over_int8_peak_rss": 1.5,
+        "float32_over_int8_cold_start": 2.0,
+        "paper_baseline_over_lightweight_rss": 3.54,
+    }
+    report = {
+        "version": "test", "model": {"name": "made-up", "sha256": "0" * 64}, "disclaimer": DISCLAIMER, "paper": bench.PAPER,
+        "settings": {"n": 1, "warmup": 0, "threads": 1, "image_source": "made-up timings"},
+        "machine": {"cpu": "none", "cpus_usable": 1, "python": "3", "load_average": None},
+        "engines": [vars(engine) for engine in engines], "ratios": bench.ratios(engines), "notes": [],
+    }
+    table = bench.format_table(report).splitlines()
+    assert [line.split() for line in table if line.startswith("ratio baseline / int8")] == [
+        ["ratio", "baseline", "/", "int8", "12.0x", "10.0x", "(paper:", "3.5x", "RAM)"],
+        ["ratio", "baseline", "/", "int8,", "inference", "15.0x"],
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -176,6 +177,93 @@ def test_csv_has_one_column_per_group_and_the_jsonl_values(example_pngs, tmp_pat
         as_text = {key: "" if v is None else str(v).lower() if isinstance(v, bool) else str(v) for key, v in expected.items()}
         assert {key: row[key] for key in as_text} == as_text
     assert rows[0]["referral"] == "true" and rows[0]["P(BI-RADS 4-5)"] == "0.667969"
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
+def csv_columns_to_jsonl_fields(columns: list[str], records: list[dict]) -> dict[str, tuple[str, str | None]]:
+    """Which jsonl field each CSV column holds: a top-level field of the same name, or one entry of an
+    object-valued field (probabilities) whose key the column names, however punctuated ("p_BI-RADS 4-5",
+    "probabilities.BI-RADS 4-5", ...). Every jsonl field must land in exactly one column: nothing is lost."""
+    objects: dict[str, set[str]] = {}
+    for record in records:
+        for field, value in record.items():
+            if isinstance(value, dict):
+                objects.setdefault(field, set()).update(value)
+    mapping: dict[str, tuple[str, str | None]] = {}
+    for column in columns:
+        if column in records[0]:
+            mapping[column] = (column, None)
+            continue
+        candidates = [(field, entry) for field, entries in objects.items() for entry in entries if _key(entry) in _key(column)]
+        longest = max((len(_key(entry)) for _, entry in candidates), default=0)
+        best = [(field, entry) for field, entry in candidates if len(_key(entry)) == longest]
+        assert len(best) == 1, f"CSV column {column!r} matches no single jsonl field ({candidates})"
+        mapping[column] = best[0]
+    leaves = [(field, None) for field in records[0] if field not in objects or field in mapping]
+    leaves += [(field, entry) for field, entries in objects.items() if field not in mapping for entry in entries]
+    held = list(mapping.values())
+    assert sorted(held, key=str) == sorted(leaves, key=str), f"jsonl fields and CSV columns differ: {leaves} vs {held}"
+    return mapping
+
+
+def cell_agrees(cell: str, value) -> bool:
+    """A CSV cell against its jsonl value: null is empty, booleans true/false, numbers to 1e-6, objects as JSON."""
+    if value is None:
+        return cell == ""
+    if isinstance(value, bool):
+        return cell.lower() == str(value).lower()
+    if isinstance(value, (int, float)):
+        return cell != "" and float(cell) == pytest.approx(value, abs=1e-6)
+    if isinstance(value, dict):
+        return cell != "" and json.loads(cell) == pytest.approx(value, abs=1e-6)
+    return cell == value
+
+
+@pytest.fixture
+def steady_clock(monkeypatch):
+    """Every perf_counter() call advances 12.5 ms: two runs over the same files report the same latencies."""
+    import time
+
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(time, "perf_counter", lambda: next(ticks) * 0.0125)
+
+
+def test_every_csv_cell_of_good_and_failed_rows_agrees_with_the_jsonl_record(example_pngs, tmp_path, steady_clock):
+    corrupt = tmp_path / 'cut, "short".png'  # a name CSV must quote
+    corrupt.write_bytes(example_pngs[0].read_bytes()[:500])
+    paths = [str(example_pngs[0]), str(corrupt), str(tmp_path / "missing.png"), str(example_pngs[1])]
+    as_csv = run("classify", "--format", "csv", *paths)
+    as_jsonl = run("classify", "--format", "jsonl", *paths)
+    assert as_csv.exit_code == as_jsonl.exit_code == 1
+    records = jsonl(as_jsonl.stdout)
+    rows = list(csv.reader(io.StringIO(as_csv.stdout)))
+    header, rows = rows[0], rows[1:]
+    assert [r["file"] for r in records] == paths and len(rows) == len(records)
+    assert [r["error"] is None for r in records] == [True, False, False, True]
+    mapping = csv_columns_to_jsonl_fields(header, records)
+    for row, record in zip(rows, records):
+        assert len(row) == len(header), row
+        for column, cell in zip(header, row):
+            field, entry = mapping[column]
+            value = record[field] if entry is None or record[field] is None else record[field][entry]
+            assert cell_agrees(cell, value), f"{record['file']}: CSV {column}={cell!r}, jsonl {field}{'.' + entry if entry else ''}={value!r}"
+
+
+def test_the_csv_comparison_notices_a_lost_reason_and_reads_flattened_probabilities():
+    """The comparison above, on hand-made rows: the layout the triage-output issue brings is read too."""
+    records = [
+        {"file": "a.png", "label": "x", "probabilities": {"x": 0.75, "y": 0.25}, "error": None},
+        {"file": "b.png", "label": None, "probabilities": None, "error": "truncated PNG"},
+    ]
+    flat = csv_columns_to_jsonl_fields(["file", "label", "p_x", "p_y", "error"], records)
+    assert flat == {"file": ("file", None), "label": ("label", None), "p_x": ("probabilities", "x"), "p_y": ("probabilities", "y"), "error": ("error", None)}
+    assert csv_columns_to_jsonl_fields(["file", "label", "probabilities", "error"], records)["probabilities"] == ("probabilities", None)
+    with pytest.raises(AssertionError, match="jsonl fields and CSV columns differ"):
+        csv_columns_to_jsonl_fields(["file", "label", "p_x", "p_y"], records)  # the error column dropped
+    assert not cell_agrees("", "truncated PNG") and cell_agrees("", None) and cell_agrees("0.7500001", 0.75)
 
 
 def test_usage_errors_exit_2():

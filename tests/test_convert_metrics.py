@@ -61,7 +61,8 @@ def test_roc_auc_counts_ties_as_half() -> None:
 
 
 def test_roc_auc_matches_scikit_learn_on_random_scores() -> None:
-    metrics = pytest.importorskip("sklearn.metrics")
+    from sklearn import metrics  # the [dev] extra installs scikit-learn: this cross-check never skips in CI
+
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 300)
     s = np.round(rng.random(300) + 0.3 * y, 2)  # rounding makes ties
@@ -157,3 +158,23 @@ def test_sensitivity_at_specificity_by_hand() -> None:
     assert sensitivity_at_specificity(np.array([0, 0, 0, 1, 1], bool), tied, 0.7) == pytest.approx(0.0)
     assert sensitivity_at_specificity(np.array([0, 0, 0, 1, 1], bool), tied, 0.6) == pytest.approx(1.0)
     assert sensitivity_at_specificity(np.ones(3, bool), np.arange(3.0)) is None
+
+
+def test_the_95_percent_interval_is_the_2_5_and_97_5_percent_quantiles_of_the_bootstrap_aucs() -> None:
+    """Recomputed here from the resampler's own draws: a 90% interval reported as 95% would be too narrow."""
+    from convert.metrics import bootstrap_indices
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 150)
+    s = rng.random(150) + 0.4 * y
+    aucs = [roc_auc(y[idx], s[idx]) for idx in bootstrap_indices(len(y), 400, seed=7)]
+    aucs = [auc for auc in aucs if auc is not None]
+    expected = (float(np.quantile(aucs, 0.025)), float(np.quantile(aucs, 0.975)))
+    assert bootstrap_auc_ci(y, s, n_boot=400, seed=7) == pytest.approx(expected, abs=1e-12)
+    narrower = (float(np.quantile(aucs, 0.05)), float(np.quantile(aucs, 0.95)))
+    assert expected[0] < narrower[0] - 1e-3 and narrower[1] + 1e-3 < expected[1]  # a 90% interval would differ
+    assert bootstrap_auc_ci(y, s, n_boot=400, seed=7, level=0.9) == pytest.approx(narrower, abs=1e-12)
+    # What the card and the report print as "auc_ci95" is that same interval.
+    probs = np.column_stack([1 - s / 2, s / 2])
+    result = evaluate_probabilities(probs, y, ("benign", "malignant"), ("malignant",), n_boot=400, seed=7)
+    assert result["malignant_vs_rest"]["auc_ci95"] == pytest.approx(expected, abs=1e-12)

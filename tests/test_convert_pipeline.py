@@ -63,6 +63,16 @@ def test_build_writes_a_card_the_runtime_accepts(built) -> None:
         assert (work / name).is_file(), name
     history = json.loads((work / "history.json").read_text())
     assert len(history["epochs"]) == 2 and "val_malignant_auc" in history["epochs"][0]
+    from convert.train import TrainConfig, get_config
+
+    config = json.loads((work / "config.json").read_text())
+    assert TrainConfig.from_dict(config) == get_config("ci")  # every field of the recipe that ran
+    assert config["command"] == f"python -m convert build --config ci --out {model_path.with_suffix('')} --work {work}"
+    assert data["training"]["config"] == {key: value for key, value in config.items() if key != "command"}
+    summary = (work / "report.md").read_text()
+    assert f"Referral threshold {data['referral']['threshold']:.4f} (" in summary
+    auc, (low, high) = pooled["malignant_vs_rest"]["auc"], pooled["malignant_vs_rest"]["auc_ci95"]
+    assert f"## Test, pooled: {pooled['n_images']} images, accuracy {pooled['accuracy']:.3f}, malignant-vs-rest AUC {auc:.3f} (95% CI {low:.3f}-{high:.3f})" in summary
 
 
 def test_split_in_the_run_keeps_patients_on_one_side(built) -> None:
@@ -112,6 +122,47 @@ def test_convert_command_fails_on_poor_parity_and_evaluate_rewrites_the_card(bui
     assert load_card(good).sha256 == export_sha(good)
 
 
+def test_convert_refuses_low_top1_agreement_on_its_own(built, tmp_path: Path, caplog) -> None:
+    """The agreement half of the gate, wired through the command: any difference allowed, agreement unreachable."""
+    _, _, work = built
+    out = tmp_path / "agree.tflite"
+    args = ["convert", "--run", str(work), "--out", str(out), "--max-diff", "1", "--diff-quantile", "1", "--min-agreement", "1.01"]
+    assert cli.main(args) == 1
+    assert any(r.getMessage().startswith("poor int8 parity: top-1 agreement ") and "(need >= 1.01)" in r.getMessage() for r in caplog.records)
+
+
+def test_referral_threshold_is_chosen_on_the_validation_patients_only(built) -> None:
+    """The threshold follows the validation images and nothing else: changing only the test images leaves it."""
+    from dataclasses import replace
+
+    from convert.evaluate import evaluate_model
+    from convert.metrics import threshold_for_sensitivity
+    from convert.train import load_run_data
+
+    _, model_path, work = built
+    data = load_run_data(work)
+    m = data.labels.index(data.malignant_labels()[0])
+    x_val, y_val, _ = data.part("val")
+    p_val = export.TfliteModel(model_path).predict(x_val)[:, m]
+    base = evaluate_model(model_path, data, 0.9)
+    assert base["referral"]["threshold"] == threshold_for_sensitivity(y_val == m, p_val, 0.9)
+
+    def altered(part: str) -> np.ndarray:
+        images = data.images.copy()
+        idx = np.array(getattr(data.split, part))
+        images[idx] = 1.0 - images[idx][:, :, ::-1]  # mirrored and inverted: the model's outputs move
+        return images
+
+    test_changed = evaluate_model(model_path, replace(data, images=altered("test")), 0.9)
+    x_test, y_test, _ = data.part("test")
+    moved = export.TfliteModel(model_path).predict(replace(data, images=altered("test")).part("test")[0])[:, m]
+    assert np.abs(moved - export.TfliteModel(model_path).predict(x_test)[:, m]).max() > 0.01  # the test scores did change
+    assert threshold_for_sensitivity(y_test == m, moved, 0.9) != base["referral"]["threshold"]  # a test-fitted one would move
+    assert test_changed["referral"]["threshold"] == base["referral"]["threshold"]
+    val_changed = evaluate_model(model_path, replace(data, images=altered("val")), 0.9)
+    assert val_changed["referral"]["threshold"] != base["referral"]["threshold"]
+
+
 def export_sha(path: Path) -> str:
     import hashlib
 
@@ -154,10 +205,64 @@ def test_report_on_a_paper_style_class_folder_tree(built, tmp_path: Path) -> Non
     out = tmp_path / "report"
     assert cli.main(["report", "--model", str(model_path), "--data", f"paper:{tree}", "--out", str(out)]) == 0
     result = json.loads((out / "report.json").read_text())
-    assert result["pooled"]["n_images"] == 12  # the corrupt file is skipped, not fatal
-    assert result["pooled"]["per_class"]["BI-RADS 4-5"]["support"] == 4
-    for name in ("report.md", "confusion_matrix.png", "roc.png"):
-        assert (out / name).stat().st_size > 0
+    card = load_card(model_path)
+    pooled = result["pooled"]
+    assert pooled["n_images"] == 12  # the corrupt file is skipped, not fatal
+    assert {label: m["support"] for label, m in pooled["per_class"].items()} == {label: 4 for label in card.labels}
+    assert np.array(pooled["confusion_matrix"]).sum(axis=1).tolist() == [4, 4, 4]
+    assert result["model_sha256"] == card.sha256 and pooled["referral"]["threshold"] == card.referral_threshold
+    assert result["figures"] == ["confusion_matrix.png", "roc.png"]
+    check_report_markdown((out / "report.md").read_text(), result, model_path, card)
+    confusion = check_png(out / "confusion_matrix.png", width=540, height=480)
+    assert (confusion[:, :, 0] < 120).mean() > 0.01  # blue cells (BGR: little red, much blue) are drawn
+    roc = check_png(out / "roc.png", width=480, height=480)
+    red = (roc[:, :, 2] > 200) & (roc[:, :, 1] < 60) & (roc[:, :, 0] < 60)
+    assert red.sum() > 10  # the card threshold's operating point
+
+
+def check_report_markdown(text: str, result: dict, model_path: Path, card) -> None:
+    """report.md says what report.json holds: scope, the card's threshold, the disclaimer, every class's row."""
+    from edge_birads import DISCLAIMER
+
+    lines = text.splitlines()
+    assert lines[0] == f"# Evaluation of {model_path.name}"
+    assert lines[2].startswith(f"Scope: {result['scope']} ({result['data']['images']} images, ")
+    assert lines[3].startswith(f"Referral threshold {card.referral_threshold:.4f} from the model card")
+    assert DISCLAIMER in lines
+    for key in ("pooled", *sorted(k for k, v in result.items() if isinstance(v, dict) and "per_class" in v and k != "pooled")):
+        metrics = result[key]
+        at = lines.index(f"## {key}: {metrics['n_images']} images")
+        mvr = metrics["malignant_vs_rest"]
+        low, high = mvr["auc_ci95"]
+        assert lines[at + 2] == (
+            f"Malignant vs rest: AUC {mvr['auc']:.3f} (95% CI {low:.3f}-{high:.3f}), "
+            f"{mvr['positives']} positives / {mvr['negatives']} negatives."
+        )
+        sens, spec = metrics["referral"]["sensitivity"], metrics["referral"]["specificity"]
+        assert lines[at + 3] == f"Referral at the card threshold: sensitivity {sens:.3f}, specificity {spec:.3f}."
+        section = lines[at + 4 :]
+        section = section[: next((i for i, line in enumerate(section) if line.startswith(("## ", "!["))), len(section))]
+        rows = {line.split("|")[1].strip(): line for line in section if line.startswith("| ") and not line.startswith(("| class", "| ---"))}
+        assert list(rows) == list(metrics["per_class"]), rows
+        for label, m in metrics["per_class"].items():
+            cells = [c.strip() for c in rows[label].split("|")[2:-1]]
+            shown = ["-" if m[k] is None else f"{m[k]:.3f}" for k in ("precision", "recall", "sensitivity", "specificity", "f1")]
+            assert cells == [*shown, str(m["support"])], (label, cells)
+    for name in result["figures"]:
+        assert f"![{name}]({name})" in lines
+
+
+def check_png(path: Path, width: int, height: int) -> np.ndarray:
+    """A real PNG of the figure's size (figsize x dpi), of a sane weight, with something drawn on it."""
+    import cv2
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    assert 5_000 < len(data) < 500_000, (path, len(data))
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None and image.shape == (height, width, 3), (path, None if image is None else image.shape)
+    assert (image < 128).mean() > 0.005 and (image > 250).mean() > 0.3  # dark ink on a mostly white page
+    return image
 
 
 def test_report_on_the_run_test_patients_plots_training_curves(built, tmp_path: Path) -> None:
@@ -175,7 +280,10 @@ def test_report_on_the_run_test_patients_plots_training_curves(built, tmp_path: 
     card = json.loads(model_path.with_suffix(".json").read_text())
     assert result["pooled"]["n_images"] == card["metrics"]["test"]["pooled"]["n_images"]
     assert result["pooled"]["malignant_vs_rest"]["auc"] == pytest.approx(card["metrics"]["test"]["pooled"]["malignant_vs_rest"]["auc"])
-    assert (out / "training_curves.png").stat().st_size > 0
+    assert result["figures"] == ["confusion_matrix.png", "roc.png", "training_curves.png"]
+    curves = check_png(out / "training_curves.png", width=960, height=384)
+    assert (curves[:, :, 0] > 150).sum() > 100  # matplotlib's blue train curve
+    check_report_markdown((out / "report.md").read_text(), result, model_path, load_card(model_path))
 
 
 @pytest.mark.skipif(

@@ -134,3 +134,63 @@ def test_monochrome1_is_inverted(cbis_dicoms, tmp_path):
     dataset.save_as(target)
     inverted = read_file(target)
     np.testing.assert_allclose(inverted, normal.max() + normal.min() - normal)
+
+
+@pytest.fixture
+def never_opened(monkeypatch):
+    """Paths that must not be opened by any route (open, io.open, io.FileIO, os.open): the calls made are listed."""
+    import builtins
+    import io
+    import os
+    from pathlib import Path
+
+    guarded: set[Path] = set()
+    calls: list[str] = []
+
+    def spy(real):
+        def opener(file, *args, **kwargs):
+            if isinstance(file, (str, bytes, os.PathLike)) and Path(os.fsdecode(file)).resolve() in guarded:
+                calls.append(f"{real.__name__}({file})")
+                raise AssertionError(f"{file} was opened: an oversize file must be refused from its size alone")
+            return real(file, *args, **kwargs)
+
+        return opener
+
+    for module, name in ((builtins, "open"), (io, "open"), (io, "FileIO"), (os, "open")):
+        monkeypatch.setattr(module, name, spy(getattr(module, name)))
+    return guarded, calls
+
+
+def sparse_file(path, size: int):
+    """A file whose stat says ``size`` bytes without the disk holding them."""
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+    return path
+
+
+def test_an_oversize_file_is_refused_before_it_is_opened(tmp_path, never_opened):
+    guarded, calls = never_opened
+    big = sparse_file(tmp_path / "huge.dcm", 2**30 + 1)  # 1 GiB: twice the default limit
+    guarded.add(big.resolve())
+    with pytest.raises(InputError) as info:
+        read_file(big)
+    assert info.value.reason == f"file is 1024.0 MiB ({2**30 + 1} bytes), over the limit of 512.0 MiB ({512 * 2**20} bytes)"
+    assert calls == []
+
+
+def test_classify_refuses_an_oversize_file_unread_and_classifies_the_next(tmp_path, never_opened, example_pngs):
+    import json
+
+    from click.testing import CliRunner
+
+    from edge_birads.cli import cli
+
+    guarded, calls = never_opened
+    big = sparse_file(tmp_path / "a-big.png", 2 * 2**20 + 1)
+    guarded.add(big.resolve())
+    result = CliRunner().invoke(cli, ["classify", "--format", "jsonl", "--max-file-mb", "2", str(big), str(example_pngs[0])])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines()[0] == f"error: {big}: file is 2.0 MiB ({2 * 2**20 + 1} bytes), over the limit of 2.0 MiB ({2 * 2**20} bytes)"
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["error"] is None for r in records] == [False, True]
+    assert calls == []

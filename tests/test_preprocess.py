@@ -95,3 +95,34 @@ def test_spec_round_trips_through_the_card_dict():
 def test_unknown_interpolation_is_refused():
     with pytest.raises(ValueError):
         PreprocessSpec.from_dict({"interpolation": "cubic-magic"})
+
+
+def asymmetric_gradient(rows: int = 300, cols: int = 200) -> np.ndarray:
+    """Rows brighten 0 -> 180 downwards, columns add 0 -> 75 rightwards: a transpose or swap changes every value."""
+    r, c = np.mgrid[0:rows, 0:cols]
+    return (r * 180.0 / (rows - 1) + c * 75.0 / (cols - 1)).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("height", "width"), [(48, 32), (32, 48)])
+def test_non_square_spec_is_height_by_width_as_opencv_resizes_it(height, width):
+    """A non-square model input: preprocessing must not swap width and height (the image would reach it scrambled)."""
+    import cv2
+
+    image = asymmetric_gradient()
+    out = prepare(image, PreprocessSpec(height=height, width=width))
+    assert out.shape == (height, width, 1)
+    expected = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    np.testing.assert_allclose(out[:, :, 0], expected, atol=1e-6)
+    # Orientation kept: dark top-left corner, bright bottom-right.
+    assert out[0, 0, 0] < 0.05 and out[-1, -1, 0] > 0.95
+
+
+def test_non_square_spec_with_breast_crop_resizes_the_crop_to_height_by_width(breast_like):
+    import cv2
+
+    spec = PreprocessSpec(height=40, width=24, crop_to_breast=True)
+    top, bottom, left, right = breast_bounding_box(breast_like, 0.0, 255.0)
+    out = prepare(breast_like, spec)
+    expected = cv2.resize(breast_like[top:bottom, left:right], (24, 40), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    assert out.shape == (40, 24, 1)
+    np.testing.assert_allclose(out[:, :, 0], expected, atol=1e-6)

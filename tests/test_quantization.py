@@ -57,6 +57,20 @@ def test_a_routine_group_is_the_most_likely_of_the_other_groups():
     assert (routine.referral, routine.group) == (False, "BI-RADS 2-3")
 
 
+def test_the_malignancy_score_is_the_malignant_labels_probability_wherever_it_sits():
+    """Benign and malignant probabilities differ here, so reading the wrong index cannot go unnoticed."""
+    prediction = to_prediction(np.array([0.1, 0.6, 0.3]), CARD)
+    assert prediction.suspicion_score == pytest.approx(0.3)
+    assert prediction.referral is True and prediction.group == "BI-RADS 4-5"  # 0.3 >= 0.25, although the benign 0.6 wins
+    benign = to_prediction(np.array([0.1, 0.7, 0.2]), CARD)  # 0.2 < 0.25: the benign 0.7 is not read as the score
+    assert (benign.referral, benign.group, benign.suspicion_score) == (False, "BI-RADS 2-3", pytest.approx(0.2))
+    first = ModelCard("t", ("BI-RADS 4-5", "BI-RADS 1", "BI-RADS 2-3"), "BI-RADS 4-5", 0.25, "0" * 64, PreprocessSpec())
+    moved = to_prediction(np.array([0.3, 0.1, 0.6]), first)
+    assert moved.suspicion_score == pytest.approx(0.3) and moved.referral is True and moved.group == "BI-RADS 4-5"
+    moved_routine = to_prediction(np.array([0.2, 0.1, 0.7]), first)
+    assert (moved_routine.suspicion_score, moved_routine.group) == (pytest.approx(0.2), "BI-RADS 2-3")
+
+
 def test_all_zero_output_gives_a_uniform_not_a_crash():
     prediction = to_prediction(np.zeros(3), CARD)
     assert prediction.probabilities == {label: pytest.approx(1 / 3) for label in CARD.labels}

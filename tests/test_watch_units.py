@@ -154,3 +154,23 @@ def test_log_lines_are_single_lines_with_journald_priorities(tmp_path: Path) -> 
     lines = out.read_text().splitlines()
     assert lines[0] == "<4>bad\\nname.png: reason"
     assert lines[1].endswith("info: ok.png: fine") and len(lines) == 2
+
+
+def test_the_move_into_done_never_replaces_an_existing_file(tmp_path: Path) -> None:
+    """Not just the name chooser: the move itself refuses a taken name, so an earlier input is never lost."""
+    from edge_birads.durable import move_no_replace
+
+    inbox, done = tmp_path / "inbox", tmp_path / "done"
+    inbox.mkdir()
+    done.mkdir()
+    (inbox / "scan.png").write_bytes(b"the new image")
+    (done / "scan.png").write_bytes(b"an image filed yesterday")
+    with pytest.raises(FileExistsError):
+        move_no_replace(inbox / "scan.png", done / "scan.png")
+    assert (done / "scan.png").read_bytes() == b"an image filed yesterday"
+    assert (inbox / "scan.png").read_bytes() == b"the new image"
+    os.symlink("nowhere", done / "link.png")  # a dangling link holds its name too
+    with pytest.raises(FileExistsError):
+        move_no_replace(inbox / "scan.png", done / "link.png")
+    move_no_replace(inbox / "scan.png", done / "scan.png.2", durable=True)
+    assert (done / "scan.png.2").read_bytes() == b"the new image" and not (inbox / "scan.png").exists()
