@@ -57,6 +57,18 @@ def small_model():
     return build_model(SMALL, pretrained=False)
 
 
+@pytest.fixture(scope="module")
+def pretrained_small():
+    """The recipe's network with the ImageNet trunk (a random trunk's block-13 features are ~1e-8: useless for map checks)."""
+    pytest.importorskip("tensorflow")
+    from convert.trunks.sources import WeightsUnavailable
+
+    try:
+        return build_model(SMALL, pretrained=True)
+    except WeightsUnavailable as exc:
+        pytest.skip(f"{exc} (the README's test command installs it)")
+
+
 def test_frozen_phase_trains_only_the_head_and_finetune_opens_blocks_8_on_but_never_batch_norm(small_model):
     from keras import layers
 
@@ -83,11 +95,13 @@ def test_efficientnet_lite0_fine_tunes_its_late_blocks_only():
     assert model.get_layer("avg_pool").input.shape[-1] == 112
 
 
-def test_fit_keeps_the_best_validation_epoch_and_reports_both_sources(small_model):
+def test_fit_keeps_the_best_validation_epoch_and_reports_both_sources(pretrained_small, tmp_path):
+    small_model = pretrained_small
     pool = synthetic_pool()
     train, val = np.arange(0, 18), np.arange(18, 24)
-    run = fit(small_model, pool, train, val, SMALL, log=lambda _: None)
-    assert [h["phase"] for h in run["history"]] == ["frozen", "finetune"]
+    run = fit(small_model, pool, train, val, replace(SMALL, epochs=3), log=lambda _: None, last_weights=tmp_path / "last.weights.h5")
+    assert (tmp_path / "last.weights.h5").exists()
+    assert [h["phase"] for h in run["history"]] == ["frozen", "finetune", "finetune"]
     best = max(run["history"], key=lambda h: h["val_auc"]["mean"])
     assert run["best_epoch"] == best["epoch"]
     assert set(best["val_auc"]) == {"mini-mias", "cbis-ddsm-mass", "mean", "weighted"}
@@ -120,18 +134,6 @@ def test_per_breast_scores_average_a_breasts_views_against_its_worst_label():
     assert (cbis["n_breasts"], cbis["n_breasts_two_views"], cbis["n_malignant"]) == (4, 2, 2)
     assert cbis["auc_malignant_vs_rest"] == 1.0
     assert out["mini-mias"]["n_breasts"] == 2 and out["mini-mias"]["auc_malignant_vs_rest"] == 1.0
-
-
-@pytest.fixture(scope="module")
-def pretrained_small():
-    """The recipe's network with the ImageNet trunk (a random trunk's block-13 features are ~1e-8: useless for map checks)."""
-    pytest.importorskip("tensorflow")
-    from convert.trunks.sources import WeightsUnavailable
-
-    try:
-        return build_model(SMALL, pretrained=True)
-    except WeightsUnavailable as exc:
-        pytest.skip(f"{exc} (the README's test command installs it)")
 
 
 def test_the_lesion_map_averages_to_the_malignancy_logit_when_the_max_half_is_silent(pretrained_small):
@@ -217,3 +219,24 @@ def test_validation_aucs_weight_each_source_by_its_malignant_images():
     aucs = validation_aucs(np.stack([1 - score, 0 * score, score], 1), pool, np.arange(10))
     assert (aucs["mini-mias"], aucs["cbis-ddsm-mass"], aucs["mean"]) == (0.0, 1.0, 0.5)
     assert aucs["weighted"] == pytest.approx(0.75)
+
+
+def test_fit_leaves_the_chosen_epochs_weights_not_the_last_ones(pretrained_small, monkeypatch, tmp_path):
+    """Validation says epoch 1 was best: the model left behind gives epoch 1's validation outputs, not epoch 3's."""
+    import convert.pretrained as recipe
+
+    seen = []
+
+    def falling(probs, pool, indices):
+        seen.append(np.array(probs))
+        value = 1.0 - 0.1 * len(seen)
+        return {"mini-mias": value, "cbis-ddsm-mass": value, "mean": value, "weighted": value}
+
+    monkeypatch.setattr(recipe, "validation_aucs", falling)
+    pool = synthetic_pool()
+    train, val = np.arange(0, 18), np.arange(18, 24)
+    run = fit(pretrained_small, pool, train, val, replace(SMALL, epochs=3), log=lambda _: None)
+    assert run["best_epoch"] == 1
+    assert not np.allclose(seen[0], seen[2], atol=1e-4)  # training moved the outputs between epochs 1 and 3
+    after = pretrained_small.predict(pool.images[val][..., None].astype(np.float32) / 255, verbose=0)
+    np.testing.assert_allclose(after, seen[0], atol=1e-5)
