@@ -1,0 +1,422 @@
+"""The DICOM node's parts against real DICOM peers (pynetdicom SCU/SCP, dciodvfy), on real CBIS-DDSM DICOMs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+pynetdicom = pytest.importorskip("pynetdicom", reason="the DICOM node needs pip install 'edge-birads[node]'")
+pytest.importorskip("highdicom", reason="the DICOM node needs pip install 'edge-birads[node]'")
+
+import pydicom  # noqa: E402
+from dicom_support import free_port, wait_for  # noqa: E402
+from pydicom.uid import generate_uid  # noqa: E402
+from pynetdicom import AE, evt  # noqa: E402
+
+from edge_birads.card import load_card  # noqa: E402
+from edge_birads.classifier import default_model_path  # noqa: E402
+from edge_birads.cli import cli  # noqa: E402
+from edge_birads.outbox import Destination, SendConfig, SrOutput  # noqa: E402
+from edge_birads.receive import STORAGE_CLASSES, ReceiveConfig, Receiver  # noqa: E402
+from edge_birads.sr import build_report, read_source, report_uids  # noqa: E402
+
+SC = "1.2.840.10008.5.1.4.1.1.7"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+SR = "1.2.840.10008.5.1.4.1.1.88.33"
+EXPLICIT = "1.2.840.10008.1.2.1"
+RLE = "1.2.840.10008.1.2.5"
+
+
+class ListLog:
+    """An EventLog stand-in that keeps the lines (the real one writes to fd 2)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, level: str, message: str) -> None:
+        self.lines.append(f"{level}: {message}")
+
+    def info(self, message: str) -> None:
+        self("info", message)
+
+    def warning(self, message: str) -> None:
+        self("warning", message)
+
+    def error(self, message: str) -> None:
+        self("error", message)
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.fixture
+def receiver(tmp_path: Path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    log = ListLog()
+    made = []
+
+    def start(**options) -> Receiver:
+        config = ReceiveConfig(inbox=inbox, port=free_port(), bind="127.0.0.1", **options)
+        node = Receiver(config, log)
+        node.log_lines = log
+        node.start()
+        made.append(node)
+        return node
+
+    yield start
+    for node in made:
+        node.stop()
+
+
+def scu(calling: str = "MAMMO1", contexts=((SC, (RLE, EXPLICIT)),)) -> AE:
+    ae = AE(ae_title=calling)
+    for uid, syntaxes in contexts:
+        for syntax in syntaxes:  # one context per syntax: the SCP accepts one syntax per context
+            ae.add_requested_context(uid, syntax)
+    return ae
+
+
+def associate(ae: AE, node: Receiver):
+    assoc = ae.associate("127.0.0.1", node.config.port, ae_title=node.config.ae_title)
+    return assoc
+
+
+def patient_strings(path: Path) -> list[str]:
+    source = pydicom.dcmread(path, stop_before_pixels=True)
+    return [str(source.get(k)) for k in ("PatientID", "PatientName") if str(source.get(k, "") or "")]
+
+
+# --------------------------------------------------------------------- receive
+
+
+def test_receive_help_names_the_command_and_its_options():
+    result = CliRunner().invoke(cli, ["receive", "--help"], prog_name="edge-birads")
+    assert result.exit_code == 0
+    assert result.output.startswith("Usage: edge-birads receive [OPTIONS] [INBOX]\n")
+    for option in ("--ae-title", "--port", "--bind", "--allow-calling", "--config"):
+        assert option in result.output
+    assert "Research use only, not a diagnostic device." in " ".join(result.output.split())
+
+
+def test_receive_reads_the_watch_config_file(tmp_path: Path):
+    config = tmp_path / "watch.conf"
+    config.write_text(
+        f"[watch]\ninbox = {tmp_path / 'in'}\nresults = {tmp_path / 'out'}\n"
+        "[receive]\nae_title = PIRECEIVER\nport = 104\nallowed_calling_ae_titles = MAMMO1, PACS\n"
+    )
+    from edge_birads.receive import build_receive_config
+
+    built = build_receive_config({"inbox": None, "port": None, "ae_title": None, "allowed_calling": ()}, config)
+    assert built == ReceiveConfig(inbox=tmp_path / "in", ae_title="PIRECEIVER", port=104, allowed_calling=("MAMMO1", "PACS"))
+    config.write_text(f"[receive]\ninbox = {tmp_path}\nae_tilte = X\n")
+    result = CliRunner().invoke(cli, ["receive", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "unknown setting 'ae_tilte' in [receive]" in result.output
+
+
+def test_echo_and_a_real_mammogram_land_in_the_inbox_complete_and_named_by_uid(receiver, cbis_dicoms):
+    node = receiver()
+    assoc = associate(scu(contexts=((SC, (RLE, EXPLICIT)), ("1.2.840.10008.1.1", (EXPLICIT,)))), node)
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    source = cbis_dicoms[0]
+    status = assoc.send_c_store(source)
+    assoc.release()
+    assert status.Status == 0x0000
+    uid = pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID
+    files = [p.name for p in node.config.inbox.iterdir()]
+    assert files == [f"{uid}.dcm"]
+    stored = pydicom.dcmread(node.config.inbox / f"{uid}.dcm")
+    original = pydicom.dcmread(source)
+    assert stored.file_meta.TransferSyntaxUID == RLE  # as sent, not re-encoded
+    assert stored.PixelData == original.PixelData and stored.SOPInstanceUID == uid
+    # Never a patient identifier in what it logs.
+    log = node.log_lines.text()
+    assert f"{uid}.dcm: received from 'MAMMO1'" in log
+    for text in patient_strings(source):
+        assert text not in log
+
+
+def test_other_sop_classes_are_refused_at_negotiation_and_non_mammography_by_status(receiver, tmp_path: Path):
+    node = receiver()
+    assoc = associate(scu(contexts=((CT, (EXPLICIT,)), (SC, (EXPLICIT,)))), node)
+    assert assoc.is_established
+    accepted = {context.abstract_syntax for context in assoc.accepted_contexts}
+    assert CT not in accepted and SC in accepted
+    rejected = {context.abstract_syntax: context.result for context in assoc.rejected_contexts}
+    assert rejected == {CT: 0x03}  # abstract syntax not supported
+    # A Secondary Capture whose Modality is CT: refused with 0xC001 and a comment.
+    ds = synthetic_image(SC, modality="CT")
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    assert status.Status == 0xC001 and "not mammography" in status.ErrorComment
+    assert list(node.config.inbox.iterdir()) == []
+    assert f"refused instance {ds.SOPInstanceUID}" in node.log_lines.text()
+
+
+def test_the_offered_classes_are_the_single_frame_image_classes():
+    assert set(STORAGE_CLASSES.values()) == {
+        "1.2.840.10008.5.1.4.1.1.1.2",
+        "1.2.840.10008.5.1.4.1.1.1.2.1",
+        "1.2.840.10008.5.1.4.1.1.1.1",
+        "1.2.840.10008.5.1.4.1.1.1.1.1",
+        "1.2.840.10008.5.1.4.1.1.1",
+        SC,
+    }
+
+
+def test_calling_ae_allow_list_refuses_others_and_says_so(receiver):
+    node = receiver(allowed_calling=("MAMMO1",))
+    assoc = associate(scu(calling="INTRUDER"), node)
+    assert assoc.is_rejected
+    assert "refused association from calling AE 'INTRUDER'" in node.log_lines.text()
+    assoc = associate(scu(calling="MAMMO1"), node)
+    assert assoc.is_established
+    assoc.release()
+
+
+def test_success_is_answered_only_after_file_rename_and_folder_are_fsynced(receiver, cbis_dicoms, monkeypatch):
+    import edge_birads.receive as receive
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync_folder(folder) -> None:
+        events.append("fsync folder")
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        real_fsync(fd)
+        os.close(fd)
+
+    monkeypatch.setattr(receive.os, "fsync", lambda fd: (events.append("fsync file"), real_fsync(fd))[1])
+    monkeypatch.setattr(receive.os, "replace", lambda a, b: (events.append(f"rename {Path(a).name[:20]} -> {Path(b).suffix}"), real_replace(a, b))[1])
+    monkeypatch.setattr(receive, "fsync_dir", fsync_folder)
+    node = receiver()
+    assoc = associate(scu(), node)
+    status = assoc.send_c_store(cbis_dicoms[1])
+    events.append(f"response 0x{status.Status:04X}")
+    assoc.release()
+    assert events == ["fsync file", "rename .edge-birads-receive -> .dcm", "fsync folder", "response 0x0000"]
+
+
+def synthetic_image(sop_class: str, modality: str = "MG", rows: int = 64):
+    """A small honest DICOM image (uncompressed) of ``sop_class``."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = EXPLICIT
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = modality
+    ds.PatientID = "SYNTH-1"
+    ds.PatientName = "Synthetic^Test"
+    ds.Rows = ds.Columns = rows
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = os.urandom(rows * rows * 2)
+    return ds
+
+
+# --------------------------------------------------------------------- the report
+
+
+@pytest.fixture(scope="module")
+def card():
+    return load_card(default_model_path())
+
+
+def record_for(card, score: float) -> dict:
+    label = card.malignant_label if score >= card.referral_threshold else card.labels[0]
+    rest = (1 - score) / (len(card.labels) - 1)
+    return {
+        "file": "x.dcm",
+        "label": label,
+        "probabilities": {name: (score if name == card.malignant_label else rest) for name in card.labels},
+        "malignancy_score": score,
+        "referral": score >= card.referral_threshold,
+        "model_sha256": card.sha256,
+        "error": None,
+    }
+
+
+def content_values(report) -> dict:
+    values = {}
+    for item in report.ContentSequence:
+        name = item.ConceptNameCodeSequence[0].CodeMeaning
+        kind = item.ValueType
+        if kind == "TEXT":
+            values[name] = item.TextValue
+        elif kind == "NUM":
+            values[name] = float(item.MeasuredValueSequence[0].NumericValue)
+        elif kind == "CODE":
+            values[name] = item.ConceptCodeSequence[0].CodeMeaning
+        elif kind == "IMAGE":
+            ref = item.ReferencedSOPSequence[0]
+            values[name] = (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID)
+    return values
+
+
+def test_report_references_the_source_and_holds_the_result(cbis_dicoms, card):
+    source = read_source(cbis_dicoms[4])
+    record = record_for(card, 0.73)
+    report = build_report(source, record, card)
+    assert report.SOPClassUID == SR and report.Modality == "SR"
+    for keyword in ("PatientID", "PatientName", "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "StudyID"):
+        assert report.get(keyword) == source.get(keyword), keyword
+    assert report.SeriesInstanceUID != source.SeriesInstanceUID
+    evidence = report.CurrentRequestedProcedureEvidenceSequence[0]
+    assert evidence.StudyInstanceUID == source.StudyInstanceUID
+    assert evidence.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    values = content_values(report)
+    assert values["Source image"] == (source.SOPClassUID, source.SOPInstanceUID)
+    assert values["BI-RADS triage group"] == card.malignant_label
+    assert values["Probability of cancer"] == pytest.approx(0.73)
+    assert values["Recommendation"] == "Refer to a radiologist (triage: suspicious)"
+    assert values[f"Referral threshold on P({card.malignant_label})"] == pytest.approx(card.referral_threshold)
+    assert values["Model SHA-256"] == card.sha256
+    assert values["Algorithm Name"] == f"edge-birads model '{card.name}'"
+    assert "Research use only, not a diagnostic device" in values["Comment"]
+    assert (report.CompletionFlag, report.VerificationFlag) == ("COMPLETE", "UNVERIFIED")
+    low = content_values(build_report(source, record_for(card, card.referral_threshold / 2), card))
+    assert low["Recommendation"] == "No referral by the triage threshold"
+    # One image, one model: the same UIDs every time (a PACS stores a re-send once).
+    again = build_report(source, record, card)
+    assert (again.SOPInstanceUID, again.SeriesInstanceUID) == (report.SOPInstanceUID, report.SeriesInstanceUID)
+    assert report_uids(source.SOPInstanceUID, source.StudyInstanceUID, "0" * 64)[1] != report.SOPInstanceUID
+
+
+def test_report_passes_dciodvfy(cbis_dicoms, card, tmp_path: Path):
+    dciodvfy = shutil.which("dciodvfy")
+    if dciodvfy is None:
+        pytest.skip("dciodvfy not found: apt-get install dicom3tools (.ci/run installs it)")
+    path = tmp_path / "report.dcm"
+    build_report(read_source(cbis_dicoms[0]), record_for(card, 0.5), card).save_as(path, enforce_file_format=True)
+    result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=60)
+    lines = (result.stdout + result.stderr).splitlines()
+    assert "ComprehensiveSR" in lines
+    errors = [line for line in lines if line.startswith("Error")]
+    assert errors == []
+
+
+# --------------------------------------------------------------------- the outbox
+
+
+class CountingSCP:
+    """A real C-STORE SCP (pynetdicom) that counts each SOP Instance it is sent; status chosen per test."""
+
+    def __init__(self, port: int, status: int = 0x0000) -> None:
+        self.port = port
+        self.status = status
+        self.received: list[str] = []
+        self.server = None
+
+    def start(self) -> CountingSCP:
+        ae = AE(ae_title="PACS")
+        ae.add_supported_context(SR, [EXPLICIT, "1.2.840.10008.1.2"])
+
+        def on_store(event):
+            self.received.append(event.dataset.SOPInstanceUID)
+            return self.status
+
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+
+
+def file_reports(output: SrOutput, tmp_path: Path, cbis_dicoms, card, count: int) -> list[str]:
+    """Copy ``count`` real DICOMs into a fake inbox and hand each a result, as the daemon does."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir(exist_ok=True)
+    uids = []
+    for i, source in enumerate(cbis_dicoms[:count]):
+        target = inbox / f"{i}.dcm"
+        shutil.copyfile(source, target)
+        output.after_result(target, record_for(card, 0.1 * i))
+        uids.append(build_report(read_source(target), record_for(card, 0.1 * i), card).SOPInstanceUID)
+    return uids
+
+
+def test_outbox_waits_for_a_down_destination_then_delivers_each_report_once(tmp_path: Path, cbis_dicoms, card):
+    port = free_port()
+    config = SendConfig(outbox=tmp_path / "outbox", destination=Destination("PACS", "127.0.0.1", port), retry_max_seconds=0.5)
+    log = ListLog()
+    output = SrOutput(config, card, log)
+    output.start()
+    pacs = None
+    try:
+        uids = file_reports(output, tmp_path, cbis_dicoms, card, 3)
+        wait_for(lambda: output.status()["attempts_failed"] >= 2, "two failed attempts")
+        status = output.status()
+        assert status["pending"] == 3 and status["sent"] == 0 and "cannot be reached" in status["last_error"]
+        # The same results again (a restart that finds them written, a re-sent image): nothing new filed.
+        file_reports(output, tmp_path, cbis_dicoms, card, 3)
+        assert output.status()["written"] == 3
+        pacs = CountingSCP(port).start()
+        wait_for(lambda: output.status()["pending"] == 0, "the queue to drain")
+        time.sleep(1.5)  # several retry periods: nothing is sent again
+        assert sorted(pacs.received) == sorted(uids)
+        assert output.status()["sent"] == 3
+        assert sorted(p.name for p in (tmp_path / "outbox" / "sent").iterdir()) == sorted(
+            f"{read_source(tmp_path / 'inbox' / f'{i}.dcm').SOPInstanceUID}.{card.sha256[:12]}.dcm" for i in range(3)
+        )
+    finally:
+        output.stop()
+        if pacs is not None:
+            pacs.stop()
+    # A new process on the same outbox (a restart) sends nothing again.
+    again = SrOutput(config, card, ListLog())
+    pacs = CountingSCP(port).start()
+    try:
+        again.start()
+        file_reports(again, tmp_path, cbis_dicoms, card, 3)
+        time.sleep(1.5)
+        assert pacs.received == [] and again.status()["written"] == 0
+    finally:
+        again.stop()
+        pacs.stop()
+
+
+def test_a_report_the_destination_refuses_is_set_aside_not_retried_forever(tmp_path: Path, cbis_dicoms, card):
+    port = free_port()
+    pacs = CountingSCP(port, status=0xA900).start()
+    config = SendConfig(outbox=tmp_path / "outbox", destination=Destination("PACS", "127.0.0.1", port), retry_max_seconds=0.5)
+    log = ListLog()
+    output = SrOutput(config, card, log)
+    output.start()
+    try:
+        file_reports(output, tmp_path, cbis_dicoms, card, 1)
+        wait_for(lambda: output.status()["rejected"] == 1, "the refusal")
+        time.sleep(1.0)
+        assert len(pacs.received) == 1 and output.status()["pending"] == 0
+        reasons = list((tmp_path / "outbox" / "rejected").glob("*.reason.json"))
+        assert len(reasons) == 1 and json.loads(reasons[0].read_text())["status"] == "0xA900"
+        assert "refused by PACS@127.0.0.1" in log.text()
+    finally:
+        output.stop()
+        pacs.stop()
+
+
+def test_non_dicom_results_get_no_report(tmp_path: Path, example_pngs, card):
+    output = SrOutput(SendConfig(outbox=tmp_path / "outbox"), card, ListLog())
+    output.start()
+    output.after_result(example_pngs[0], record_for(card, 0.5))
+    assert output.status()["pending"] == 0 and output.status()["not_dicom"] == 1
+
+
+_ = threading  # (threads are pynetdicom's)
