@@ -420,3 +420,53 @@ def test_non_dicom_results_get_no_report(tmp_path: Path, example_pngs, card):
 
 
 _ = threading  # (threads are pynetdicom's)
+
+
+# --------------------------------------------------------------------- the daemon's hook
+
+
+@pytest.mark.parametrize("lost", ["index-entry-and-move", "move-only"])
+def test_a_daemon_that_died_after_the_result_still_files_the_report(tmp_path: Path, cbis_dicoms, lost: str):
+    """A crash after the result is durable but before the input left the inbox: the restart files the report."""
+    from watch_support import Daemon
+
+    outbox = tmp_path / "outbox"
+    daemon = Daemon(tmp_path, extra=("--sr-outbox", str(outbox)))
+    shutil.copyfile(cbis_dicoms[2], daemon.inbox / "a.dcm")
+    shutil.copyfile(cbis_dicoms[3], daemon.inbox / "b.dcm")
+    daemon.start()
+    daemon.wait_all(2)
+    assert daemon.stop() == 0
+    pending = sorted(p.name for p in (outbox / "pending").iterdir())
+    assert len(pending) == 2
+    # Undo what a crash right after the result of a.dcm would not have done: the report, the move (and the index entry).
+    for name in pending:
+        if name.startswith(pydicom.dcmread(cbis_dicoms[2], stop_before_pixels=True).SOPInstanceUID):
+            (outbox / "pending" / name).unlink()
+    os.rename(daemon.done / "a.dcm", daemon.inbox / "a.dcm")
+    if lost == "index-entry-and-move":
+        for entry in (daemon.results / ".edge-birads" / "content").iterdir():
+            if "a.dcm" in json.loads(entry.read_text())["names"]:
+                entry.unlink()
+    daemon.start()
+    wait_for(lambda: daemon.inbox_names() == [".edge-birads-watch.lock"] or daemon.inbox_names() == [], "a.dcm to be finished")
+    assert daemon.stop() == 0
+    assert sorted(p.name for p in (outbox / "pending").iterdir()) == pending
+    assert len(daemon.result_records()) == 2  # and still one result each
+    status = daemon.status()
+    assert status["outbox"]["pending"] == 2 and status["outbox"]["written"] == 1
+
+
+def test_send_settings_come_from_the_config_file_and_the_command_line_wins(tmp_path: Path):
+    from edge_birads.outbox import SendConfigError, build_send_config
+
+    config = tmp_path / "watch.conf"
+    config.write_text("[send]\ndestination = PACS@10.0.0.5:104\ncalling_ae_title = PI1\nretry_max_seconds = 30\n")
+    built = build_send_config({"outbox": None, "destination": None}, config, tmp_path / "state")
+    assert built == SendConfig(
+        outbox=tmp_path / "state" / "outbox", destination=Destination("PACS", "10.0.0.5", 104), calling_ae_title="PI1", retry_max_seconds=30.0
+    )
+    assert build_send_config({"destination": "ORTHANC@127.0.0.1:4242"}, config, tmp_path).destination == Destination("ORTHANC", "127.0.0.1", 4242)
+    assert build_send_config({}, None, tmp_path) is None  # no outbox, no destination: no reports
+    with pytest.raises(SendConfigError, match="is not AE_TITLE@HOST:PORT"):
+        build_send_config({"destination": "PACS:104"}, None, tmp_path)
