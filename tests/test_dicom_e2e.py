@@ -8,6 +8,7 @@ binaries (skipped with a message when absent; .ci/run installs them).
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import threading
@@ -204,6 +205,7 @@ def test_kill_9_of_the_receiver_mid_transfer_loses_nothing_the_sender_was_told_w
     def send_forever() -> None:
         rng = random.Random(3)
         ae = AE(ae_title="MAMMO1")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10  # a killed peer must not hold the sender long
         ae.add_requested_context("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.1.2.5")
         while not stop.is_set():
             assoc = ae.associate("127.0.0.1", port, ae_title=RECEIVER_AE)
@@ -228,21 +230,37 @@ def test_kill_9_of_the_receiver_mid_transfer_loses_nothing_the_sender_was_told_w
     sender = threading.Thread(target=send_forever)
     receiver.start()
     sender.start()
-    kills = 0
+    kills = half_files = 0
+
+    def temporaries() -> list[str]:
+        return [entry.name for entry in os.scandir(inbox) if entry.name.startswith(".edge-birads-receive-")]
+
     try:
         rng = random.Random(11)
-        for _ in range(6):
-            time.sleep(rng.uniform(0.3, 1.5))
+        for k in range(6):
+            before = len(stored)
+            wait_for(lambda: len(stored) >= before + 2, "two instances stored by this receiver", procs=(receiver,))
+            if k % 2 == 0:
+                time.sleep(rng.uniform(0.0, 0.3))  # at a random moment (mostly while the data is on the wire)
+            else:
+                wait_for(temporaries, "an instance being written to disk", interval=0.0005, procs=(receiver,))
             receiver.kill()
             kills += 1
+            half_files += bool(temporaries())  # killed while writing: the partial file is a dot-name
+            for path in inbox.iterdir():  # what the daemon would read is complete, even now
+                if not path.name.startswith("."):
+                    assert len(pydicom.dcmread(path).PixelData) > 0
             receiver.start()
         time.sleep(1.0)
     finally:
         stop.set()
         sender.join(timeout=120)
         receiver.stop()
-    print(f"\nreceiver kill -9 x{kills}: {attempts['sent']} C-STOREs started, {len(stored)} answered Success, {attempts['failed']} cut off")
-    assert kills == 6 and attempts["failed"] >= 1 and len(stored) >= 5, (attempts, len(stored))
+    print(
+        f"\nreceiver kill -9 x{kills} ({half_files} while writing a file): {attempts['sent']} C-STOREs started, "
+        f"{len(stored)} answered Success, {attempts['failed']} cut off"
+    )
+    assert kills == 6 and half_files >= 1 and attempts["failed"] >= 1 and len(stored) >= 12, (attempts, len(stored), half_files)
     on_disk = {p.name: p for p in inbox.iterdir() if not p.name.startswith(".")}
     # Everything the sender was told is stored is there, complete.
     for uid, pixels in stored.items():

@@ -207,6 +207,20 @@ def test_success_is_answered_only_after_file_rename_and_folder_are_fsynced(recei
     assert events == ["fsync file", "rename .edge-birads-receive -> .dcm", "fsync folder", "response 0x0000"]
 
 
+def test_start_removes_partial_transfers_of_dead_receivers_only(tmp_path: Path):
+    from edge_birads.receive import TMP_PREFIX
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / f"{TMP_PREFIX}{dead.pid}-0").write_bytes(b"half an instance")
+    (inbox / f"{TMP_PREFIX}{os.getppid()}-3").write_bytes(b"another receiver, still writing")
+    (inbox / "1.2.3.dcm").write_bytes(b"complete")
+    assert Receiver(ReceiveConfig(inbox=inbox), ListLog()).sweep() == 1
+    assert sorted(p.name for p in inbox.iterdir()) == sorted([f"{TMP_PREFIX}{os.getppid()}-3", "1.2.3.dcm"])
+
+
 def synthetic_image(sop_class: str, modality: str = "MG", rows: int = 64):
     """A small honest DICOM image (uncompressed) of ``sop_class``."""
     from pydicom.dataset import Dataset, FileMetaDataset
