@@ -163,9 +163,10 @@ def receive(inbox, config_file, **options) -> None:
     stored. Exit codes: 0 stopped by a signal, 1 start-up problem, 2 usage or
     config error. Research use only, not a diagnostic device.
     """
-    from edge_birads.receive import ReceiveConfigError, build_receive_config, run_receive
+    from edge_birads.receive import ReceiveConfigError, build_receive_config, require_node_extra, run_receive
 
     try:
+        require_node_extra()
         config = build_receive_config({"inbox": inbox, **options}, config_file)
     except ReceiveConfigError as exc:
         raise click.UsageError(str(exc)) from None

@@ -85,6 +85,15 @@ class ReceiveConfigError(Exception):
     """Settings that cannot work (usage error: exit 2)."""
 
 
+def require_node_extra() -> None:
+    """The DICOM node's libraries, or a one-line ReceiveConfigError naming the extra to install."""
+    import importlib.util
+
+    missing = [name for name in ("pynetdicom", "highdicom") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ReceiveConfigError(f"the DICOM node needs {' and '.join(missing)}: pip install 'edge-birads[node]'")
+
+
 @dataclass(frozen=True)
 class ReceiveConfig:
     inbox: Path

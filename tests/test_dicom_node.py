@@ -123,6 +123,19 @@ def test_receive_reads_the_watch_config_file(tmp_path: Path):
     assert "unknown setting 'ae_tilte' in [receive]" in result.output
 
 
+@pytest.mark.parametrize("command", [["receive", "INBOX"], ["watch", "INBOX", "--results", "R", "--send-to", "PACS@127.0.0.1:104"]])
+def test_without_the_node_extra_the_commands_say_what_to_install(tmp_path: Path, monkeypatch, command):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pynetdicom" else real(name, *a))
+    (tmp_path / "INBOX").mkdir()
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, command, prog_name="edge-birads")
+    assert result.exit_code == 2
+    assert "Error: the DICOM node needs pynetdicom: pip install 'edge-birads[node]'" in result.output
+
+
 def test_echo_and_a_real_mammogram_land_in_the_inbox_complete_and_named_by_uid(receiver, cbis_dicoms):
     node = receiver()
     assoc = associate(scu(contexts=((SC, (RLE, EXPLICIT)), ("1.2.840.10008.1.1", (EXPLICIT,)))), node)
