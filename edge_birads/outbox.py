@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,7 +227,9 @@ class SrOutput:
             return
         shown = printable_name(path.name)
         try:
-            source = read_source(path)
+            with warnings.catch_warnings():  # pydicom's warnings may quote header values (patient identifiers)
+                warnings.simplefilter("ignore")
+                source = read_source(path)
         except (OSError, ValueError, TypeError, AttributeError, KeyError, EOFError) as exc:
             self._count("report_errors")
             self.log.warning(f"{shown}: no report: the DICOM header cannot be read again ({type(exc).__name__})")
@@ -303,6 +305,13 @@ class SrOutput:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001  (the daemon sees the thread gone and exits 74; say why on one line)
+            message = " ".join(str(exc).split()) or "(no message)"
+            self.log.error(f"the DICOM sender stopped: {type(exc).__name__}: {message}")
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             queue = self.outbox.queue()
             if not queue:
@@ -358,10 +367,17 @@ class SrOutput:
                     return False
                 else:
                     comment = str(status.get("ErrorComment", "") or "")[:64]
-                    reason = {"status": f"0x{code:04X}", "error_comment": comment, "destination": str(destination), "at": _utc_in(0)}
+                    reason = {
+                        "status": f"0x{code:04X}",
+                        "error_comment": comment,
+                        "destination": str(destination),
+                        "at": _utc_in(0),
+                    }
                     self.outbox.mark_rejected(path, reason)
                     self._count("rejected", f"{path.name} refused by {destination} with 0x{code:04X}")
-                    self.log.error(f"{path.name}: refused by {destination} with status 0x{code:04X} {comment}; set aside in rejected/")
+                    self.log.error(
+                        f"{path.name}: refused by {destination} with status 0x{code:04X} {comment}; set aside in rejected/"
+                    )
             return True
         finally:
             if assoc.is_established:

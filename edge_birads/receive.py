@@ -33,6 +33,7 @@ import os
 import re
 import signal
 import threading
+import warnings
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -224,7 +225,9 @@ class Receiver:
         except Exception:  # noqa: BLE001  (pydicom raises many types for a damaged data set)
             return self.refuse(STATUS_UNREADABLE, "data set cannot be decoded", calling, "?")
         if sop_class != event.context.abstract_syntax:
-            return self.refuse(STATUS_SOP_CLASS_MISMATCH, "SOP Class UID does not match the presentation context", calling, sop_uid)
+            return self.refuse(
+                STATUS_SOP_CLASS_MISMATCH, "SOP Class UID does not match the presentation context", calling, sop_uid
+            )
         if not UID_PATTERN.fullmatch(sop_uid) or len(sop_uid) > 64:
             return self.refuse(STATUS_BAD_UID, "SOP Instance UID is missing or invalid", calling, "?")
         if modality and modality not in MAMMOGRAPHY_MODALITIES:
@@ -340,6 +343,8 @@ def run_receive(config: ReceiveConfig, log: EventLog | None = None) -> int:
     if swept:
         log.info(f"removed {swept} partial transfer(s) a stopped receiver left behind (their senders got no success)")
     route_pynetdicom_log(log)
+    # pydicom's warnings about a sender's data set are multi-line and may quote element values: never printed here.
+    warnings.simplefilter("ignore")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

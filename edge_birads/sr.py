@@ -104,9 +104,13 @@ def build_report(source, record: dict, card) -> object:
     items = [
         CodeContentItem(name=codes.DCM.ObserverType, value=codes.DCM.Device, relationship_type=context),
         TextContentItem(name=codes.DCM.DeviceObserverName, value=MANUFACTURER, relationship_type=context),
-        TextContentItem(name=codes.DCM.AlgorithmName, value=f"edge-birads model '{card.name}'"[:1024], relationship_type=contains),
+        TextContentItem(
+            name=codes.DCM.AlgorithmName, value=f"edge-birads model '{card.name}'"[:1024], relationship_type=contains
+        ),
         TextContentItem(name=codes.DCM.AlgorithmVersion, value=f"edge-birads {__version__}", relationship_type=contains),
-        TextContentItem(name=_code("MODEL-SHA256", "Model SHA-256"), value=str(record["model_sha256"]), relationship_type=contains),
+        TextContentItem(
+            name=_code("MODEL-SHA256", "Model SHA-256"), value=str(record["model_sha256"]), relationship_type=contains
+        ),
         ImageContentItem(
             name=codes.DCM.SourceImage,
             referenced_sop_class_uid=str(source.SOPClassUID),

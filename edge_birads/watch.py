@@ -388,8 +388,8 @@ class WatchDaemon:
     def report(self, name: str, record: dict) -> None:
         """Hand a durable result to the DICOM output while the input is still in the inbox (idempotent)."""
         if self.output is not None:
-            self.activity.context = f"filing the report of {printable_name(name)}"
-            self.guard_output(f"filing the report of {printable_name(name)}", lambda: self.output.after_result(self.config.inbox / name, record))
+            what = self.activity.context = f"filing the report of {printable_name(name)}"
+            self.guard_output(what, lambda: self.output.after_result(self.config.inbox / name, record))
 
     def finish_done(self, name: str, sha: str, note: str | None) -> None:
         source = self.config.inbox / name

@@ -107,8 +107,8 @@ def watch(inbox, config_file, sr_outbox, send_to, send_as, send_retry_max, **opt
 
     try:
         config = build_config({"inbox": inbox, **options}, config_file)
-        send_options = {"outbox": sr_outbox, "destination": send_to, "calling_ae_title": send_as, "retry_max_seconds": send_retry_max}
-        send = build_send_config(send_options, config_file, config.state)
+        send_options = {"outbox": sr_outbox, "destination": send_to, "calling_ae_title": send_as}
+        send = build_send_config({**send_options, "retry_max_seconds": send_retry_max}, config_file, config.state)
         if send is not None:
             from edge_birads.receive import ReceiveConfigError, require_node_extra
 

@@ -52,7 +52,9 @@ def wait_for(predicate, what: str, timeout: float = TIMEOUT, interval: float = 0
             return value
         for proc in procs:
             if proc.proc is not None and proc.proc.poll() is not None:
-                raise AssertionError(f"{proc.name} exited with {proc.proc.returncode} while waiting for {what}:\n{proc.log_text()[-3000:]}")
+                raise AssertionError(
+                    f"{proc.name} exited with {proc.proc.returncode} while waiting for {what}:\n{proc.log_text()[-3000:]}"
+                )
         time.sleep(interval)
     tails = "\n".join(f"--- {proc.name}\n{proc.log_text()[-2000:]}" for proc in procs)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")
@@ -149,7 +151,9 @@ class Orthanc(Process):
             "DicomScuTimeout": 60,
         }
         (root / "orthanc.json").write_text(json.dumps(config, indent=1))
-        super().__init__(f"Orthanc {aet}", [self.binary, "--logdir=" + str(root), str(root / "orthanc.json")], root / "orthanc.out", root)
+        super().__init__(
+            f"Orthanc {aet}", [self.binary, "--logdir=" + str(root), str(root / "orthanc.json")], root / "orthanc.out", root
+        )
 
     def start(self) -> Orthanc:
         super().start()

@@ -36,7 +36,9 @@ class Node:
         self.outbox = root / "outbox"
         self.inbox.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        receive = edge_birads("receive", str(self.inbox), "--ae-title", RECEIVER_AE, "--port", str(self.port), "--bind", "127.0.0.1")
+        receive = edge_birads(
+            "receive", str(self.inbox), "--ae-title", RECEIVER_AE, "--port", str(self.port), "--bind", "127.0.0.1"
+        )
         self.receiver = Process("receive", receive, root / "receive.log", root)
         watch = edge_birads(
             "watch", str(self.inbox), "--results", str(self.results), "--stable-seconds", "0.5",
@@ -50,7 +52,9 @@ class Node:
         self.receiver.start()
         self.watcher.start()
         self.wait_listening()
-        wait_for(lambda: (self.status() or {}).get("pid") == self.watcher.proc.pid, "the daemon's first heartbeat", procs=self.procs)
+        wait_for(
+            lambda: (self.status() or {}).get("pid") == self.watcher.proc.pid, "the daemon's first heartbeat", procs=self.procs
+        )
         return self
 
     @property
@@ -60,7 +64,9 @@ class Node:
     def wait_listening(self) -> None:
         echoscu = need("echoscu", "dcmtk")
         wait_for(
-            lambda: subprocess.run([echoscu, "-aec", RECEIVER_AE, "127.0.0.1", str(self.port)], capture_output=True).returncode == 0,
+            lambda: (
+                subprocess.run([echoscu, "-aec", RECEIVER_AE, "127.0.0.1", str(self.port)], capture_output=True).returncode == 0
+            ),
             "the receiver to answer C-ECHO",
             procs=(self.receiver,),
         )
@@ -93,7 +99,9 @@ def test_orthanc_sends_eight_mammograms_and_gets_eight_reports_back(tmp_path: Pa
     dciodvfy = need("dciodvfy", "dicom3tools")
     orthanc_port = free_port()
     node = Node(tmp_path / "node", destination=f"ORTHANC@127.0.0.1:{orthanc_port}")
-    orthanc = Orthanc(tmp_path / "orthanc", dicom_port=orthanc_port, modalities={"edgebirads": [RECEIVER_AE, "127.0.0.1", node.port]})
+    orthanc = Orthanc(
+        tmp_path / "orthanc", dicom_port=orthanc_port, modalities={"edgebirads": [RECEIVER_AE, "127.0.0.1", node.port]}
+    )
     sources = {uids(p)["SOPInstanceUID"]: uids(p) for p in cbis_dicoms}
     try:
         orthanc.start()
@@ -139,7 +147,9 @@ def test_orthanc_sends_eight_mammograms_and_gets_eight_reports_back(tmp_path: Pa
         assert referenced == set(sources)
         status = node.status()
         assert status["counts"]["classified"] == 8 and status["counts"]["failed"] == 0
-        wait_for(lambda: node.status()["outbox"]["sent"] == 8 and node.status()["outbox"]["pending"] == 0, "the status to show 8 sent")
+        wait_for(
+            lambda: node.status()["outbox"]["sent"] == 8 and node.status()["outbox"]["pending"] == 0, "the status to show 8 sent"
+        )
         received = node.receiver.log_text().count(": received from 'ORTHANC'")
         # No patient identifier in either log.
         logs = node.logs()
@@ -168,8 +178,15 @@ def test_a_destination_down_at_first_gets_every_report_exactly_once(tmp_path: Pa
         node.start()
         result = storescu("-xr", "-aet", "MAMMO1", "-aec", RECEIVER_AE, "127.0.0.1", str(node.port), *map(str, cbis_dicoms))
         assert result.returncode == 0, result.stderr
-        wait_for(lambda: (node.status() or {}).get("outbox", {}).get("written") == 8, "8 reports written", timeout=300, procs=node.procs)
-        wait_for(lambda: node.status()["outbox"]["attempts_failed"] >= 2, "failed attempts while the PACS is down", procs=node.procs)
+        wait_for(
+            lambda: (node.status() or {}).get("outbox", {}).get("written") == 8,
+            "8 reports written",
+            timeout=300,
+            procs=node.procs,
+        )
+        wait_for(
+            lambda: node.status()["outbox"]["attempts_failed"] >= 2, "failed attempts while the PACS is down", procs=node.procs
+        )
         status = node.status()["outbox"]
         assert status["pending"] == 8 and status["sent"] == 0 and "cannot be reached" in status["last_error"]
         # The daemon dies (kill -9) with its queue full and comes back: the queue is still there.
@@ -196,7 +213,9 @@ def test_kill_9_of_the_receiver_mid_transfer_loses_nothing_the_sender_was_told_w
     inbox = root / "inbox"
     inbox.mkdir(parents=True)
     port = free_port()
-    receiver = Process("receive", edge_birads("receive", str(inbox), "--port", str(port), "--bind", "127.0.0.1"), root / "r.log", root)
+    receiver = Process(
+        "receive", edge_birads("receive", str(inbox), "--port", str(port), "--bind", "127.0.0.1"), root / "r.log", root
+    )
     stored: dict[str, bytes] = {}  # SOP Instance UID -> pixel data, for every C-STORE answered Success
     attempts = {"sent": 0, "failed": 0}
     stop = threading.Event()

@@ -123,7 +123,9 @@ def test_receive_reads_the_watch_config_file(tmp_path: Path):
     assert "unknown setting 'ae_tilte' in [receive]" in result.output
 
 
-@pytest.mark.parametrize("command", [["receive", "INBOX"], ["watch", "INBOX", "--results", "R", "--send-to", "PACS@127.0.0.1:104"]])
+@pytest.mark.parametrize(
+    "command", [["receive", "INBOX"], ["watch", "INBOX", "--results", "R", "--send-to", "PACS@127.0.0.1:104"]]
+)
 def test_without_the_node_extra_the_commands_say_what_to_install(tmp_path: Path, monkeypatch, command):
     import importlib.util
 
@@ -210,7 +212,11 @@ def test_success_is_answered_only_after_file_rename_and_folder_are_fsynced(recei
         os.close(fd)
 
     monkeypatch.setattr(receive.os, "fsync", lambda fd: (events.append("fsync file"), real_fsync(fd))[1])
-    monkeypatch.setattr(receive.os, "replace", lambda a, b: (events.append(f"rename {Path(a).name[:20]} -> {Path(b).suffix}"), real_replace(a, b))[1])
+    monkeypatch.setattr(
+        receive.os,
+        "replace",
+        lambda a, b: (events.append(f"rename {Path(a).name[:20]} -> {Path(b).suffix}"), real_replace(a, b))[1],
+    )
     monkeypatch.setattr(receive, "fsync_dir", fsync_folder)
     node = receiver()
     assoc = associate(scu(), node)
@@ -491,9 +497,37 @@ def test_send_settings_come_from_the_config_file_and_the_command_line_wins(tmp_p
     config.write_text("[send]\ndestination = PACS@10.0.0.5:104\ncalling_ae_title = PI1\nretry_max_seconds = 30\n")
     built = build_send_config({"outbox": None, "destination": None}, config, tmp_path / "state")
     assert built == SendConfig(
-        outbox=tmp_path / "state" / "outbox", destination=Destination("PACS", "10.0.0.5", 104), calling_ae_title="PI1", retry_max_seconds=30.0
+        outbox=tmp_path / "state" / "outbox",
+        destination=Destination("PACS", "10.0.0.5", 104),
+        calling_ae_title="PI1",
+        retry_max_seconds=30.0,
     )
-    assert build_send_config({"destination": "ORTHANC@127.0.0.1:4242"}, config, tmp_path).destination == Destination("ORTHANC", "127.0.0.1", 4242)
+    assert build_send_config({"destination": "ORTHANC@127.0.0.1:4242"}, config, tmp_path).destination == Destination(
+        "ORTHANC", "127.0.0.1", 4242
+    )
     assert build_send_config({}, None, tmp_path) is None  # no outbox, no destination: no reports
     with pytest.raises(SendConfigError, match="is not AE_TITLE@HOST:PORT"):
         build_send_config({"destination": "PACS:104"}, None, tmp_path)
+
+
+def test_a_sender_that_cannot_record_a_delivery_stops_with_one_line(tmp_path: Path, cbis_dicoms, card):
+    """The daemon sees the thread gone and exits 74 (systemd restarts it); the report stays pending, not lost."""
+    port = free_port()
+    pacs = CountingSCP(port).start()
+    config = SendConfig(outbox=tmp_path / "outbox", destination=Destination("PACS", "127.0.0.1", port), retry_max_seconds=0.5)
+    log = ListLog()
+    output = SrOutput(config, card, log)
+    output.start()
+    try:
+        (tmp_path / "outbox" / "sent").rmdir()  # the move to sent/ will fail
+        file_reports(output, tmp_path, cbis_dicoms, card, 1)
+        wait_for(lambda: not output.alive(), "the sender to stop")
+        assert [line for line in log.lines if "the DICOM sender stopped" in line] == [
+            "error: the DICOM sender stopped: FileNotFoundError: "
+            + f"[Errno 2] No such file or directory: '{next((tmp_path / 'outbox' / 'pending').iterdir())}' -> "
+            + f"'{tmp_path / 'outbox' / 'sent' / next((tmp_path / 'outbox' / 'pending').iterdir()).name}'"
+        ]
+        assert output.status()["pending"] == 1
+    finally:
+        output.stop()
+        pacs.stop()
