@@ -80,26 +80,12 @@ def build_send_config(options: dict, config_file: str | Path | None, state: Path
     Reports are written when an outbox or a destination is given; the outbox
     defaults to STATE/outbox.
     """
-    import configparser
+    from edge_birads.receive import read_ini, section_values, valid_ae_title
 
     merged: dict = {}
     if config_file:
-        parser = configparser.ConfigParser(interpolation=None)
-        try:
-            with open(config_file, encoding="utf-8") as handle:
-                parser.read_file(handle)
-        except (OSError, configparser.Error, UnicodeDecodeError):
-            parser = None  # the [watch] reader has already reported an unreadable file
-        if parser is not None and parser.has_section(SECTION):
-            known = {"outbox", "destination", "calling_ae_title", "retry_max_seconds"}
-            for key, raw in parser.items(SECTION):
-                key = key.replace("-", "_")
-                if key not in known:
-                    raise SendConfigError(
-                        f"config file {config_file}: unknown setting {key!r} in [{SECTION}] (known: {', '.join(sorted(known))})"
-                    )
-                if raw.strip():
-                    merged[key] = raw.strip()
+        known = {"outbox", "destination", "calling_ae_title", "retry_max_seconds"}
+        merged.update(section_values(read_ini(config_file, SendConfigError), config_file, SECTION, known, SendConfigError))
     merged.update({key: value for key, value in options.items() if value is not None})
     if not merged.get("outbox") and not merged.get("destination"):
         return None
@@ -112,8 +98,6 @@ def build_send_config(options: dict, config_file: str | Path | None, state: Path
         raise SendConfigError(f"retry_max_seconds must be between 0.1 and 3600, not {retry:g}")
     outbox = merged.get("outbox") or state / "outbox"
     calling = str(merged.get("calling_ae_title", DEFAULT_CALLING_AE))
-    from edge_birads.receive import valid_ae_title
-
     for title in (calling, destination.ae_title if destination else calling):
         if not valid_ae_title(title):
             raise SendConfigError(f"{title!r} is not a valid AE title (1-16 printable ASCII characters, no backslash)")

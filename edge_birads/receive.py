@@ -39,7 +39,7 @@ from itertools import count
 from pathlib import Path
 
 from edge_birads.dicom import MAMMOGRAPHY_MODALITIES
-from edge_birads.durable import fsync_dir
+from edge_birads.durable import _unlink_quietly, fsync_dir
 from edge_birads.watch_log import EventLog
 
 SECTION = "receive"
@@ -118,6 +118,32 @@ def transfer_syntaxes() -> list[str]:
     return syntaxes
 
 
+def read_ini(path: str | Path, error: type[Exception]) -> configparser.ConfigParser:
+    """The service's INI file (the watch daemon's), or ``error`` with one line."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except OSError as exc:
+        raise error(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        raise error(f"config file {path} is not valid INI: {str(exc).strip().splitlines()[0]}") from None
+    return parser
+
+
+def section_values(parser, path, section: str, known: set[str], error: type[Exception]) -> dict[str, str]:
+    """The non-empty settings of ``[section]`` (dashes as underscores); an unknown key is ``error``."""
+    values = {}
+    if parser.has_section(section):
+        for key, raw in parser.items(section):
+            key = key.replace("-", "_")
+            if key not in known:
+                raise error(f"config file {path}: unknown setting {key!r} in [{section}] (known: {', '.join(sorted(known))})")
+            if raw.strip():
+                values[key] = raw.strip()
+    return values
+
+
 def valid_ae_title(title: str) -> bool:
     return 0 < len(title) <= 16 and title.isascii() and title.isprintable() and "\\" not in title and title.strip() == title
 
@@ -129,26 +155,12 @@ def build_receive_config(options: dict, config_file: str | Path | None = None) -
     """
     merged: dict = {}
     if config_file:
-        parser = configparser.ConfigParser(interpolation=None)
-        try:
-            with open(config_file, encoding="utf-8") as handle:
-                parser.read_file(handle)
-        except OSError as exc:
-            raise ReceiveConfigError(f"cannot read config file {config_file}: {exc.strerror or exc}") from None
-        except (configparser.Error, UnicodeDecodeError) as exc:
-            raise ReceiveConfigError(f"config file {config_file} is not valid INI: {str(exc).splitlines()[0]}") from None
+        parser = read_ini(config_file, ReceiveConfigError)
         if parser.has_section("watch") and parser.get("watch", "inbox", fallback="").strip():
             merged["inbox"] = parser.get("watch", "inbox").strip()
-        if parser.has_section(SECTION):
-            known = {"inbox", "ae_title", "port", "bind", "allowed_calling_ae_titles"}
-            for key, raw in parser.items(SECTION):
-                key = key.replace("-", "_")
-                if key not in known:
-                    raise ReceiveConfigError(
-                        f"config file {config_file}: unknown setting {key!r} in [{SECTION}] (known: {', '.join(sorted(known))})"
-                    )
-                if raw.strip():
-                    merged["allowed_calling" if key == "allowed_calling_ae_titles" else key] = raw.strip()
+        known = {"inbox", "ae_title", "port", "bind", "allowed_calling_ae_titles"}
+        for key, value in section_values(parser, config_file, SECTION, known, ReceiveConfigError).items():
+            merged["allowed_calling" if key == "allowed_calling_ae_titles" else key] = value
     merged.update({key: value for key, value in options.items() if value is not None and value != ()})
     if not merged.get("inbox"):
         raise ReceiveConfigError("no inbox folder: give INBOX, or 'inbox =' in the config file's [receive] or [watch] section")
@@ -385,8 +397,3 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

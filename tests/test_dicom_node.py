@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from edge_birads.cli import cli  # noqa: E402
 from edge_birads.outbox import Destination, SendConfig, SrOutput  # noqa: E402
 from edge_birads.receive import STORAGE_CLASSES, ReceiveConfig, Receiver  # noqa: E402
 from edge_birads.sr import build_report, read_source, report_uids  # noqa: E402
+from edge_birads.watch_log import EventLog  # noqa: E402
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -35,23 +35,14 @@ EXPLICIT = "1.2.840.10008.1.2.1"
 RLE = "1.2.840.10008.1.2.5"
 
 
-class ListLog:
-    """An EventLog stand-in that keeps the lines (the real one writes to fd 2)."""
+class ListLog(EventLog):
+    """The daemon's event log, keeping the lines instead of writing them to fd 2."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
 
     def __call__(self, level: str, message: str) -> None:
         self.lines.append(f"{level}: {message}")
-
-    def info(self, message: str) -> None:
-        self("info", message)
-
-    def warning(self, message: str) -> None:
-        self("warning", message)
-
-    def error(self, message: str) -> None:
-        self("error", message)
 
     def text(self) -> str:
         return "\n".join(self.lines)
@@ -451,8 +442,6 @@ def test_non_dicom_results_get_no_report(tmp_path: Path, example_pngs, card):
     output.after_result(example_pngs[0], record_for(card, 0.5))
     assert output.status()["pending"] == 0 and output.status()["not_dicom"] == 1
 
-
-_ = threading  # (threads are pynetdicom's)
 
 
 # --------------------------------------------------------------------- the daemon's hook

@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 
 START, END = "<!-- sr-excerpt:start -->", "<!-- sr-excerpt:end -->"
-README = Path(__file__).resolve().parent.parent / "README.md"
 HEADER_TAGS = ("(0008,0016)", "(0008,0060)", "(0008,103e)", "(0040,a491)", "(0040,a493)", "(0040,a496)")
 CONTENT_TAGS = ("(0040,a040)", "(0008,0104)", "(0040,a160)", "(0040,a30a)", "(0008,1150)")
 
@@ -56,10 +55,9 @@ def rendered() -> str:
 
 
 def main() -> None:
-    text = README.read_text(encoding="utf-8")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(head + rendered() + tail, encoding="utf-8")
+    from sync_readme import replace_block  # tools/ is on the path when this runs as a script
+
+    replace_block(START, END, rendered())
 
 
 if __name__ == "__main__":

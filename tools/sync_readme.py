@@ -18,11 +18,16 @@ def rendered() -> str:
     return f"{START}\n{summarize(load_card(default_model_path()))}\n{END}"
 
 
-def main() -> None:
+def replace_block(start: str, end: str, block: str) -> None:
+    """Replace the README's text from ``start`` to ``end`` (both included) with ``block``."""
     text = README.read_text(encoding="utf-8")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(head + rendered() + tail, encoding="utf-8")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    README.write_text(head + block + tail, encoding="utf-8")
+
+
+def main() -> None:
+    replace_block(START, END, rendered())
 
 
 if __name__ == "__main__":
