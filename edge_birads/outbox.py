@@ -33,13 +33,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_birads.durable import fsync_dir, sweep_temporaries, write_json_atomic
+from edge_birads.durable import fsync_dir, sweep_temporaries, write_bytes_atomic, write_json_atomic
 from edge_birads.watch_log import EventLog
 
 SECTION = "send"
 DEFAULT_CALLING_AE = "EDGEBIRADS"
 DEFAULT_RETRY_MAX = 60.0
-TMP_PREFIX = ".eb-tmp-"  # durable.TMP_PREFIX: swept at start
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 DESTINATION_PATTERN = re.compile(r"(?P<ae>[^@]{1,16})@(?P<host>[^:@]+):(?P<port>[0-9]{1,5})")
 
@@ -131,17 +130,7 @@ class Outbox:
         """File ``data`` as pending/``name`` durably; False when this key was filed before."""
         if self.known(name):
             return False
-        tmp = self.pending / f"{TMP_PREFIX}{os.getpid()}-{name}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, self.pending / name)
-        fsync_dir(self.pending)
+        write_bytes_atomic(self.pending / name, (data,), durable=True)
         return True
 
     def queue(self) -> list[Path]:

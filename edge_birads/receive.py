@@ -39,7 +39,7 @@ from itertools import count
 from pathlib import Path
 
 from edge_birads.dicom import MAMMOGRAPHY_MODALITIES
-from edge_birads.durable import _unlink_quietly, fsync_dir
+from edge_birads.durable import _unlink_quietly, write_bytes_atomic
 from edge_birads.watch_log import EventLog
 
 SECTION = "receive"
@@ -273,28 +273,10 @@ class Receiver:
         from pynetdicom.dsutils import encode_file_meta
 
         inbox = self.config.inbox
-        tmp = inbox / f"{TMP_PREFIX}{os.getpid()}-{next(self._names)}"
+        tmp = inbox / f"{TMP_PREFIX}{os.getpid()}-{next(self._names)}"  # not .eb-tmp-: the daemon sweeps those at start
         header = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
         body = event.request.DataSet.getvalue()  # bytes (one copy); a memoryview would pin the buffer
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            for data in (header, body):
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            _unlink_quietly(tmp)
-            raise
-        os.close(fd)
-        try:
-            os.replace(tmp, inbox / name)
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
-        fsync_dir(inbox)
+        write_bytes_atomic(inbox / name, (header, body), durable=True, tmp=tmp)
         return len(header) + len(body)
 
     # ------------------------------------------------------------ running

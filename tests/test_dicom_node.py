@@ -191,7 +191,7 @@ def test_calling_ae_allow_list_refuses_others_and_says_so(receiver):
 
 
 def test_success_is_answered_only_after_file_rename_and_folder_are_fsynced(receiver, cbis_dicoms, monkeypatch):
-    import edge_birads.receive as receive
+    from edge_birads import durable
 
     events: list[str] = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -202,13 +202,13 @@ def test_success_is_answered_only_after_file_rename_and_folder_are_fsynced(recei
         real_fsync(fd)
         os.close(fd)
 
-    monkeypatch.setattr(receive.os, "fsync", lambda fd: (events.append("fsync file"), real_fsync(fd))[1])
+    monkeypatch.setattr(durable.os, "fsync", lambda fd: (events.append("fsync file"), real_fsync(fd))[1])
     monkeypatch.setattr(
-        receive.os,
+        durable.os,
         "replace",
         lambda a, b: (events.append(f"rename {Path(a).name[:20]} -> {Path(b).suffix}"), real_replace(a, b))[1],
     )
-    monkeypatch.setattr(receive, "fsync_dir", fsync_folder)
+    monkeypatch.setattr(durable, "fsync_dir", fsync_folder)
     node = receiver()
     assoc = associate(scu(), node)
     status = assoc.send_c_store(cbis_dicoms[1])
