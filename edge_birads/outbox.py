@@ -79,7 +79,7 @@ def build_send_config(options: dict, config_file: str | Path | None, state: Path
     Reports are written when an outbox or a destination is given; the outbox
     defaults to STATE/outbox.
     """
-    from edge_birads.receive import read_ini, section_values, valid_ae_title
+    from edge_birads.receive import bounded_number, read_ini, section_values, valid_ae_title
 
     merged: dict = {}
     if config_file:
@@ -89,12 +89,7 @@ def build_send_config(options: dict, config_file: str | Path | None, state: Path
     if not merged.get("outbox") and not merged.get("destination"):
         return None
     destination = parse_destination(str(merged["destination"])) if merged.get("destination") else None
-    try:
-        retry = float(merged.get("retry_max_seconds", DEFAULT_RETRY_MAX))
-    except ValueError:
-        raise SendConfigError(f"retry_max_seconds {merged['retry_max_seconds']!r} is not a number") from None
-    if not 0.1 <= retry <= 3600:
-        raise SendConfigError(f"retry_max_seconds must be between 0.1 and 3600, not {retry:g}")
+    retry = bounded_number(merged, "retry_max_seconds", DEFAULT_RETRY_MAX, float, 0.1, 3600, SendConfigError)
     outbox = merged.get("outbox") or state / "outbox"
     calling = str(merged.get("calling_ae_title", DEFAULT_CALLING_AE))
     for title in (calling, destination.ae_title if destination else calling):

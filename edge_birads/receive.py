@@ -144,6 +144,18 @@ def section_values(parser, path, section: str, known: set[str], error: type[Exce
     return values
 
 
+def bounded_number(values: dict, key: str, default, kind, low, high, error: type[Exception]):
+    """``values[key]`` (or ``default``) as ``kind`` within [low, high], or ``error`` with one line."""
+    raw = values.get(key, default)
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError):
+        raise error(f"{key} {raw!r} is not a number") from None
+    if not low <= value <= high:
+        raise error(f"{key} must be between {low:g} and {high:g}, not {value:g}")
+    return value
+
+
 def valid_ae_title(title: str) -> bool:
     return 0 < len(title) <= 16 and title.isascii() and title.isprintable() and "\\" not in title and title.strip() == title
 
@@ -164,12 +176,7 @@ def build_receive_config(options: dict, config_file: str | Path | None = None) -
     merged.update({key: value for key, value in options.items() if value is not None and value != ()})
     if not merged.get("inbox"):
         raise ReceiveConfigError("no inbox folder: give INBOX, or 'inbox =' in the config file's [receive] or [watch] section")
-    try:
-        port = int(merged.get("port", DEFAULT_PORT))
-    except ValueError:
-        raise ReceiveConfigError(f"port {merged['port']!r} is not a number") from None
-    if not 1 <= port <= 65535:
-        raise ReceiveConfigError(f"port must be between 1 and 65535, not {port}")
+    port = bounded_number(merged, "port", DEFAULT_PORT, int, 1, 65535, ReceiveConfigError)
     allowed = merged.get("allowed_calling", ())
     if isinstance(allowed, str):
         allowed = allowed.replace(",", " ").split()

@@ -497,6 +497,8 @@ def test_send_settings_come_from_the_config_file_and_the_command_line_wins(tmp_p
     assert build_send_config({}, None, tmp_path) is None  # no outbox, no destination: no reports
     with pytest.raises(SendConfigError, match="is not AE_TITLE@HOST:PORT"):
         build_send_config({"destination": "PACS:104"}, None, tmp_path)
+    with pytest.raises(SendConfigError, match="retry_max_seconds must be between 0.1 and 3600, not 0"):
+        build_send_config({"outbox": "x", "retry_max_seconds": 0}, None, tmp_path)
 
 
 def test_a_sender_that_cannot_record_a_delivery_stops_with_one_line(tmp_path: Path, cbis_dicoms, card):
