@@ -37,6 +37,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def closed_port() -> tuple[socket.socket, int]:
+    """A port that refuses connections (bound, not listening) and that no other process can take until closed."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock, sock.getsockname()[1]
+
+
 def need(tool: str, package: str) -> str:
     path = shutil.which(tool)
     if path is None:

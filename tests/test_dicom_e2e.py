@@ -21,7 +21,7 @@ pytest.importorskip("pynetdicom", reason="the DICOM node needs pip install 'edge
 pytest.importorskip("highdicom", reason="the DICOM node needs pip install 'edge-birads[node]'")
 
 import pydicom  # noqa: E402
-from dicom_support import Orthanc, Process, edge_birads, free_port, need, wait_for  # noqa: E402
+from dicom_support import Orthanc, Process, closed_port, edge_birads, free_port, need, wait_for  # noqa: E402
 
 RECEIVER_AE = "EDGEBIRADS"
 
@@ -171,7 +171,9 @@ def test_orthanc_sends_eight_mammograms_and_gets_eight_reports_back(tmp_path: Pa
 
 def test_a_destination_down_at_first_gets_every_report_exactly_once(tmp_path: Path, cbis_dicoms):
     need("Orthanc", "orthanc")
-    orthanc_port = free_port()
+    # The PACS's port, bound but not listening while it is "down": connections are refused, and no other
+    # process can take the port in the meantime.
+    down, orthanc_port = closed_port()
     node = Node(tmp_path / "node", destination=f"ORTHANC@127.0.0.1:{orthanc_port}", retry_max=0.5)
     orthanc = Orthanc(tmp_path / "orthanc", dicom_port=orthanc_port, modalities={"edgebirads": [RECEIVER_AE, "127.0.0.1", 1]})
     try:
@@ -185,13 +187,16 @@ def test_a_destination_down_at_first_gets_every_report_exactly_once(tmp_path: Pa
             procs=node.procs,
         )
         wait_for(
-            lambda: node.status()["outbox"]["attempts_failed"] >= 2, "failed attempts while the PACS is down", procs=node.procs
+            lambda: (node.status() or {}).get("outbox", {}).get("attempts_failed", 0) >= 2,
+            "failed attempts while the PACS is down",
+            procs=node.procs,
         )
         status = node.status()["outbox"]
         assert status["pending"] == 8 and status["sent"] == 0 and "cannot be reached" in status["last_error"]
         # The daemon dies (kill -9) with its queue full and comes back: the queue is still there.
         node.watcher.kill()
         node.watcher.start()
+        down.close()
         orthanc.start()
         wait_for(lambda: len(orthanc.received()) >= 8, "8 reports delivered", timeout=120, procs=node.procs)
         wait_for(lambda: (node.status() or {}).get("outbox", {}).get("pending") == 0, "an empty queue", procs=node.procs)
@@ -202,6 +207,7 @@ def test_a_destination_down_at_first_gets_every_report_exactly_once(tmp_path: Pa
         assert len(list((node.outbox / "sent").glob("*.dcm"))) == 8
         assert "cannot be reached" in node.watcher.log_text()
     finally:
+        down.close()
         node.stop()
         orthanc.stop()
 

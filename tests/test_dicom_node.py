@@ -16,7 +16,7 @@ pynetdicom = pytest.importorskip("pynetdicom", reason="the DICOM node needs pip 
 pytest.importorskip("highdicom", reason="the DICOM node needs pip install 'edge-birads[node]'")
 
 import pydicom  # noqa: E402
-from dicom_support import free_port, wait_for  # noqa: E402
+from dicom_support import closed_port, free_port, wait_for  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 from pynetdicom import AE, evt  # noqa: E402
 
@@ -377,7 +377,7 @@ def file_reports(output: SrOutput, tmp_path: Path, cbis_dicoms, card, count: int
 
 
 def test_outbox_waits_for_a_down_destination_then_delivers_each_report_once(tmp_path: Path, cbis_dicoms, card):
-    port = free_port()
+    down, port = closed_port()
     config = SendConfig(outbox=tmp_path / "outbox", destination=Destination("PACS", "127.0.0.1", port), retry_max_seconds=0.5)
     log = ListLog()
     output = SrOutput(config, card, log)
@@ -391,6 +391,7 @@ def test_outbox_waits_for_a_down_destination_then_delivers_each_report_once(tmp_
         # The same results again (a restart that finds them written, a re-sent image): nothing new filed.
         file_reports(output, tmp_path, cbis_dicoms, card, 3)
         assert output.status()["written"] == 3
+        down.close()
         pacs = CountingSCP(port).start()
         wait_for(lambda: output.status()["pending"] == 0, "the queue to drain")
         time.sleep(1.5)  # several retry periods: nothing is sent again
@@ -400,6 +401,7 @@ def test_outbox_waits_for_a_down_destination_then_delivers_each_report_once(tmp_
             f"{read_source(tmp_path / 'inbox' / f'{i}.dcm').SOPInstanceUID}.{card.sha256[:12]}.dcm" for i in range(3)
         )
     finally:
+        down.close()
         output.stop()
         if pacs is not None:
             pacs.stop()
