@@ -524,3 +524,39 @@ def test_a_sender_that_cannot_record_a_delivery_stops_with_one_line(tmp_path: Pa
     finally:
         output.stop()
         pacs.stop()
+
+
+def test_kill_9_of_the_daemon_at_random_moments_loses_no_report(tmp_path: Path, cbis_dicoms, card):
+    """Images arrive, the daemon is killed again and again while it classifies, files and sends: every image
+    ends with exactly one result and its report delivered. A kill between the destination's Success and the
+    move to sent/ may send a report again: with the same SOP Instance UID, which a PACS stores once."""
+    import random
+
+    from watch_support import Daemon
+    from watch_support import wait_for as wait_for_daemon
+
+    port = free_port()
+    pacs = CountingSCP(port).start()
+    outbox = tmp_path / "outbox"
+    daemon = Daemon(tmp_path, extra=("--sr-outbox", str(outbox), "--send-to", f"PACS@127.0.0.1:{port}", "--send-retry-max", "0.5"))
+    rng = random.Random(7)
+    try:
+        daemon.start()
+        for i, source in enumerate(cbis_dicoms):
+            daemon.wait_started()  # the kill lands while it works, not while it loads the model
+            shutil.copyfile(source, daemon.inbox / f".{i}.part")
+            os.rename(daemon.inbox / f".{i}.part", daemon.inbox / f"{i}.dcm")
+            time.sleep(rng.uniform(0.0, 1.5))
+            daemon.kill()
+            daemon.start()
+        daemon.wait_all(len(cbis_dicoms))
+        wait_for_daemon(lambda: len(set(pacs.received)) == len(cbis_dicoms), what="every report delivered", daemon=daemon)
+        wait_for_daemon(lambda: not list((outbox / "pending").iterdir()), what="an empty outbox", daemon=daemon)
+        assert daemon.stop() == 0
+    finally:
+        pacs.stop()
+    expected = {build_report(read_source(p), record_for(card, 0.5), card).SOPInstanceUID for p in cbis_dicoms}
+    assert set(pacs.received) == expected
+    assert len(daemon.result_records()) == len(cbis_dicoms)
+    assert sorted(p.name for p in (outbox / "sent").iterdir()) == sorted(f"{read_source(p).SOPInstanceUID}.{card.sha256[:12]}.dcm" for p in cbis_dicoms)
+    print(f"\ndaemon kill -9 x{len(cbis_dicoms)}: {len(pacs.received)} deliveries of {len(expected)} reports")
