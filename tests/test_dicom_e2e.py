@@ -145,11 +145,14 @@ def test_orthanc_sends_eight_mammograms_and_gets_eight_reports_back(tmp_path: Pa
             errors = [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
             assert errors == [], (path, errors)
         assert referenced == set(sources)
-        status = node.status()
-        assert status["counts"]["classified"] == 8 and status["counts"]["failed"] == 0
-        wait_for(
-            lambda: node.status()["outbox"]["sent"] == 8 and node.status()["outbox"]["pending"] == 0, "the status to show 8 sent"
-        )
+        def status_says_all_done() -> dict | None:  # the status file is rewritten at most once a second
+            status = node.status() or {}
+            outbox = status.get("outbox", {})
+            done = status.get("counts", {}).get("classified") == 8 and outbox.get("sent") == 8 and outbox.get("pending") == 0
+            return status if done else None
+
+        status = wait_for(status_says_all_done, "the status to show 8 classified and 8 sent", procs=node.procs)
+        assert status["counts"]["failed"] == 0
         received = node.receiver.log_text().count(": received from 'ORTHANC'")
         # No patient identifier in either log.
         logs = node.logs()
