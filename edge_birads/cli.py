@@ -196,6 +196,45 @@ def info(model: str | None) -> None:
     click.echo(summarize(card))
 
 
+@cli.command()
+@click.argument("inbox", required=False, type=click.Path(file_okay=False))
+@click.option("--ae-title", default=None, help="Our AE title (the senders' called AE).  [default: EDGEBIRADS]")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="TCP port to listen on.  [default: 11112]")
+@click.option("--bind", default=None, help="Address to listen on, e.g. 127.0.0.1.  [default: 0.0.0.0, every interface]")
+@click.option(
+    "--allow-calling",
+    "allowed_calling",
+    multiple=True,
+    help="Accept associations only from this calling AE title (repeat for several). Default: any.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="INI file: a [receive] section (ae_title, port, bind, allowed_calling_ae_titles); the inbox defaults to [watch]'s.",
+)
+def receive(inbox, config_file, **options) -> None:
+    """Receive mammograms over DICOM (C-STORE SCP) into the watch daemon's INBOX, until SIGTERM/SIGINT.
+
+    Answers C-ECHO; accepts Digital Mammography X-Ray (for presentation and for
+    processing), Digital X-Ray, Computed Radiography and Secondary Capture
+    images whose Modality is MG, and refuses other SOP classes at association
+    negotiation. Each instance is written as INBOX/<SOP Instance UID>.dcm
+    (temporary dot-name, fsync, rename) before the sender is told it is
+    stored. Exit codes: 0 stopped by a signal, 1 start-up problem, 2 usage or
+    config error. Research use only, not a diagnostic device.
+    """
+    from edge_birads.receive import ReceiveConfigError, build_receive_config, require_node_extra, run_receive
+
+    try:
+        require_node_extra()
+        config = build_receive_config({"inbox": inbox, **options}, config_file)
+    except ReceiveConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    sys.exit(run_receive(config))
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="edge-birads")

@@ -37,13 +37,23 @@ def write_json_atomic(path: Path, record: dict, durable: bool = True) -> None:
     lost in a power cut (fine for a heartbeat, not for a result).
     """
     data = (json.dumps(record, ensure_ascii=True, indent=1, sort_keys=False) + "\n").encode("ascii")
-    tmp = path.parent / f"{TMP_PREFIX}{os.getpid()}-{path.name}"
+    write_bytes_atomic(path, (data,), durable=durable)
+
+
+def write_bytes_atomic(path: Path, chunks, durable: bool = True, tmp: Path | None = None) -> None:
+    """Write ``chunks`` (bytes) to a temporary file, fsync, rename over ``path``, fsync the folder.
+
+    ``tmp`` (default ``.eb-tmp-<pid>-<name>`` beside ``path``) must be in the same folder; a writer whose
+    temporaries must survive another process's sweep of ``.eb-tmp-*`` names its own.
+    """
+    tmp = tmp or path.parent / f"{TMP_PREFIX}{os.getpid()}-{path.name}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        for data in chunks:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
         if durable:
             os.fsync(fd)
     except BaseException:

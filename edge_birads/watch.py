@@ -125,8 +125,9 @@ def hash_file(path: Path) -> str:
 class WatchDaemon:
     """One inbox, one model, one file at a time."""
 
-    def __init__(self, config: WatchConfig, classifier, log: EventLog) -> None:
+    def __init__(self, config: WatchConfig, classifier, log: EventLog, output=None) -> None:
         self.config = config
+        self.output = output  # edge_birads.outbox.SrOutput: a DICOM SR per result, or None
         self.classifier = classifier
         self.log = log
         self.events: queue.SimpleQueue = queue.SimpleQueue()
@@ -197,6 +198,8 @@ class WatchDaemon:
                 next_scan = now + self.scan_interval
             if self.source is not None and not self.source.alive():
                 raise OutputError("the inotify watcher thread stopped")
+            if self.output is not None and not self.output.alive():
+                raise OutputError("the DICOM sender thread stopped")
             self.tracker.refresh(now)
             ready = self.tracker.ready(now)
             for name in ready:
@@ -313,11 +316,13 @@ class WatchDaemon:
         # 1. An outcome recorded by an earlier run (it died before moving the file).
         entry = self.index.get(sha)
         if entry is not None and name in entry["names"]:
+            self.report(name, entry.get("record") or {})
             return self.finish_done(name, sha, "already reported by an earlier run (same name and content)")
         result_slot = find_record(config.results, name, sha, RESULT_SUFFIX)
         if result_slot.found is not None:
             record = read_json(result_slot.found) or {}
             self.guard_output(f"indexing {shown}", lambda: self.index.add(sha, name, record))
+            self.report(name, record)
             return self.finish_done(name, sha, f"result {result_slot.found.name} was written by an earlier run")
         failed_slot = find_record(config.failed, name, sha, REASON_SUFFIX, slot_must_be_free=True)
         if failed_slot.found is not None:
@@ -375,8 +380,15 @@ class WatchDaemon:
         self.activity.context = f"writing the result of {shown}"
         self.guard_output(f"writing {target}", lambda: write_json_atomic(target, record, durable=True))
         self.guard_output(f"indexing {shown}", lambda: self.index.add(sha, name, record))
+        self.report(name, record)
         self.finish_done(name, sha, None)
         self.activity.last_success = {"file": shown, "result": target.name, "at": record["processed_at"]}
+
+    def report(self, name: str, record: dict) -> None:
+        """Hand a durable result to the DICOM output while the input is still in the inbox (idempotent)."""
+        if self.output is not None:
+            what = self.activity.context = f"filing the report of {printable_name(name)}"
+            self.guard_output(what, lambda: self.output.after_result(self.config.inbox / name, record))
 
     def finish_done(self, name: str, sha: str, note: str | None) -> None:
         source = self.config.inbox / name
@@ -463,6 +475,8 @@ class WatchDaemon:
             "last_success": self.activity.last_success,
             "last_failure": self.activity.last_failure,
         }
+        if self.output is not None:
+            status["outbox"] = self.output.status()
         try:
             write_json_atomic(self.config.status_file, status, durable=False)
         except OSError as exc:
@@ -479,7 +493,7 @@ def crash_summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message} at {where}"
 
 
-def run_watch(config: WatchConfig, log: EventLog | None = None) -> int:
+def run_watch(config: WatchConfig, log: EventLog | None = None, send=None) -> int:
     """Start-up checks, one model load, the loop; returns the process exit code."""
     log = log or EventLog()
     daemon: WatchDaemon | None = None
@@ -501,7 +515,17 @@ def run_watch(config: WatchConfig, log: EventLog | None = None) -> int:
     except StartupError as exc:
         log.error(str(exc))
         return EXIT_STARTUP
-    daemon = WatchDaemon(config, classifier, log)
+    output = None
+    if send is not None:  # edge_birads.outbox.SendConfig: file (and send) a DICOM SR per result
+        from edge_birads.outbox import SrOutput
+
+        output = SrOutput(send, classifier.card, log)
+        try:
+            output.start()
+        except OSError as exc:
+            log.error(f"cannot use the outbox {send.outbox}: {exc.strerror or exc}")
+            return EXIT_STARTUP
+    daemon = WatchDaemon(config, classifier, log, output)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, daemon.request_stop)
     if stop_requested:
@@ -518,3 +542,6 @@ def run_watch(config: WatchConfig, log: EventLog | None = None) -> int:
             f"the input stays in the inbox; exiting {EXIT_SOFTWARE}"
         )
         return EXIT_SOFTWARE
+    finally:
+        if output is not None:
+            output.stop()

@@ -73,7 +73,21 @@ import click
     help="Quarantine a file after the daemon died this many times on it.  [default: 3]",
 )
 @click.option("--heartbeat-seconds", type=float, default=None, help="Rewrite the status file at least this often.  [default: 10]")
-def watch(inbox, config_file, **options) -> None:
+@click.option(
+    "--sr-outbox",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write a DICOM Structured Report per classified DICOM into this outbox. Default: STATE/outbox with --send-to.",
+)
+@click.option(
+    "--send-to",
+    default=None,
+    metavar="AE@HOST:PORT",
+    help="Send the reports by C-STORE to this DICOM node (e.g. a PACS), retrying while it is down. [send] destination.",
+)
+@click.option("--send-as", default=None, metavar="AE", help="Our calling AE title when sending.  [default: EDGEBIRADS]")
+@click.option("--send-retry-max", type=float, default=None, help="Longest pause between retries, seconds.  [default: 60]")
+def watch(inbox, config_file, sr_outbox, send_to, send_as, send_retry_max, **options) -> None:
     """Classify every image that arrives in INBOX, exactly once, until SIGTERM/SIGINT.
 
     Each input gets one result JSON in --results (the fields of `classify
@@ -83,12 +97,25 @@ def watch(inbox, config_file, **options) -> None:
     Exit codes: 0 stopped by a signal, 1 start-up problem (folders, model),
     2 usage or config error, 70 internal error, 74 an output could not be
     written. Research use only, not a diagnostic device: a clinician decides.
+
+    With --sr-outbox or --send-to (or a [send] section in --config), each
+    classified DICOM also gets a DICOM SR in the outbox, sent exactly once.
     """
+    from edge_birads.outbox import SendConfigError, build_send_config
     from edge_birads.watch import run_watch
     from edge_birads.watch_config import ConfigError, build_config
 
     try:
         config = build_config({"inbox": inbox, **options}, config_file)
-    except ConfigError as exc:
+        send_options = {"outbox": sr_outbox, "destination": send_to, "calling_ae_title": send_as}
+        send = build_send_config({**send_options, "retry_max_seconds": send_retry_max}, config_file, config.state)
+        if send is not None:
+            from edge_birads.receive import ReceiveConfigError, require_node_extra
+
+            try:
+                require_node_extra()
+            except ReceiveConfigError as exc:
+                raise SendConfigError(str(exc)) from None
+    except (ConfigError, SendConfigError) as exc:
         raise click.UsageError(str(exc)) from None
-    sys.exit(run_watch(config))
+    sys.exit(run_watch(config, send=send))

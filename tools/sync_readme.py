@@ -46,6 +46,14 @@ def replace(text: str, markers: tuple[str, str], section: str) -> str:
     return head + section + tail
 
 
+def replace_block(start: str, end: str, block: str) -> None:
+    """Replace the README's text from ``start`` to ``end`` (both included) with ``block``."""
+    text = README.read_text(encoding="utf-8")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    README.write_text(head + block + tail, encoding="utf-8")
+
+
 def main() -> None:
     text = README.read_text(encoding="utf-8")
     text = replace(text, CARD, rendered())

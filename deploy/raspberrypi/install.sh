@@ -9,7 +9,9 @@
 #   2. a virtual environment in PREFIX/venv (default /opt/edge-birads) with edge-birads installed from SOURCE;
 #   3. data folders in DATA (default /var/lib/edge-birads): inbox, results, done, failed;
 #   4. the config file (default /etc/edge-birads/watch.conf), kept if it already exists (--force-config replaces it);
-#   5. the systemd unit edge-birads-watch.service, enabled and (re)started when systemd is running.
+#   5. the systemd unit edge-birads-watch.service, enabled and (re)started when systemd is running;
+#   6. with --dicom: the [node] extra, the DICOM receiver unit edge-birads-receive.service (C-STORE SCP into the
+#      inbox, settings in the config's [receive] section) and a drop-in that lets the watch unit send reports.
 # Non-interactive. Without a running systemd (a chroot, a container, an image build) step 5 installs the unit
 # file and skips systemctl; `systemctl enable --now edge-birads-watch` then does the rest on the device.
 # pip honours PIP_* variables, e.g. PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/to/wheels for an offline install.
@@ -28,6 +30,7 @@
 #   --no-apt             never call apt-get (default: install python3-venv with apt-get if venv is missing)
 #   --no-bin-link        do not link /usr/local/bin/edge-birads to the venv's command
 #   --force-config       overwrite an existing config file
+#   --dicom              also the DICOM node: receiver service, [node] extra, network for sending reports
 #   -h, --help           this text
 set -euo pipefail
 
@@ -44,6 +47,7 @@ START=1
 USE_APT=1
 BIN_LINK=1
 FORCE_CONFIG=0
+DICOM=0
 SOURCE=${EDGE_BIRADS_WHEEL:-}
 UNIT_NAME=edge-birads-watch.service
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -67,12 +71,14 @@ while [ $# -gt 0 ]; do
         --no-apt) USE_APT=0; shift ;;
         --no-bin-link) BIN_LINK=0; shift ;;
         --force-config) FORCE_CONFIG=1; shift ;;
+        --dicom) DICOM=1; shift ;;
         -h|--help) usage; exit 0 ;;
         -*) die "unknown option $1 (see --help)" ;;
         *) [ -z "${ARG_SOURCE:-}" ] || die "only one SOURCE, got '$ARG_SOURCE' and '$1'"; ARG_SOURCE=$1; shift ;;
     esac
 done
 SOURCE=${ARG_SOURCE:-$SOURCE}
+if [ "$DICOM" -eq 1 ]; then EXTRAS=${EXTRAS:+$EXTRAS,}node; fi
 [ -n "$SOURCE" ] || SOURCE=$(cd "$HERE/../.." && pwd)
 
 [ "$(id -u)" -eq 0 ] || die "run as root (sudo): it creates a user, /opt and /etc files and a systemd unit"
@@ -128,6 +134,7 @@ log "installing $spec into $VENV"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 if ! "$VENV/bin/python" -m pip install --quiet "$spec" >&2; then
     [ -n "$EXTRAS" ] || die "pip install $SOURCE failed (see above)"
+    [ "$DICOM" -eq 0 ] || die "pip install $spec failed (see above); --dicom needs the [node] extra"
     log "WARNING: installing with the extras [$EXTRAS] failed; installing the core package only."
     log "WARNING: compressed (JPEG/JPEG 2000) DICOMs will then be quarantined with a message naming what to install."
     "$VENV/bin/python" -m pip install --quiet "$SOURCE" >&2 || die "pip install $SOURCE failed (see above)"
@@ -162,7 +169,10 @@ import sys
 from edge_birads.watch_config import build_config
 config = build_config({}, sys.argv[1])
 folders = []
-for folder in (config.inbox, config.results, config.done, config.failed, config.state, config.status_file.parent):
+from edge_birads.outbox import build_send_config
+send = build_send_config({}, sys.argv[1], config.state)
+extra = [send.outbox] if send is not None else []
+for folder in (config.inbox, config.results, config.done, config.failed, config.state, config.status_file.parent, *extra):
     if not any(str(folder) == f or str(folder).startswith(f + "/") for f in folders):
         folders.append(str(folder))
 print(" ".join(folders))
@@ -177,6 +187,19 @@ sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@CONFIG@|$CONFIG|g" -e "s|@USER@|$SERVICE_US
 chmod 0644 "$UNIT_DIR/$UNIT_NAME.tmp"
 mv "$UNIT_DIR/$UNIT_NAME.tmp" "$UNIT_DIR/$UNIT_NAME"
 log "installed $UNIT_DIR/$UNIT_NAME (writable: $readwrite)"
+UNITS=("$UNIT_NAME")
+if [ "$DICOM" -eq 1 ]; then
+    inbox=$("$VENV/bin/python" -c 'import sys; from edge_birads.receive import build_receive_config; print(build_receive_config({}, sys.argv[1]).inbox)' "$CONFIG") \
+        || die "the [receive] section of $CONFIG is not valid (see above)"
+    sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@CONFIG@|$CONFIG|g" -e "s|@USER@|$SERVICE_USER|g" \
+        -e "s|@DATA@|$DATA|g" -e "s|@INBOX@|$inbox|g" "$HERE/edge-birads-receive.service" >"$UNIT_DIR/edge-birads-receive.service.tmp"
+    chmod 0644 "$UNIT_DIR/edge-birads-receive.service.tmp"
+    mv "$UNIT_DIR/edge-birads-receive.service.tmp" "$UNIT_DIR/edge-birads-receive.service"
+    install -d -m 0755 "$UNIT_DIR/$UNIT_NAME.d"
+    install -m 0644 "$HERE/edge-birads-watch-send.conf" "$UNIT_DIR/$UNIT_NAME.d/send.conf"
+    UNITS+=(edge-birads-receive.service)
+    log "installed $UNIT_DIR/edge-birads-receive.service (writable: $inbox) and the watch unit's send drop-in"
+fi
 
 # --- check: the service user can load the model (sha256 checked against its card) --------------------------------
 if command -v runuser >/dev/null; then
@@ -189,16 +212,16 @@ fi
 if [ "$USE_SYSTEMCTL" -eq 1 ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
     systemctl daemon-reload
     if [ "$START" -eq 1 ]; then
-        systemctl enable "$UNIT_NAME"
-        systemctl restart "$UNIT_NAME"
+        systemctl enable "${UNITS[@]}"
+        systemctl restart "${UNITS[@]}"
         log "service started: systemctl status edge-birads-watch; journalctl -u edge-birads-watch -f"
     else
-        systemctl enable "$UNIT_NAME"
+        systemctl enable "${UNITS[@]}"
         log "service enabled, not started (--no-start): systemctl start edge-birads-watch"
     fi
 elif [ "$USE_SYSTEMCTL" -eq 1 ] && command -v systemctl >/dev/null && [ "$UNIT_DIR" = /etc/systemd/system ]; then
     # No running systemd (chroot, image build): enabling only creates symlinks, which works offline.
-    if systemctl enable "$UNIT_NAME" >&2; then
+    if systemctl enable "${UNITS[@]}" >&2; then
         log "systemd is not running here: service enabled; it starts at the next boot"
     else
         log "systemd is not running here and systemctl enable failed; on the device: systemctl enable --now edge-birads-watch"
