@@ -25,7 +25,7 @@ import numpy as np
 from convert.ensemble_cv import combine
 from convert.lesion_data import PreparedPool, load_pool
 from convert.metrics import roc_auc, threshold_for_sensitivity
-from convert.pretrained import REPRESENTATIVE, PretrainedConfig, build_model, images01
+from convert.pretrained import REPRESENTATIVE, PretrainedConfig, build_model, fit_logistic, frozen_features, images01
 from convert.train_lesion import DEFAULT_CACHE, TrainConfig, collect_cv, fold_split, setup_tensorflow
 
 
@@ -84,56 +84,6 @@ def flip_row(source: Path, out: Path, folds: TrainConfig | None = None) -> dict:
 
 
 # ------------------------------------------------------------------ the frozen-feature floor
-
-def pooled_features(maps: np.ndarray) -> np.ndarray:
-    """Per image and channel: mean, max and mean of the top 5% locations of the block-13 map (3 x channels numbers)."""
-    n, rows, cols, channels = maps.shape
-    flat = maps.reshape(n, rows * cols, channels)
-    k = max(1, int(round(0.05 * rows * cols)))
-    top = np.sort(flat, axis=1)[:, -k:, :].mean(axis=1)
-    return np.concatenate([flat.mean(axis=1), flat.max(axis=1), top], axis=1)
-
-
-def frozen_features(cfg: PretrainedConfig, pool: PreparedPool, cache: Path | None = DEFAULT_CACHE) -> np.ndarray:
-    """Pooled ImageNet features of every pool image (the trunk as loaded, no training); cached beside the pool."""
-    path = None if cache is None else Path(cache) / f"frozen_{cfg.weights}_b{cfg.last_block}_{cfg.height}x{cfg.width}_crop{int(cfg.crop_to_breast)}.npy"
-    if path is not None and path.exists():
-        return np.load(path)
-    from convert.trunks import pretrained_trunk
-
-    setup_tensorflow(cfg.seed, cfg.threads)
-    trunk = pretrained_trunk((cfg.height, cfg.width, 1), cfg.last_block, cfg.weights)
-    parts = []
-    for start in range(0, len(pool.items), 16):
-        maps = trunk.predict(images01(pool, np.arange(start, min(start + 16, len(pool.items)))), verbose=0)
-        parts.append(pooled_features(maps))
-    features = np.concatenate(parts).astype(np.float32)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, features)
-    return features
-
-
-def fit_logistic(x: np.ndarray, y: np.ndarray, groups: np.ndarray, cs=(0.001, 0.01, 0.1, 1.0), seed: int = 0):
-    """Standardised L2 logistic regression (malignant vs rest), C chosen by a 5-fold patient-grouped inner CV on AUC."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GroupKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    def model(c):
-        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
-
-    best_c, best_auc = cs[0], -1.0
-    for c in cs:
-        scores = np.zeros(len(y))
-        for inner_train, inner_test in GroupKFold(5).split(x, y, groups):
-            scores[inner_test] = model(c).fit(x[inner_train], y[inner_train]).predict_proba(x[inner_test])[:, 1]
-        auc = roc_auc(y, scores) or 0.0
-        if auc > best_auc:
-            best_c, best_auc = c, auc
-    return model(best_c).fit(x, y), best_c
-
 
 def frozen_lr_row(out: Path, cfg: PretrainedConfig | None = None, folds: TrainConfig | None = None) -> dict:
     """Frozen features + logistic regression through the ablation's folds (a score-only row)."""
