@@ -240,3 +240,22 @@ def test_fit_leaves_the_chosen_epochs_weights_not_the_last_ones(pretrained_small
     assert not np.allclose(seen[0], seen[2], atol=1e-4)  # training moved the outputs between epochs 1 and 3
     after = pretrained_small.predict(pool.images[val][..., None].astype(np.float32) / 255, verbose=0)
     np.testing.assert_allclose(after, seen[0], atol=1e-5)
+
+
+def test_the_logistic_warm_start_is_the_fitted_regression_folded_into_the_head(pretrained_small, tmp_path):
+    """The head's kernel and bias reproduce the standardised multinomial regression's probabilities on the trunk's features."""
+    from convert.pretrained import fit_logistic, frozen_features, logistic_head
+
+    pool = synthetic_pool(n=60)
+    train = np.arange(40)
+    kernel, bias, c = logistic_head(SMALL, pool, train, cache=tmp_path)
+    features = frozen_features(SMALL, pool, cache=tmp_path)
+    assert features.shape == (60, 3 * 96) and len(list(tmp_path.glob("frozen_*.npy"))) == 1
+    labels = np.array([it.label for it in pool.items])
+    patients = np.array([f"{it.source}/{it.patient_id}" for it in pool.items])
+    reference, same_c = fit_logistic(features[train][:, :192], labels[train], patients[train])
+    head = pretrained_small.get_layer("head")
+    head.set_weights([kernel, bias])
+    probs = pretrained_small.predict(pool.images[..., None].astype(np.float32) / 255, verbose=0)
+    assert c == same_c
+    np.testing.assert_allclose(probs, reference.predict_proba(features[:, :192]), atol=2e-4)
