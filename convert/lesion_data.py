@@ -97,6 +97,8 @@ def breast_of(item: AnnotatedImage) -> str:
 
     mini-MIAS holds one (MLO) view per breast, so its per-breast figures are its per-image ones.
     """
+    if item.path is None:  # a record without a file (tests' synthetic pools) is its own breast
+        return f"{item.source}/{item.patient_id}/#{id(item)}"
     stem = item.path.stem
     if item.source != SOURCE_MIAS:
         parts = stem.split("_")

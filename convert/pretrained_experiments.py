@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from convert.ensemble_cv import combine
-from convert.lesion_data import PreparedPool, load_pool
-from convert.metrics import roc_auc, threshold_for_sensitivity
-from convert.pretrained import REPRESENTATIVE, PretrainedConfig, build_model, fit_logistic, frozen_features, images01
+from convert.lesion_data import load_pool
+from convert.metrics import threshold_for_sensitivity
+from convert.paper_cv import representative, score_fold
+from convert.pretrained import PretrainedConfig, build_model, fit_logistic, frozen_features
 from convert.train_lesion import DEFAULT_CACHE, TrainConfig, collect_cv, fold_split, setup_tensorflow
 
 
@@ -65,15 +66,9 @@ def flip_row(source: Path, out: Path, folds: TrainConfig | None = None) -> dict:
         model = build_model(cfg, pretrained=False)
         model.load_weights(str(weights))
         tta = with_flip_tta(model)
-        rng = np.random.default_rng(seed)
-        representative = images01(pool, train_idx[rng.choice(train_idx.size, min(REPRESENTATIVE, train_idx.size), replace=False)])
-        runner = TfliteModel(to_tflite_int8(tta, representative))
-        x_val, x_test = images01(pool, val_idx), images01(pool, test_idx)
-        val_mal = np.array([pool.items[i].label for i in val_idx]) == 2
-        for suffix, predict in (("", lambda x: keras_predict(tta, x, batch_size=8)), ("_int8", runner.predict)):
-            p_val, p_test = predict(x_val), predict(x_test)
-            threshold = threshold_for_sensitivity(val_mal, p_val[:, 2], folds.referral_sensitivity)
-            np.savez(out / f"fold{fold}{suffix}.npz", test_idx=test_idx, probs=p_test, threshold=threshold, val_idx=val_idx, val_probs=p_val)
+        runner = TfliteModel(to_tflite_int8(tta, representative(pool, train_idx, seed)))
+        predictors = {"": lambda x: keras_predict(tta, x, batch_size=8), "_int8": runner.predict}
+        score_fold(pool, fold, val_idx, test_idx, predictors, folds.referral_sensitivity, out, print)
         history = json.loads((source / f"fold{fold}_history.json").read_text())
         (out / f"fold{fold}_history.json").write_text(json.dumps({"training_seconds": history.get("training_seconds"),
                                                                   "note": "the source row's training; TTA adds none"}))
