@@ -155,7 +155,7 @@ class Classifier:
         spec = self.card.preprocessing
         try:
             with time_limit(self.limits.max_seconds):
-                image = read_file(path, self.limits)
+                image = read_file(path, self.limits, for_model=True)
                 tensor = prepare(image, spec)
                 box = crop_box(image, spec) if want_map else None
         except InputError as exc:
