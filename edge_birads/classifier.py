@@ -83,6 +83,7 @@ class Classifier:
         self.model_path = Path(model_path) if model_path is not None else default_model_path()
         self.card = load_card(self.model_path)
         self.limits = limits
+        self.threads = threads
         self.interpreter, self.runtime = make_interpreter(str(self.model_path), threads)
         self._input = self.interpreter.get_input_details()[0]
         spec = self.card.preprocessing

@@ -70,9 +70,12 @@ def cli() -> None:
 @click.option("--heatmap", "heatmap_dir", type=click.Path(file_okay=False), default=None,
               help="Also write one PNG per image into this folder: the image with the model's lesion map overlaid "
               "(needs a model with a lesion map).")
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=None,
+              help="Worker processes, each with its own interpreter; results stay in input order.  "
+              "[default: one per CPU core when a folder is given, else 1]")
 def classify(
     paths: tuple[str, ...], recursive: bool, fmt: str, model: str | None, threads: int,
-    max_pixels: int, max_file_mb: float, time_limit: float, heatmap_dir: str | None,
+    max_pixels: int, max_file_mb: float, time_limit: float, heatmap_dir: str | None, jobs: int | None,
 ) -> None:
     """Classify mammogram images (PNG, JPEG, TIFF, PGM, BMP, DICOM) or folders of them.
 
@@ -80,6 +83,7 @@ def classify(
     error and the others go on; the exit code is then 1.
     """
     from edge_birads.inputs import iter_input_files, no_images_message
+    from edge_birads.parallel import default_jobs
 
     progress = Progress(sys.stderr, sys.stderr.isatty(), unit="files")
     files: list = []
@@ -99,14 +103,10 @@ def classify(
         table = TableWriter(click.echo, card.labels, card.malignant_label) if fmt == "table" else None
         if fmt == "csv":
             click.echo(csv_header(card.labels))
-        for path in files:
-            progress.update("classifying", seen, len(files))
-            if heatmaps is None:
-                result = classifier.classify_file(path)
-            else:
-                result, lesion_map = classifier.explain_file(path)
-                if lesion_map is not None:
-                    heatmaps.write(result, lesion_map)
+        progress.update("classifying", 0, len(files))
+        for result, lesion_map in _results(classifier, files, jobs or default_jobs(paths), heatmaps is not None):
+            if lesion_map is not None:
+                heatmaps.write(result, lesion_map)
             progress.clear()
             if not result.ok:
                 click.echo(f"error: {result.file}: {result.error}", err=True)
@@ -117,7 +117,7 @@ def classify(
             else:
                 click.echo(csv_line(result, card.labels))
             seen, failed = seen + 1, failed + (not result.ok)  # counted once printed: an interrupt never over-counts
-        progress.update("classifying", seen, len(files))
+            progress.update("classifying", seen, len(files))
     except KeyboardInterrupt:
         progress.clear()
         click.echo(
@@ -133,6 +133,19 @@ def classify(
         click.echo(summary, err=True)
     if failed:
         sys.exit(1)
+
+
+def _results(classifier, files: list, jobs: int, want_map: bool):
+    """(Result, LesionMap | None) per file, in input order: in this process, or in ``jobs`` worker processes."""
+    jobs = min(jobs, len(files))
+    if jobs <= 1:
+        for path in files:
+            yield classifier.explain_file(path) if want_map else (classifier.classify_file(path), None)
+        return
+    from edge_birads.parallel import ProcessClassifier, WorkerSettings
+
+    settings = WorkerSettings(str(classifier.model_path), classifier.threads, classifier.limits, want_map)
+    yield from ProcessClassifier(settings, jobs).run(files, classifier.failure)
 
 
 @cli.command()
