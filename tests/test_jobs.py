@@ -145,12 +145,12 @@ def test_ctrl_c_with_jobs_exits_130_with_what_was_done(example_pngs, tmp_path):
         os.link(example_pngs[0], images / f"img-{i:03d}.png")
     process = subprocess.Popen(
         [sys.executable, "-u", "-m", "edge_birads", "classify", "--format", "jsonl", "--jobs", "2", str(images)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), start_new_session=True,
     )
     first = process.stdout.readline()
     assert first.startswith('{"file": ')
     time.sleep(0.3)
-    process.send_signal(signal.SIGINT)  # the parent only, as a terminal's Ctrl-C would (workers ignore it)
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the whole process group, workers included
     rest, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     lines = stderr.splitlines()
@@ -162,3 +162,28 @@ def test_ctrl_c_with_jobs_exits_130_with_what_was_done(example_pngs, tmp_path):
     records = (first + rest).splitlines()
     assert len(records) == n
     assert [json.loads(r)["file"] for r in records] == [str(images / f"img-{i:03d}.png") for i in range(n)]
+
+
+def test_ctrl_c_while_the_workers_start_is_one_line_and_130(example_pngs, tmp_path):
+    """Ctrl-C reaches the whole process group: workers still importing must not print tracebacks."""
+    import psutil
+
+    images = tmp_path / "in"
+    images.mkdir()
+    for i in range(20):
+        os.link(example_pngs[0], images / f"img-{i:03d}.png")
+    process = subprocess.Popen(
+        [sys.executable, "-u", "-m", "edge_birads", "classify", "--format", "jsonl", "--jobs", "2", str(images)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), start_new_session=True,
+    )
+    parent = psutil.Process(process.pid)
+    deadline = time.monotonic() + 60
+    while len([c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())]) < 2:  # both workers exist
+        assert time.monotonic() < deadline and process.poll() is None, "the workers never started"
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert len(stderr.splitlines()) == 1 and stderr.startswith("interrupted: "), stderr
+    assert len(stdout.splitlines()) == int(re.match(r"interrupted: (\d+) of 20", stderr).group(1))
