@@ -73,9 +73,15 @@ def cli() -> None:
 @click.option("-j", "--jobs", type=click.IntRange(1, 256), default=None,
               help="Worker processes, each with its own interpreter; results stay in input order.  "
               "[default: one per CPU core when a folder is given, else 1]")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:8786|local:N",
+              help="Classify on a Dask cluster (the [cluster] extra): the address of its scheduler, or local:N for N "
+              "worker processes on this machine. Files must be at the same path on every worker. See docs/cluster.md.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True,
+              help="Files per cluster task (with --scheduler).")
 def classify(
     paths: tuple[str, ...], recursive: bool, fmt: str, model: str | None, threads: int,
     max_pixels: int, max_file_mb: float, time_limit: float, heatmap_dir: str | None, jobs: int | None,
+    scheduler: str | None, batch_size: int,
 ) -> None:
     """Classify mammogram images (PNG, JPEG, TIFF, PGM, BMP, DICOM) or folders of them.
 
@@ -85,6 +91,16 @@ def classify(
     from edge_birads.inputs import iter_input_files, no_images_message
     from edge_birads.parallel import default_jobs
 
+    if scheduler is not None:
+        from edge_birads.cluster import parse_scheduler
+
+        try:
+            parse_scheduler(scheduler)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--scheduler'") from None
+        for given, name in ((jobs, "--jobs"), (heatmap_dir, "--heatmap")):
+            if given is not None:
+                raise click.UsageError(f"{name} cannot be used with --scheduler (the cluster's workers do the work)")
     progress = Progress(sys.stderr, sys.stderr.isatty(), unit="files")
     files: list = []
     seen = failed = 0
@@ -104,7 +120,11 @@ def classify(
         if fmt == "csv":
             click.echo(csv_header(card.labels))
         progress.update("classifying", 0, len(files))
-        for result, lesion_map in _results(classifier, files, jobs or default_jobs(paths), heatmaps is not None):
+        if scheduler is not None:
+            results = _cluster_results(classifier, files, scheduler, batch_size)
+        else:
+            results = _results(classifier, files, jobs or default_jobs(paths), heatmaps is not None)
+        for result, lesion_map in results:
             if lesion_map is not None:
                 heatmaps.write(result, lesion_map)
             progress.clear()
@@ -146,6 +166,29 @@ def _results(classifier, files: list, jobs: int, want_map: bool):
 
     settings = WorkerSettings(str(classifier.model_path), classifier.threads, classifier.limits, want_map)
     yield from ProcessClassifier(settings, jobs).run(files, classifier.failure)
+
+
+def _cluster_results(classifier, files: list, scheduler: str, batch_size: int):
+    """(Result, None) per file, in input order, from a Dask cluster; the client (and a local cluster) closed after."""
+    from edge_birads.cluster import ClusterSettings, classify_on_cluster, connect
+
+    settings = ClusterSettings(str(classifier.model_path.resolve()), classifier.sha256, classifier.threads, classifier.limits, batch_size)
+    try:
+        client, cluster = connect(scheduler)
+    except ModelError as exc:
+        raise ModelLoadError(str(exc)) from None
+    except OSError as exc:  # the scheduler cannot be reached (distributed raises OSError subclasses on timeout)
+        raise click.ClickException(f"cannot connect to the Dask scheduler at {scheduler}: {' '.join(str(exc).split())}") from None
+    try:
+        try:
+            for result in classify_on_cluster(client, files, settings, classifier.failure):
+                yield result, None
+        except ModelError as exc:
+            raise ModelLoadError(str(exc)) from None
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 @cli.command()
