@@ -8,6 +8,7 @@ image found or the model could not be loaded, 2 usage errors, 130 interrupted (C
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -186,6 +187,7 @@ def _cluster_results(classifier, files: list, scheduler: str, batch_size: int):
         except ModelError as exc:
             raise ModelLoadError(str(exc)) from None
     finally:
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)  # teardown chatter (a comm closing) after the results
         client.close()
         if cluster is not None:
             cluster.close()

@@ -25,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
+import threading
 import time
 import uuid
 from collections import deque
@@ -173,9 +175,8 @@ def classify_on_cluster(client, files: Sequence[str | Path], settings: ClusterSe
                 pending.append((batches[submitted], future))
                 submitted += 1
             batch, future = pending.popleft()
-            _wait(future)
             try:
-                results = future.result()
+                results = _result(future)
             except ModelError:
                 raise
             except Exception as exc:  # KilledWorker (the batch killed its workers), a lost scheduler connection
@@ -189,10 +190,24 @@ def classify_on_cluster(client, files: Sequence[str | Path], settings: ClusterSe
             client.cancel([future for _, future in pending])
 
 
-def _wait(future) -> None:
-    """Until ``future`` is done, in short sleeps: Ctrl-C then interrupts a sleep of this thread, not distributed's
-    event-loop wait inside ``result()`` (where it logs a NameError traceback from its own cancel callback)."""
+def _result(future):
+    """``future.result()``, with Ctrl-C landing only in this thread's own short sleeps.
+
+    distributed's blocking waits run on its event-loop thread; a KeyboardInterrupt inside one makes it
+    log a NameError traceback from its own cancel callback. So: wait in sleeps until the batch is done,
+    then fetch it with SIGINT deferred (a done future's result comes at once) and re-raised after.
+    """
     pause = 0.001
     while not future.done():
         time.sleep(pause)
         pause = min(pause * 2, 0.02)
+    if threading.current_thread() is not threading.main_thread():
+        return future.result()
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    try:
+        return future.result()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt

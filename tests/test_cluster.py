@@ -157,7 +157,8 @@ def test_ctrl_c_cancels_the_remaining_batches_and_exits_130(cluster, tmp_path, e
     first = process.stdout.readline()
     assert first.startswith('{"file": ')
     process.send_signal(signal.SIGINT)
-    rest, stderr = process.communicate(timeout=60)
+    rest, stderr = process.stdout.read(), process.stderr.read()  # not communicate(): it skips readline's buffer
+    process.wait(timeout=60)
     assert process.returncode == 130, stderr
     done = re.fullmatch(r"interrupted: (\d+) of 400 files done \(\d+ classified, 0 failed, their results above are complete\); \d+ not read\.\n", stderr)
     assert done, stderr

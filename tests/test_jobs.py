@@ -151,7 +151,8 @@ def test_ctrl_c_with_jobs_exits_130_with_what_was_done(example_pngs, tmp_path):
     assert first.startswith('{"file": ')
     time.sleep(0.3)
     os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the whole process group, workers included
-    rest, stderr = process.communicate(timeout=60)
+    rest, stderr = process.stdout.read(), process.stderr.read()  # not communicate(): it skips readline's buffer
+    process.wait(timeout=60)
     assert process.returncode == 130, stderr
     lines = stderr.splitlines()
     assert len(lines) == 1, stderr
