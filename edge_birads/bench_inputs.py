@@ -122,31 +122,43 @@ def measure_inputs(model: Path, inputs: list[tuple[Path, str]], n: int, warmup: 
     return rows
 
 
-def measure_scaling(model: Path, images: list[Path], count: int, max_jobs: int, threads: int, child_env) -> dict[str, Any]:
-    """``classify --jobs J`` for J = 1..max_jobs over one folder of ``count`` links cycling through ``images``."""
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="edge-birads-scaling-") as scratch:
-        folder = Path(scratch) / "images"
-        folder.mkdir()
-        for i in range(count):
-            source = images[i % len(images)].resolve()
-            (folder / f"{i:06d}{source.suffix}").symlink_to(source)
-        for jobs in range(1, max_jobs + 1):
-            argv = [sys.executable, "-c", classify_body(["classify", str(folder), "--format", "jsonl", "--jobs", str(jobs),
-                                                         "--model", str(model), "--threads", str(threads)])]
-            started = time.perf_counter()
-            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=child_env())
-            stamps = [time.perf_counter() for line in process.stdout if line.startswith("{")]
-            status = process.wait()
-            wall = time.perf_counter() - started
-            steady = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else None
-            rows.append({"jobs": jobs, "results": len(stamps), "exit_status": status, "whole_process_s": round(wall, 3),
-                         "images_per_s": None if steady is None else round(steady, 2),
-                         "whole_process_images_per_s": round(len(stamps) / wall, 2)})
+def linked_folder(folder: Path, images: list[Path], count: int) -> Path:
+    """``count`` symbolic links cycling through ``images`` (nothing copied), named in order."""
+    folder.mkdir(parents=True)
+    for i in range(count):
+        source = images[i % len(images)].resolve()
+        (folder / f"{i:06d}{source.suffix}").symlink_to(source)
+    return folder
+
+
+def time_classify(folder: Path, options: list[str], child_env) -> dict[str, Any]:
+    """One fresh ``edge-birads classify FOLDER --format jsonl OPTIONS``: results, images/s first to last result, whole wall."""
+    argv = [sys.executable, "-c", classify_body(["classify", str(folder), "--format", "jsonl", *options])]
+    started = time.perf_counter()
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=child_env())
+    stamps = [time.perf_counter() for line in process.stdout if line.startswith("{")]
+    status = process.wait()
+    wall = time.perf_counter() - started
+    steady = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else None
+    return {"results": len(stamps), "exit_status": status, "whole_process_s": round(wall, 3),
+            "images_per_s": None if steady is None else round(steady, 2),
+            "whole_process_images_per_s": round(len(stamps) / wall, 2)}
+
+
+def with_speedups(rows: list[dict]) -> list[dict]:
     base = rows[0]["images_per_s"] if rows else None
     for row in rows:
         row["speedup"] = round(row["images_per_s"] / base, 2) if base and row["images_per_s"] else None
-    return {"images": count, "distinct_files": len(images), "rows": rows}
+    return rows
+
+
+def measure_scaling(model: Path, images: list[Path], count: int, max_jobs: int, threads: int, child_env) -> dict[str, Any]:
+    """``classify --jobs J`` for J = 1..max_jobs over one folder of ``count`` links cycling through ``images``."""
+    with tempfile.TemporaryDirectory(prefix="edge-birads-scaling-") as scratch:
+        folder = linked_folder(Path(scratch) / "images", images, count)
+        rows = [dict(jobs=jobs, **time_classify(folder, ["--jobs", str(jobs), "--model", str(model), "--threads", str(threads)], child_env))
+                for jobs in range(1, max_jobs + 1)]
+    return {"images": count, "distinct_files": len(images), "rows": with_speedups(rows)}
 
 
 def format_inputs(rows: list[dict], scaling: dict | None, cores: int) -> list[str]:
