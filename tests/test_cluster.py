@@ -15,17 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 from edge_birads.cli import cli
+from test_jobs import rows  # the jsonl records without latency_ms
 
 distributed = pytest.importorskip("distributed", reason="the [cluster] extra (Dask distributed) is not installed")
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def rows(stdout: str) -> list[dict]:
-    records = [json.loads(line) for line in stdout.splitlines()]
-    for record in records:
-        record.pop("latency_ms")
-    return records
 
 
 @pytest.fixture(scope="module")

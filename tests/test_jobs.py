@@ -138,15 +138,21 @@ def test_a_worker_killed_mid_run_loses_and_repeats_nothing(tmp_path, example_png
     assert [r.prediction for r in results] == [classifier.classify_file(f).prediction for f in files]
 
 
-def test_ctrl_c_with_jobs_exits_130_with_what_was_done(example_pngs, tmp_path):
+def start_classify_jobs_2(tmp_path: Path, source: Path, count: int) -> tuple[Path, subprocess.Popen]:
+    """`classify --jobs 2` on a folder of ``count`` hard links, in its own process group (as a terminal's job)."""
     images = tmp_path / "in"
     images.mkdir()
-    for i in range(300):
-        os.link(example_pngs[0], images / f"img-{i:03d}.png")
+    for i in range(count):
+        os.link(source, images / f"img-{i:03d}.png")
     process = subprocess.Popen(
         [sys.executable, "-u", "-m", "edge_birads", "classify", "--format", "jsonl", "--jobs", "2", str(images)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), start_new_session=True,
     )
+    return images, process
+
+
+def test_ctrl_c_with_jobs_exits_130_with_what_was_done(example_pngs, tmp_path):
+    images, process = start_classify_jobs_2(tmp_path, example_pngs[0], 300)
     first = process.stdout.readline()
     assert first.startswith('{"file": ')
     time.sleep(0.3)
@@ -169,14 +175,7 @@ def test_ctrl_c_while_the_workers_start_is_one_line_and_130(example_pngs, tmp_pa
     """Ctrl-C reaches the whole process group: workers still importing must not print tracebacks."""
     import psutil
 
-    images = tmp_path / "in"
-    images.mkdir()
-    for i in range(20):
-        os.link(example_pngs[0], images / f"img-{i:03d}.png")
-    process = subprocess.Popen(
-        [sys.executable, "-u", "-m", "edge_birads", "classify", "--format", "jsonl", "--jobs", "2", str(images)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), start_new_session=True,
-    )
+    images, process = start_classify_jobs_2(tmp_path, example_pngs[0], 20)
     parent = psutil.Process(process.pid)
     deadline = time.monotonic() + 60
     while len([c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())]) < 2:  # both workers exist
