@@ -163,7 +163,7 @@ def measure_scaling(model: Path, images: list[Path], count: int, max_jobs: int, 
 
 def format_inputs(rows: list[dict], scaling: dict | None, cores: int) -> list[str]:
     """The table lines of both sections."""
-    lines = ["", f"{'int8 TFLite per input':<44}{'steady p50':>11}{'decode':>8}{'prep':>7}{'cold process':>14}{'peak RSS':>10}",
+    lines = ["", f"{'per input (int8 model)':<44}{'steady p50':>11}{'decode':>8}{'prep':>7}{'cold process':>14}{'peak RSS':>10}",
              f"{'':<44}{'ms':>11}{'ms':>8}{'ms':>7}{'s (median)':>14}{'MiB':>10}"]
     for row in rows:
         if row["status"] != "ok":
