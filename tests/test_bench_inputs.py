@@ -35,8 +35,10 @@ def test_png_dicom_and_large_jpeg_each_have_steady_and_cold_figures(report, cbis
         assert 0 < row["steady_ms"]["decode"]["p50"] < row["steady_ms"]["total"]["p50"]
         assert 0 < row["cold_process_s"]["min"] <= row["cold_process_s"]["median"]
         assert row["cold_process_peak_rss_mib"]["median"] > 30 and row["cold_process_failures"] == 0 and row["repeats"] == 2
-    # Decoding 12.7 Mpixel of RLE takes longer than a 0.7 Mpixel PNG, and holds more memory: the rows are not swapped.
-    assert inputs[1]["steady_ms"]["decode"]["p50"] > inputs[0]["steady_ms"]["decode"]["p50"]
+    # Decoding 12.7 Mpixel of RLE takes ~15x as long as a 0.7 Mpixel PNG (3x is the margin for a busy machine) and
+    # holds more memory: each row timed its own file.
+    assert inputs[1]["steady_ms"]["decode"]["min"] > 3 * inputs[0]["steady_ms"]["decode"]["min"]
+    assert inputs[2]["steady_ms"]["decode"]["min"] > 3 * inputs[0]["steady_ms"]["decode"]["min"]
     assert inputs[1]["cold_process_peak_rss_mib"]["median"] > inputs[0]["cold_process_peak_rss_mib"]["median"]
 
 
