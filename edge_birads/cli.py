@@ -73,7 +73,7 @@ def cli() -> None:
               "(needs a model with a lesion map).")
 @click.option("-j", "--jobs", type=click.IntRange(1, 256), default=None,
               help="Worker processes, each with its own interpreter; results stay in input order.  "
-              "[default: one per CPU core when a folder is given, else 1]")
+              "[default: one per CPU core when a folder is given (at most one per 4 files), else 1]")
 @click.option("--scheduler", default=None, metavar="tcp://HOST:8786|local:N",
               help="Classify on a Dask cluster (the [cluster] extra): the address of its scheduler, or local:N for N "
               "worker processes on this machine. Files must be at the same path on every worker. See docs/cluster.md.")
@@ -124,7 +124,7 @@ def classify(
         if scheduler is not None:
             results = _cluster_results(classifier, files, scheduler, batch_size)
         else:
-            results = _results(classifier, files, jobs or default_jobs(paths), heatmaps is not None)
+            results = _results(classifier, files, jobs or default_jobs(paths, len(files)), heatmaps is not None)
         for result, lesion_map in results:
             if lesion_map is not None:
                 heatmaps.write(result, lesion_map)

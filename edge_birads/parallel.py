@@ -42,9 +42,17 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_jobs(paths: Sequence[str]) -> int:
-    """One job per usable core when any argument is a folder, else 1 (a single file gains nothing from a pool)."""
-    return usable_cpus() if any(Path(raw).is_dir() for raw in paths) else 1
+FILES_PER_JOB = 4  # below this many files per worker, starting the workers costs more than they save
+
+
+def default_jobs(paths: Sequence[str], files: int) -> int:
+    """One job per usable core when any argument is a folder, else 1 (a single file gains nothing from a pool).
+
+    Never more than one per FILES_PER_JOB files: a folder of two images is done before two workers have started.
+    """
+    if not any(Path(raw).is_dir() for raw in paths):
+        return 1
+    return max(1, min(usable_cpus(), files // FILES_PER_JOB))
 
 
 @dataclass(frozen=True)

@@ -84,8 +84,13 @@ def test_all_good_files_exit_0_with_jobs(cbis_dicoms):
 def test_default_is_one_job_per_core_for_folders_and_one_for_files(tmp_path, example_pngs):
     from edge_birads.parallel import default_jobs, usable_cpus
 
-    assert default_jobs([str(example_pngs[0])]) == 1
-    assert default_jobs([str(example_pngs[0]), str(tmp_path)]) == usable_cpus() == len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))
+    assert usable_cpus() == cores
+    assert default_jobs([str(example_pngs[0])], 1) == 1
+    assert default_jobs([str(example_pngs[0]), str(tmp_path)], 4 * cores) == cores
+    assert default_jobs([str(tmp_path)], 1000 * cores) == cores
+    assert default_jobs([str(tmp_path)], 2) == 1  # a folder of 2 images: one process, no workers to start
+    assert default_jobs([str(tmp_path)], 8) == min(cores, 2)
 
 
 def crash_on_named(path: str):
