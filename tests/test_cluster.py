@@ -165,3 +165,33 @@ def test_ctrl_c_cancels_the_remaining_batches_and_exits_130(cluster, tmp_path, e
             time.sleep(0.1)
         left = client.run_on_scheduler(lambda dask_scheduler: [k for k in dask_scheduler.tasks if "edge-birads-" in str(k)])
     assert left == []
+
+
+def test_a_batch_dask_gives_up_on_is_error_rows_and_the_rest_goes_on(archive, one_process):
+    """With no retries allowed, the killed worker's batches fail (KilledWorker): one error row per file, in place."""
+    import dask
+
+    from edge_birads.classifier import Classifier
+    from edge_birads.cluster import ClusterSettings, classify_on_cluster, local_cluster
+
+    files = sorted(archive.iterdir())
+    classifier = Classifier()
+    settings = ClusterSettings(str(classifier.model_path), classifier.sha256, batch_size=2)
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        with local_cluster(2) as cluster, distributed.Client(cluster) as client:
+            pids = client.run(os.getpid)
+            results = []
+            for result in classify_on_cluster(client, files, settings, classifier.failure):
+                results.append(result)
+                if len(results) == 4:
+                    os.kill(sorted(pids.values())[0], signal.SIGKILL)
+    assert [r.file for r in results] == [str(f) for f in files]
+    given_up = [i for i, r in enumerate(results) if r.error and r.error.startswith("the cluster could not classify this file's batch (KilledWorker")]
+    assert given_up, "no batch failed although no retry was allowed"
+    assert all((i ^ 1) in given_up or (i ^ 1) >= len(files) for i in given_up), given_up  # whole batches of 2
+    expected = rows(one_process.stdout)
+    for i, result in enumerate(results):
+        record = result.to_dict()
+        record.pop("latency_ms")
+        if i not in given_up:
+            assert record == expected[i]
