@@ -19,31 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-HOOK = (
-    "import atexit\n"
-    "def _hwm(path={path!r}):\n"
-    "    line = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
-    "    open(path, 'w').write(line.split()[1])\n"
-    "atexit.register(_hwm)\n"
-)
-
+from edge_birads.bench_inputs import fresh_process
 
 def measure(body: str, scratch: Path) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one fresh `python -c BODY`."""
-    out = scratch / "hwm"
-    code = HOOK.format(path=str(out)) + body
-    started = time.perf_counter()
-    status = subprocess.run([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False).returncode
-    wall = time.perf_counter() - started
+    """(wall seconds, peak RSS MiB) of one fresh `python -c BODY` (edge_birads.bench_inputs.fresh_process)."""
+    wall, rss, status = fresh_process(body, scratch)
     if status != 0:
         raise SystemExit(f"child exited with {status}: {body}")
-    return wall, int(out.read_text()) / 1024.0
+    return wall, rss
 
 
 def main() -> None:

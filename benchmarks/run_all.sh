@@ -52,4 +52,14 @@ if [[ -f benchmarks/daemon_throughput.py ]]; then
 else
     echo "benchmarks/daemon_throughput.py not present yet (issue 5)" | tee "$out/daemon-throughput.txt"
 fi
+echo "== 8. per input kind (PNG, DICOM, 3000x5000 JPEG) and classify --jobs scaling (issue 16)"
+edge-birads bench "${model_args[@]}" --n 100 --warmup 10 --cold-repeats 5 --scaling-images 200 --format json > "$out/bench-inputs.json"
+table "$out/bench-inputs.json" | tee "$out/bench-inputs.txt"
+
+echo "== 9. the DICOM path before (git merge-base main HEAD) and after, one real DICOM"
+python benchmarks/dicom_path.py --n 30 --repeats 5 --json "$out/dicom-path.json" | tee "$out/dicom-path.txt"
+
+echo "== 10. Dask: --scheduler local:1 and local:2 beside one process and --jobs 2"
+python benchmarks/cluster_throughput.py --images 2000 --json "$out/cluster-png.json" | tee "$out/cluster-png.txt"
+python benchmarks/cluster_throughput.py --images 400 --dicom --json "$out/cluster-dicom.json" | tee "$out/cluster-dicom.txt"
 uptime | tee -a "$out/machine.txt"

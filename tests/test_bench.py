@@ -60,7 +60,8 @@ def json_report(tmp_path_factory) -> dict:
 
 def test_json_report_has_every_key_and_engine(json_report):
     report = json_report
-    assert set(report) == {"tool", "version", "disclaimer", "model", "settings", "machine", "paper", "engines", "ratios", "notes"}
+    assert set(report) == {"tool", "version", "disclaimer", "model", "settings", "machine", "paper", "engines", "inputs", "scaling",
+                           "ratios", "notes"}  # inputs, scaling: tests/test_bench_inputs.py
     assert report["disclaimer"] == DISCLAIMER
     assert report["paper"] == {"seconds_per_image": 0.12, "rss_mb": 127.0, "baseline_rss_mb": 450.0}
     assert report["settings"]["n"] == 3 and report["settings"]["warmup"] == 1

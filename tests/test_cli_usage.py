@@ -103,7 +103,8 @@ def test_ctrl_c_exact_output(example_pngs, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Classifier, "classify_file", interrupted_on_the_second)
     images = folder_of_copies(tmp_path / "in", example_pngs[0], 3)
-    result = CliRunner().invoke(cli, ["classify", "--format", "jsonl", str(images)])
+    # --jobs 1: the patch lives in this process (with worker processes, see tests/test_jobs.py).
+    result = CliRunner().invoke(cli, ["classify", "--format", "jsonl", "--jobs", "1", str(images)])
     assert result.exit_code == 130
     assert len(result.stdout.splitlines()) == 1
     assert result.stderr == "interrupted: 1 of 3 files done (1 classified, 0 failed, their results above are complete); 2 not read.\n"

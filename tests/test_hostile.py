@@ -170,7 +170,8 @@ def test_unreadable_file_simulated(tmp_path, monkeypatch):
         return builtins.open(file, *args, **kwargs)
 
     monkeypatch.setattr(decode, "open", guarded_open, raising=False)
-    result = CliRunner().invoke(cli, ["classify", "--format", "jsonl", str(tmp_path)])
+    # --jobs 1: the patch lives in this process (a folder's default is one worker process per core).
+    result = CliRunner().invoke(cli, ["classify", "--format", "jsonl", "--jobs", "1", str(tmp_path)])
     assert result.exit_code == 1
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [f"error: {locked}: permission denied"]
     assert json.loads(result.stdout.splitlines()[1])["error"] is None

@@ -1,0 +1,171 @@
+"""``classify --jobs N``: N worker processes, each with its own interpreter, results in input order.
+
+Each worker is a fresh interpreter (``spawn``) whose initializer loads the
+:class:`~edge_birads.classifier.Classifier` once; the parent keeps at most a few
+files per worker in flight and yields the results strictly in input order, so
+the output is the same as one process's (only ``latency_ms`` differs). A bad
+file is its own error row, as in one process. A worker that dies (a decoder
+crash, the kernel's OOM killer) loses no file and repeats none: the pool is
+restarted and the files that were in flight are tried again one at a time; a
+file that kills its worker when alone is reported as an error row.
+Workers ignore SIGINT: Ctrl-C reaches the parent, which cancels what has not
+started and returns.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_birads.decode import DEFAULT_LIMITS, DecodeLimits
+from edge_birads.errors import printable_name
+from edge_birads.heatmap import LesionMap
+from edge_birads.results import Result
+
+IN_FLIGHT_PER_JOB = 4  # files queued per worker: enough to keep it busy, few enough to bound the parent's memory
+WORKER_DIED = "the worker process reading this file died (a crash in a decoder, or out of memory); not classified"
+
+_classifier = None  # the worker's own Classifier, loaded once by _start_worker
+
+
+def usable_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+FILES_PER_JOB = 4  # below this many files per worker, starting the workers costs more than they save
+
+
+def default_jobs(paths: Sequence[str], files: int) -> int:
+    """One job per usable core when any argument is a folder, else 1 (a single file gains nothing from a pool).
+
+    Never more than one per FILES_PER_JOB files: a folder of two images is done before two workers have started.
+    """
+    if not any(Path(raw).is_dir() for raw in paths):
+        return 1
+    return max(1, min(usable_cpus(), files // FILES_PER_JOB))
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    model: str
+    threads: int = 1
+    limits: DecodeLimits = DEFAULT_LIMITS
+    want_map: bool = False
+
+
+def _start_worker(settings: WorkerSettings) -> None:
+    """Pool initializer: ignore Ctrl-C (the parent handles it), one OpenCV thread, the model loaded once."""
+    global _classifier
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import cv2
+
+    cv2.setNumThreads(1)  # N workers on N cores: OpenCV's own thread pool would only oversubscribe them
+    from edge_birads.classifier import Classifier
+
+    _classifier = (Classifier(settings.model, threads=settings.threads, limits=settings.limits), settings.want_map)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _classify_in_worker(path: str) -> tuple[Result, LesionMap | None]:
+    classifier, want_map = _classifier
+    if want_map:
+        return classifier.explain_file(path)
+    return classifier.classify_file(path), None
+
+
+class ProcessClassifier:
+    """Classify many files in ``jobs`` worker processes; ``run`` yields (Result, LesionMap | None) in input order."""
+
+    def __init__(self, settings: WorkerSettings, jobs: int) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.pool: ProcessPoolExecutor | None = None
+        self.restarts = 0
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(
+                max_workers=self.jobs,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker,
+                initargs=(self.settings,),
+            )
+        return self.pool
+
+    def run(self, files: Sequence[str | Path], failure, task=None) -> Iterator[tuple[Result, LesionMap | None]]:
+        """Results in input order; ``failure(name, reason)`` makes the row of a file that killed its worker.
+
+        ``task(path)`` runs in the worker (default: the worker's Classifier on the file).
+        """
+        self.task = task or _classify_in_worker
+        waiting: deque[int] = deque(range(len(files)))  # not yet yielded, in input order
+        running: dict[int, Future] = {}
+        suspects: set[int] = set()  # in flight when a worker died: now tried one at a time
+        window = self.jobs * IN_FLIGHT_PER_JOB
+        try:
+            while waiting:
+                head = waiting[0]
+                if suspects:
+                    if head not in running:
+                        running[head] = self._submit(files[head])
+                else:
+                    for index in list(waiting)[:window]:
+                        if index not in running:
+                            running[index] = self._submit(files[index])
+                try:
+                    outcome = running[head].result()
+                except BrokenProcessPool:
+                    # Which file killed the worker is unknown: each file in flight is tried again, alone.
+                    self._restart()
+                    if head in suspects:  # it was alone: it is the one
+                        outcome = (failure(printable_name(files[head]), WORKER_DIED), None)
+                    else:
+                        suspects = set(running)
+                        running.clear()
+                        continue
+                    running.clear()
+                suspects.discard(head)
+                running.pop(head, None)
+                waiting.popleft()
+                yield outcome
+        finally:
+            for future in running.values():
+                future.cancel()
+            self.close()
+
+    def _submit(self, path: str | Path) -> Future:
+        if self.pool is not None:
+            return self.pool.submit(self.task, os.fspath(path))
+        # The first submit starts the workers. SIGINT is ignored meanwhile so they start with it ignored (an ignored
+        # signal stays ignored across exec): a terminal's Ctrl-C, sent to the whole process group, then reaches only
+        # this process, never a worker still importing (a traceback) or mid-file.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+        try:
+            return self._pool().submit(self.task, os.fspath(path))
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def _restart(self) -> None:
+        self.restarts += 1
+        self.close()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
