@@ -13,7 +13,7 @@ import numpy as np
 
 from edge_birads.card import ModelCard, load_card
 from edge_birads.deadline import time_limit
-from edge_birads.decode import DEFAULT_LIMITS, DecodeLimits, read_file
+from edge_birads.decode import DEFAULT_LIMITS, DecodeLimits, decode_bytes, read_input
 from edge_birads.errors import InputError, ModelError, printable_name
 from edge_birads.interpreter import dequantize, make_interpreter, quantize, tensor_quantization
 from edge_birads.preprocess import prepare
@@ -93,20 +93,30 @@ class Classifier:
         return to_prediction(self.predict(prepare(image, self.card.preprocessing)), self.card)
 
     def classify_file(self, path: str | Path) -> Result:
-        """Classify one file; a bad file becomes a Result with ``error`` set, never an exception.
+        """Classify one file; a bad file becomes a Result with ``error`` set, never an exception."""
+        try:
+            data = read_input(path, self.limits)
+        except InputError as exc:
+            return Result(file=printable_name(path), model_sha256=self.sha256, latency_ms=None, error=exc.reason)
+        return self.classify_bytes(data, path)
+
+    def classify_bytes(self, data: bytes, name: str | Path) -> Result:
+        """Classify a file's bytes, read once by the caller; ``name`` is reported and its suffix
+        says whether to decode as DICOM. A bad file becomes a Result with ``error`` set.
 
         Decoding and preprocessing run under the per-file time limit (see
         deadline.py); inference has a fixed cost and runs outside it.
         """
-        name = printable_name(path)
+        shown = printable_name(name)
         started = time.perf_counter()
         try:
             with time_limit(self.limits.max_seconds):
-                tensor = prepare(read_file(path, self.limits), self.card.preprocessing)
+                image = decode_bytes(data, suffix=Path(name).suffix.lower(), limits=self.limits)
+                tensor = prepare(image, self.card.preprocessing)
         except InputError as exc:
-            return Result(file=name, model_sha256=self.sha256, latency_ms=None, error=exc.reason)
+            return Result(file=shown, model_sha256=self.sha256, latency_ms=None, error=exc.reason)
         except MemoryError:  # the size limits should prevent this; if not, it is this file's failure
-            return Result(file=name, model_sha256=self.sha256, latency_ms=None, error="out of memory while decoding (lower --max-pixels)")
+            return Result(file=shown, model_sha256=self.sha256, latency_ms=None, error="out of memory while decoding (lower --max-pixels)")
         prediction = to_prediction(self.predict(tensor), self.card)
         latency = round((time.perf_counter() - started) * 1000.0, 3)
-        return Result(file=name, model_sha256=self.sha256, latency_ms=latency, prediction=prediction)
+        return Result(file=shown, model_sha256=self.sha256, latency_ms=latency, prediction=prediction)
