@@ -170,6 +170,14 @@ def _check_values(config: WatchConfig) -> None:
         raise ConfigError(f"threads must be between 1 and 64, not {config.threads}")
     if not 1 <= config.max_attempts <= 1000:
         raise ConfigError(f"max-attempts must be between 1 and 1000, not {config.max_attempts}")
+    for label, folder in (("results", config.results), ("done", config.done), ("failed", config.failed), ("state", config.state)):
+        if folder == config.inbox:
+            raise ConfigError(f"the {label} folder must not be the inbox itself ({folder})")
+
+
+def check_nesting(config: WatchConfig) -> None:
+    """Refuse output folders inside the inbox (the daemon would take its own outputs for arrivals and
+    quarantine its state) and an inbox inside an output folder. Paths are compared with links resolved."""
     for label, folder in (
         ("results", config.results),
         ("done", config.done),
@@ -177,13 +185,10 @@ def _check_values(config: WatchConfig) -> None:
         ("state", config.state),
         ("status file's", config.status_file.parent),
     ):
-        if folder == config.inbox:
-            raise ConfigError(f"the {label} folder must not be the inbox itself ({folder})")
         if _inside(folder, config.inbox):
-            # The daemon would take its own outputs for arrivals (and quarantine its state).
-            raise ConfigError(f"the {label} folder {folder} must not be inside the inbox {config.inbox}")
+            raise StartupError(f"the {label} folder {folder} must not be inside the inbox {config.inbox}")
         if _inside(config.inbox, folder):
-            raise ConfigError(f"the inbox {config.inbox} must not be inside the {label} folder {folder}")
+            raise StartupError(f"the inbox {config.inbox} must not be inside the {label} folder {folder}")
 
 
 def prepare_folders(config: WatchConfig) -> list[int]:
@@ -195,6 +200,7 @@ def prepare_folders(config: WatchConfig) -> list[int]:
     passes access() on a read-only mount or an immutable folder, and the
     daemon must fail at start, not at the first result.
     """
+    check_nesting(config)
     if not config.inbox.is_dir():
         if config.inbox.exists():
             raise StartupError(f"inbox {config.inbox} is not a folder")

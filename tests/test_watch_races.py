@@ -1,0 +1,94 @@
+"""What the daemon files is exactly what it classified: re-sends during the record write, and kills
+at fixed points of the claim -> classify -> record -> file sequence, each hit every time by a real
+daemon process whose fsync pauses or kills it at a chosen file (tests/watch_support.HOOKED_RUNNER)."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+from watch_support import Daemon, check_exactly_once, png_bytes, sha256, wait_for, write_atomically
+
+WINDOW_TIMEOUT = 30.0  # both files are done in a few seconds; on the landed code one never gets a result
+
+
+def files_by_content(folder) -> dict[str, str]:
+    """sha256 -> name of every input file in ``folder`` (records excluded)."""
+    return {sha256(p.read_bytes()): p.name for p in folder.iterdir() if p.is_file() and not p.name.endswith(".json")}
+
+
+def test_a_file_resent_while_its_result_is_written_is_filed_and_classified_separately(tmp_path) -> None:
+    """x.png (A) is classified; while its result is being fsynced, the sender re-sends x.png (B) by
+    rename. A must be in done/ under A's result, and B classified on its own; nothing moved unread."""
+    first, second = png_bytes(1), png_bytes(2)
+    daemon = Daemon(tmp_path, pause_on_fsync=r"-x\.png\.json$")
+    (daemon.inbox / "x.png").write_bytes(first)
+    daemon.start()
+    wait_for(lambda: (daemon.control / "paused").exists(), what="the pause in the result's fsync", daemon=daemon)
+    write_atomically(daemon.inbox, "x.png", second)
+    (daemon.control / "go").touch()
+    wait_for(lambda: daemon.outcome_count() >= 2 and not daemon.inbox_names(), timeout=WINDOW_TIMEOUT, what="two results", daemon=daemon)
+    assert daemon.stop() == 0
+    results = {record["sha256"]: record for record in daemon.result_records()}
+    assert set(results) == {sha256(first), sha256(second)} and all(r["file"] == "x.png" for r in results.values())
+    done = files_by_content(daemon.done)
+    assert set(done) == {sha256(first), sha256(second)}, "each content filed in done/ has its own result"
+    assert done[sha256(first)] == "x.png" and done[sha256(second)] == f"x.{sha256(second)[:12]}.png", "the suffix stays last"
+    assert all(r["duplicate_of"] is None for r in results.values())
+
+
+def test_a_complete_file_sent_over_a_truncated_one_being_quarantined_is_classified(tmp_path) -> None:
+    """The quarantine path's window: a truncated x.png is being set aside when the complete x.png
+    replaces it. failed/ must hold the truncated bytes under its reason, and the complete image a result."""
+    complete = png_bytes(3, size=128)
+    truncated = complete[: len(complete) // 2]
+    daemon = Daemon(tmp_path, pause_on_fsync=r"-x\.png\.reason\.json$")
+    (daemon.inbox / "x.png").write_bytes(truncated)
+    daemon.start()
+    wait_for(lambda: (daemon.control / "paused").exists(), what="the pause in the reason's fsync", daemon=daemon)
+    write_atomically(daemon.inbox, "x.png", complete)
+    (daemon.control / "go").touch()
+    wait_for(lambda: daemon.outcome_count() >= 2 and not daemon.inbox_names(), timeout=WINDOW_TIMEOUT, what="two records", daemon=daemon)
+    assert daemon.stop() == 0
+    (failure,) = daemon.failure_records()
+    assert failure["sha256"] == sha256(truncated) and "truncated PNG" in failure["error"]
+    assert (daemon.failed / "x.png").read_bytes() == truncated, "failed/ holds exactly the bytes the reason is about"
+    (result,) = daemon.result_records()
+    assert result["sha256"] == sha256(complete) and result["error"] is None
+    assert (daemon.done / "x.png").read_bytes() == complete
+
+
+# (label, fsync to die at, input is bad): each a different point of the sequence for one file.
+KILL_POINTS = [
+    pytest.param(r"claim\.json$", False, id="writing-the-claim-marker"),  # before the rename out of the inbox
+    pytest.param(r"-x\.png\.json$", False, id="claimed-result-not-yet-written"),  # file in STATE/work, classified
+    pytest.param(r"/results$", False, id="result-durable-not-yet-filed"),  # result renamed into place, input not filed
+    pytest.param(r"/failed$", True, id="reason-durable-not-yet-filed"),  # reason renamed into place, input not filed
+]
+
+
+@pytest.mark.parametrize(("kill_on", "bad"), KILL_POINTS)
+def test_a_kill_at_each_point_is_resumed_from_the_working_folder_once(tmp_path, kill_on: str, bad: bool) -> None:
+    data = b"not an image at all\n" if bad else png_bytes(21)
+    daemon = Daemon(tmp_path, kill_on_fsync=kill_on)
+    (daemon.inbox / "x.png").write_bytes(data)
+    (daemon.inbox / "y.png").write_bytes(png_bytes(22))  # waits behind it
+    daemon.start()
+    assert daemon.proc.wait(timeout=120) == -signal.SIGKILL
+    marker = daemon.results / ".edge-birads" / "claim.json"
+    work = daemon.results / ".edge-birads" / "work"
+    in_work = [p.name for p in work.iterdir()]
+    if kill_on.startswith("claim"):  # died before the marker was in place: nothing claimed
+        assert not marker.exists() and in_work == [] and (daemon.inbox / "x.png").read_bytes() == data
+    else:
+        claim = json.loads(marker.read_text())
+        assert claim["name"] == "x.png" and in_work == [claim["work"]] and not (daemon.inbox / "x.png").exists()
+    restarted = Daemon(tmp_path)  # the plain daemon, same folders
+    restarted.start()
+    restarted.wait_all(2)
+    assert restarted.stop() == 0
+    check_exactly_once(restarted, {"x.png": data, "y.png": png_bytes(22)}, bad={"x.png"} if bad else set())
+    assert not list(work.iterdir()) and not (daemon.results / ".edge-birads" / "claim.json").exists()
+    if not kill_on.startswith("claim"):
+        assert "previous run stopped while processing x.png" in restarted.log_text()
