@@ -158,7 +158,9 @@ def test_log_lines_are_single_lines_with_journald_priorities(tmp_path: Path) -> 
     fd = os.open(out, os.O_WRONLY | os.O_CREAT)
     EventLog(journal=True, fd=fd).warning("bad\nname.png: reason")
     EventLog(journal=False, fd=fd).info("ok.png: fine")
+    EventLog(journal=True, fd=fd).info("esc-\x1b[31m.png: a raw ESC, a C1 \x9b and a line separator \u2028")
     os.close(fd)
     lines = out.read_text().splitlines()
     assert lines[0] == "<4>bad\\nname.png: reason"
-    assert lines[1].endswith("info: ok.png: fine") and len(lines) == 2
+    assert lines[1].endswith("info: ok.png: fine") and len(lines) == 3
+    assert lines[2] == "<6>esc-\\x1b[31m.png: a raw ESC, a C1 \\x9b and a line separator \\u2028"
