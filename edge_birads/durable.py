@@ -188,17 +188,19 @@ def free_name(folder: Path, name: str, sha256: str | None) -> Path:
     raise AssertionError("unreachable: slot_names is infinite")
 
 
-def sweep_temporaries(folder: Path) -> int:
-    """Remove temporary files a killed process left behind; return how many."""
+def sweep_temporaries(folder: Path, recursive: bool = False) -> int:
+    """Remove temporary files a killed process left behind (in sub-folders too if ``recursive``); return how many."""
     removed = 0
     try:
         entries = list(os.scandir(folder))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return 0
     for entry in entries:
         if entry.name.startswith(TMP_PREFIX) and entry.is_file(follow_symlinks=False):
             _unlink_quietly(Path(entry.path))
             removed += 1
+        elif recursive and not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
+            removed += sweep_temporaries(Path(entry.path), recursive=True)
     return removed
 
 

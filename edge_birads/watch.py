@@ -58,14 +58,13 @@ from edge_birads.durable import (
     move_no_replace,
     read_json,
     rename_no_replace,
-    safe_base,
     slot_names,
     sweep_temporaries,
     write_json_atomic,
 )
 from edge_birads.errors import ModelError, printable_name
 from edge_birads.watch_config import StartupError, WatchConfig, prepare_folders
-from edge_birads.watch_inbox import EventSource, InboxTracker, probe
+from edge_birads.watch_inbox import EventSource, InboxTracker, is_study_folder, probe
 from edge_birads.watch_log import EventLog
 from edge_birads.watch_state import (
     REASON_SUFFIX,
@@ -191,14 +190,36 @@ def file_signature(status: os.stat_result) -> tuple:
 
 
 def work_name(name: str) -> str:
-    """A unique name in the working folder that still shows which file it is."""
-    return f"{time.time_ns():x}-{safe_base(split_relative(name)[1], None)}"
+    """Where ``name`` goes in the working folder: a fresh folder holding the entry at its relative path,
+    so the path it came from is known from the working folder alone (see :func:`claimed_entries`)."""
+    return f"{time.time_ns():x}/{name}"
 
 
-def name_from_work(entry: str) -> str:
-    """The inbox name a working-folder entry was claimed from, when its marker is lost."""
-    prefix, _, base = entry.partition("-")
-    return base if prefix and base else entry
+def claimed_entries(work: Path) -> list[str]:
+    """``<id>/<relative path>`` of every entry in the working folder (deepest study folders walked)."""
+    found = []
+
+    def walk(folder: Path, prefix: str) -> None:
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            name = prefix + entry.name
+            is_folder = entry.is_dir(follow_symlinks=False)
+            if is_folder and (not prefix or is_study_folder(entry.name)):
+                walk(Path(entry.path), name + "/")  # a claim's own folder, or a study folder on the way to the entry
+            elif prefix:
+                found.append(name)
+
+    walk(work, "")
+    return found
+
+
+def prune_work(work: Path) -> None:
+    """Remove the empty folders a filed entry leaves in the working folder."""
+    for root, folders, files in os.walk(work, topdown=False):
+        if Path(root) != work and not folders and not files:
+            try:
+                os.rmdir(root)
+            except OSError:
+                pass
 
 
 class WatchDaemon:
@@ -237,16 +258,10 @@ class WatchDaemon:
         for folder in (config.state / "content", self.claims.work):
             folder.mkdir(parents=True, exist_ok=True)
         # Temporary and probe files a killed predecessor left behind (all named .eb-tmp-*).
-        for folder in (
-            config.inbox,
-            config.results,
-            config.done,
-            config.failed,
-            config.state,
-            config.state / "content",
-            config.status_file.parent,
-        ):
+        for folder in (config.inbox, config.done, config.state, config.state / "content", config.status_file.parent):
             sweep_temporaries(folder)
+        for folder in (config.results, config.failed):  # records are written in study sub-folders too
+            sweep_temporaries(folder, recursive=True)
         if not config.poll:
             try:
                 self.source = EventSource(config.inbox, self.events)
@@ -311,12 +326,13 @@ class WatchDaemon:
                 if lookup.found is not None:
                     record = read_json(lookup.found) or {}
                     self.guard_output(f"indexing {shown}", lambda: self.index.add(claim.sha256, claim.name, record))
-        # Entries without a marker (only if the marker itself was lost): processed under the name they carry.
-        for entry in sorted(os.listdir(self.claims.work)):
-            name = name_from_work(entry)
-            self.log.warning(f"{printable_name(entry)} was left in the working folder without its claim record; processing it as {printable_name(name)}")
+        # Entries whose marker was lost (it is not fsynced: a power cut can keep the rename and lose it).
+        for entry in claimed_entries(self.claims.work):
+            name = entry.partition("/")[2]
+            self.log.warning(f"previous run stopped after taking {printable_name(name)} out of the inbox; resuming")
             self.guard_output("writing the claim record", lambda: self.claims.claim(name, entry))
             self.account(self.process_claimed(name))
+        prune_work(self.claims.work)
 
     def shutdown(self) -> None:
         self.stop_source()
@@ -411,6 +427,7 @@ class WatchDaemon:
         entry = work_name(name)
         self.guard_output("writing the claim record", lambda: self.claims.claim(name, entry))
         try:
+            self.guard_output("creating a working folder", lambda: (self.claims.work / entry).parent.mkdir(parents=True))
             rename_no_replace(path, self.claims.work / entry)
         except FileNotFoundError:
             self.claims.clear()
@@ -419,6 +436,7 @@ class WatchDaemon:
             return Outcome(name, "gone")
         except OSError as exc:
             self.claims.clear()
+            prune_work(self.claims.work)
             if exc.errno not in UNMOVABLE_ERRORS:
                 raise OutputError(f"moving {path} into the working folder: {exc.strerror or exc}") from None
             return self.skip(name, current, exc.strerror or str(exc))
@@ -554,6 +572,7 @@ class WatchDaemon:
             self.claims.returned()  # the attempt count stays, for when the same file is claimed again
         else:
             self.claims.clear()
+        prune_work(self.claims.work)
         self.tracker.touch(claim.name, time.monotonic())
         return True
 
@@ -577,6 +596,7 @@ class WatchDaemon:
         self.activity.context = f"moving {printable_name(name)} to done"
         target = self.guard_output(f"moving {work} to {folder}", lambda: file_into(work, folder, base, sha))
         self.claims.clear()
+        prune_work(self.claims.work)
         if note is not None:
             self.log.info(f"{printable_name(name)}: {note}; moved to done")
         return Outcome(name, kind, record if record is not None else read_json(record_path) if record_path else None, record_path, target)
@@ -624,6 +644,7 @@ class WatchDaemon:
         folder = self.config.failed / parent if parent else self.config.failed
         target = self.guard_output(f"moving {work} to {folder}", lambda: file_into(work, folder, base, sha, first=base))
         self.claims.clear()
+        prune_work(self.claims.work)
         shown = printable_name(name)
         record_path = lookup.found or lookup.free
         if earlier:

@@ -125,13 +125,15 @@ class ClaimMarker:
     The daemon takes a file out of the inbox by an atomic rename into its
     working folder before reading it, so a sender that re-sends the same name
     meanwhile makes a new arrival instead of changing what is being
-    classified. The marker is written durably *before* that rename: after a
-    crash or power cut at any instant, a file in the working folder always
-    has its marker, and a marker whose file is not there means the rename
-    never happened (the file is still in the inbox) or the file was already
-    filed away. The attempt count (updated before the model runs, not
-    fsynced: it has to survive a kill, which keeps the page cache) catches a
-    file that kills the process every time.
+    classified. The entry goes to ``work/<id>/<its relative path>``, so the
+    working folder alone says where each entry came from. The marker is
+    written before that rename and replaced atomically but not fsynced: it has
+    to survive a kill, which keeps the page cache; after a power cut that kept
+    the rename and lost the marker, the entry is still found (and resumed) in
+    the working folder, only its attempt count is lost. A marker whose entry
+    is not there means the rename never happened (the file is still in the
+    inbox) or the file was already filed away. The attempt count (updated
+    before the model runs) catches a file that kills the process every time.
     """
 
     def __init__(self, state: Path) -> None:
@@ -153,13 +155,13 @@ class ClaimMarker:
         return self.work / claim.work
 
     def claim(self, name: str, work: str) -> Claim:
-        """Durably, before the rename into the working folder. The attempt count of the same name carries over."""
+        """Before the rename into the working folder. The attempt count of the same name carries over."""
         previous = self.current
         if previous is not None and previous.name == name:
             claim = Claim(name, work, previous.sha256, previous.attempts)
         else:
             claim = Claim(name, work, None, 0)
-        self._write(claim, durable=True)
+        self._write(claim, durable=False)
         self.counted = False
         return claim
 

@@ -59,36 +59,42 @@ def test_a_complete_file_sent_over_a_truncated_one_being_quarantined_is_classifi
     assert (daemon.done / "x.png").read_bytes() == complete
 
 
-# (label, fsync to die at, input is bad): each a different point of the sequence for one file.
+# The fsync to die at, whether the input is bad, where it is in the inbox, and whether the claim marker
+# (not fsynced) is lost too, as a power cut can do: each a different point of the sequence for one file.
 KILL_POINTS = [
-    pytest.param(r"claim\.json$", False, id="writing-the-claim-marker"),  # before the rename out of the inbox
-    pytest.param(r"-x\.png\.json$", False, id="claimed-result-not-yet-written"),  # file in STATE/work, classified
-    pytest.param(r"/results$", False, id="result-durable-not-yet-filed"),  # result renamed into place, input not filed
-    pytest.param(r"/failed$", True, id="reason-durable-not-yet-filed"),  # reason renamed into place, input not filed
+    pytest.param(r"-x\.png\.json$", False, "x.png", False, id="claimed-result-not-yet-written"),  # in STATE/work, classified
+    pytest.param(r"/results$", False, "x.png", False, id="result-durable-not-yet-filed"),  # result in place, input not filed
+    pytest.param(r"/failed$", True, "x.png", False, id="reason-durable-not-yet-filed"),  # reason in place, input not filed
+    pytest.param(r"-x\.png\.json$", False, "study/x.png", True, id="claimed-in-a-study-folder-marker-lost"),
 ]
 
 
-@pytest.mark.parametrize(("kill_on", "bad"), KILL_POINTS)
-def test_a_kill_at_each_point_is_resumed_from_the_working_folder_once(tmp_path, kill_on: str, bad: bool) -> None:
+@pytest.mark.parametrize(("kill_on", "bad", "name", "lose_marker"), KILL_POINTS)
+def test_a_kill_at_each_point_is_resumed_from_the_working_folder_once(tmp_path, kill_on: str, bad: bool, name: str, lose_marker: bool) -> None:
     data = b"not an image at all\n" if bad else png_bytes(21)
     daemon = Daemon(tmp_path, kill_on_fsync=kill_on)
-    (daemon.inbox / "x.png").write_bytes(data)
+    (daemon.inbox / name).parent.mkdir(parents=True, exist_ok=True)
+    (daemon.inbox / name).write_bytes(data)
     (daemon.inbox / "y.png").write_bytes(png_bytes(22))  # waits behind it
     daemon.start()
     assert daemon.proc.wait(timeout=120) == -signal.SIGKILL
     marker = daemon.results / ".edge-birads" / "claim.json"
     work = daemon.results / ".edge-birads" / "work"
-    in_work = [p.name for p in work.iterdir()]
-    if kill_on.startswith("claim"):  # died before the marker was in place: nothing claimed
-        assert not marker.exists() and in_work == [] and (daemon.inbox / "x.png").read_bytes() == data
-    else:
-        claim = json.loads(marker.read_text())
-        assert claim["name"] == "x.png" and in_work == [claim["work"]] and not (daemon.inbox / "x.png").exists()
+    claim = json.loads(marker.read_text())
+    assert claim["name"] == name and (work / claim["work"]).read_bytes() == data and not (daemon.inbox / name).exists()
+    if lose_marker:
+        marker.unlink()
     restarted = Daemon(tmp_path)  # the plain daemon, same folders
     restarted.start()
-    restarted.wait_all(2)
+    restarted.wait_all(2, keep=frozenset({"study"}))
+    wait_for(lambda: not (daemon.inbox / "study").exists(), what="the study folder removed", daemon=restarted)
     assert restarted.stop() == 0
-    check_exactly_once(restarted, {"x.png": data, "y.png": png_bytes(22)}, bad={"x.png"} if bad else set())
-    assert not list(work.iterdir()) and not (daemon.results / ".edge-birads" / "claim.json").exists()
-    if not kill_on.startswith("claim"):
-        assert "previous run stopped while processing x.png" in restarted.log_text()
+    if name == "x.png":
+        check_exactly_once(restarted, {"x.png": data, "y.png": png_bytes(22)}, bad={"x.png"} if bad else set())
+    else:
+        (result,) = [r for r in restarted.result_records() if r["file"] == name]
+        assert result["sha256"] == sha256(data) and (restarted.done / name).read_bytes() == data
+        assert len(restarted.result_records()) == 2 and not restarted.failure_records()
+        assert not list(restarted.results.rglob(".eb-tmp-*")), "the torn temporary in the study folder is swept"
+    assert not list(work.iterdir()) and not marker.exists()
+    assert f"stopped while processing {name}" in restarted.log_text() or f"after taking {name} out of the inbox" in restarted.log_text()

@@ -236,12 +236,15 @@ def test_nothing_reaches_stderr_outside_the_log_format(tmp_path: Path) -> None:
 
 
 def test_classify_prints_no_numpy_warning_for_huge_float_tiffs(tmp_path: Path) -> None:
-    path = tmp_path / "huge32.tif"
-    path.write_bytes(float_tiff(3e38))
-    run = subprocess.run([sys.executable, "-m", "edge_birads", "classify", str(path)], capture_output=True, text=True, check=False)
+    (tmp_path / "huge32.tif").write_bytes(float_tiff(3e38))  # fits float32, but its range does not
+    (tmp_path / "huge64.tif").write_bytes(float_tiff(1e300))  # does not fit float32 at all
+    run = subprocess.run([sys.executable, "-m", "edge_birads", "classify", str(tmp_path)], capture_output=True, text=True, check=False)
     assert run.returncode == 1
-    assert run.stderr.splitlines()[0] == f"error: {path}: image values span more than a 32-bit float can hold"
-    assert "Warning" not in run.stderr, run.stderr
+    assert run.stderr.splitlines()[:2] == [
+        f"error: {tmp_path / 'huge32.tif'}: image values span more than a 32-bit float can hold",
+        f"error: {tmp_path / 'huge64.tif'}: image contains NaN or infinite values",
+    ]
+    assert len(run.stderr.splitlines()) == 2 and "Warning" not in run.stderr, run.stderr
 
 
 def test_renamed_duplicates_keep_their_image_suffix(tmp_path: Path) -> None:

@@ -179,11 +179,11 @@ class Daemon:
     # ------------------------------------------------------------ outcomes
 
     def result_records(self) -> list[dict]:
-        """Results, in study sub-folders too (not the daemon's state)."""
-        return [json.loads(p.read_text()) for p in sorted(self.results.rglob("*.json")) if ".edge-birads" not in p.parts]
+        """Results, in study sub-folders too (not the daemon's state, not temporary files)."""
+        return [json.loads(p.read_text()) for p in record_files(self.results, ".json")]
 
     def failure_records(self) -> list[dict]:
-        return [json.loads(p.read_text()) for p in sorted(self.failed.rglob("*.reason.json"))]
+        return [json.loads(p.read_text()) for p in record_files(self.failed, ".reason.json")]
 
     def inbox_names(self) -> list[str]:
         """What is waiting in the inbox (not the daemon's own lock dotfile)."""
@@ -193,9 +193,8 @@ class Daemon:
 
     def outcome_count(self) -> int:
         count = 0
-        for folder, pattern in ((self.results, "*.json"), (self.failed, "*.reason.json")):
-            if folder.exists():
-                count += sum(1 for p in folder.rglob(pattern) if ".edge-birads" not in p.parts)
+        for folder, suffix in ((self.results, ".json"), (self.failed, ".reason.json")):
+            count += len(record_files(folder, suffix))
         return count
 
     def wait_all(self, expected: int, keep: frozenset[str] = frozenset()) -> None:
@@ -205,6 +204,15 @@ class Daemon:
             what=f"{expected} records",
             daemon=self,
         )
+
+
+def record_files(folder: Path, suffix: str) -> list[Path]:
+    """``*suffix`` files under ``folder`` as a consumer sees them: dot-names (state, temporaries) skipped."""
+    found = []
+    for root, folders, files in os.walk(folder):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found += [Path(root) / name for name in files if name.endswith(suffix) and not name.startswith(".")]
+    return sorted(found)
 
 
 def check_exactly_once(daemon: Daemon, inputs: dict[str, bytes], bad: set[str], others: frozenset[str] = frozenset()) -> None:
@@ -247,5 +255,5 @@ def check_exactly_once(daemon: Daemon, inputs: dict[str, bytes], bad: set[str], 
     moved_hashes = sorted(sha256(p.read_bytes()) for p in moved if p.is_file() and not p.is_symlink())
     expected_hashes = sorted(sha256(data) for data in inputs.values())
     assert moved_hashes == expected_hashes
-    leftovers = [p.name for p in daemon.results.iterdir() if p.name.startswith(".eb-tmp-")]
+    leftovers = [str(p) for folder in (daemon.results, daemon.failed) for p in folder.rglob(".eb-tmp-*")]
     assert not leftovers, leftovers
