@@ -3,17 +3,17 @@
 For each complete entry in the inbox (see :mod:`edge_birads.watch_inbox`),
 :meth:`WatchDaemon.process` does, in this order:
 
-1. Claim it: write the claim marker durably, then rename the entry out of the
-   inbox into the daemon's private working folder (``STATE/work``, on the
-   inbox's filesystem). From here on nobody else can change what is being
-   processed: a sender re-sending the same name makes a new arrival.
+1. Claim it: rename the entry out of the inbox into the daemon's private
+   working folder (``STATE/work/<its relative path>``, on the inbox's
+   filesystem). From here on nobody else can change what is being processed:
+   a sender re-sending the same name makes a new arrival.
 2. Read the claimed file's bytes once, hash them (sha256) and look for an
    earlier outcome of this very (name, content): in the content index, in
    results/, in failed/. If one exists, a previous run died after recording
    it: just file it.
 3. If the same content was already classified under another name, copy that
    prediction into a new record with ``duplicate_of`` (no second model run).
-4. Else classify those bytes. A bad file (:class:`~edge_birads.errors.InputError`,
+4. Else count the attempt (:class:`~edge_birads.watch_state.ClaimMarker`) and classify those bytes. A bad file (:class:`~edge_birads.errors.InputError`,
    reported by the classifier as ``error``) is quarantined: its reason record
    is written durably to failed/, then the claimed file is moved beside it.
 5. Write the result durably (tmp, fsync, rename, fsync folder), add the name
@@ -22,10 +22,9 @@ For each complete entry in the inbox (see :mod:`edge_birads.watch_inbox`),
 
 What is filed is therefore exactly what was classified. Every step is either
 idempotent or guarded by a record written before it, so a kill or power cut
-between any two steps is resumed on restart: the claim marker names the file
-in the working folder, which is processed again from step 2 (its record, if
-written, is found there); no input is lost, none is classified twice, none
-gets two records.
+between any two steps is resumed on restart: whatever is in the working
+folder is processed again from step 2 (its record, if written, is found
+there); no input is lost, none is classified twice, none gets two records.
 
 Failures are kept apart on purpose: a bad *input* is quarantined and the
 daemon goes on; an input that cannot be taken out of the inbox is retried,
@@ -189,31 +188,26 @@ def file_signature(status: os.stat_result) -> tuple:
     return (status.st_size, status.st_mtime_ns, status.st_ino)
 
 
-def work_name(name: str) -> str:
-    """Where ``name`` goes in the working folder: a fresh folder holding the entry at its relative path,
-    so the path it came from is known from the working folder alone (see :func:`claimed_entries`)."""
-    return f"{time.time_ns():x}/{name}"
-
-
 def claimed_entries(work: Path) -> list[str]:
-    """``<id>/<relative path>`` of every entry in the working folder (deepest study folders walked)."""
+    """The relative paths of the entries in the working folder (study folders on the way walked)."""
     found = []
 
     def walk(folder: Path, prefix: str) -> None:
         for entry in sorted(os.scandir(folder), key=lambda e: e.name):
             name = prefix + entry.name
-            is_folder = entry.is_dir(follow_symlinks=False)
-            if is_folder and (not prefix or is_study_folder(entry.name)):
-                walk(Path(entry.path), name + "/")  # a claim's own folder, or a study folder on the way to the entry
-            elif prefix:
+            if entry.is_dir(follow_symlinks=False) and is_study_folder(entry.name):
+                walk(Path(entry.path), name + "/")  # empty ones are left by a filed entry: pruned
+            else:
                 found.append(name)
 
     walk(work, "")
     return found
 
 
-def prune_work(work: Path) -> None:
-    """Remove the empty folders a filed entry leaves in the working folder."""
+def prune_work(work: Path, name: str | None = None) -> None:
+    """Remove the empty study folders a filed entry (``name``, or any) leaves in the working folder."""
+    if name is not None and "/" not in name:
+        return
     for root, folders, files in os.walk(work, topdown=False):
         if Path(root) != work and not folders and not files:
             try:
@@ -310,29 +304,26 @@ class WatchDaemon:
 
     def recover(self) -> None:
         """Finish what a previous run left in the working folder, before anything new."""
-        claim = self.claims.current
-        if claim is not None:
-            shown = printable_name(claim.name)
-            if os.path.lexists(self.claims.work_path(claim)):
-                self.log.warning(
-                    f"previous run stopped while processing {shown} "
-                    f"(attempt {claim.attempts} of {self.config.max_attempts}); resuming"
-                )
-                self.account(self.process_claimed(claim.name))
-            elif claim.sha256 is not None:
-                # The file is back in the inbox or already filed; index a result written just before the stop,
-                # so a copy of that content under another name does not run the model again.
-                lookup = find_record(self.config.results, claim.name, claim.sha256, RESULT_SUFFIX)
-                if lookup.found is not None:
-                    record = read_json(lookup.found) or {}
-                    self.guard_output(f"indexing {shown}", lambda: self.index.add(claim.sha256, claim.name, record))
-        # Entries whose marker was lost (it is not fsynced: a power cut can keep the rename and lose it).
-        for entry in claimed_entries(self.claims.work):
-            name = entry.partition("/")[2]
-            self.log.warning(f"previous run stopped after taking {printable_name(name)} out of the inbox; resuming")
-            self.guard_output("writing the claim record", lambda: self.claims.claim(name, entry))
+        previous = self.claims.record
+        for name in claimed_entries(self.claims.work):
+            shown = printable_name(name)
+            if previous is not None and previous.name == name:
+                tries = f"attempt {previous.attempts} of {self.config.max_attempts}"
+                self.log.warning(f"previous run stopped while classifying {shown} ({tries}); resuming")
+            else:
+                self.log.warning(f"previous run stopped while processing {shown}; resuming")
+            self.claims.take(name)
             self.account(self.process_claimed(name))
         prune_work(self.claims.work)
+        if previous is not None and self.claims.record is previous:
+            # Not in the working folder: it is back in the inbox, or was filed just before the stop. Index a
+            # result written then, so that a copy of the content under another name does not run the model again.
+            lookup = find_record(self.config.results, previous.name, previous.sha256, RESULT_SUFFIX)
+            if lookup.found is not None:
+                record = read_json(lookup.found) or {}
+                self.guard_output(
+                    f"indexing {printable_name(previous.name)}", lambda: self.index.add(previous.sha256, previous.name, record)
+                )
 
     def shutdown(self) -> None:
         self.stop_source()
@@ -424,19 +415,24 @@ class WatchDaemon:
             return self.skip(name, current, None)
         # 1. Claim: marker first (durably), then the rename out of the inbox.
         self.activity.context = f"taking {shown} out of the inbox"
-        entry = work_name(name)
-        self.guard_output("writing the claim record", lambda: self.claims.claim(name, entry))
+        work = self.claims.work_path(name)
+        if os.path.lexists(work):  # left there by a run that could not put it back: it comes first
+            self.claims.take(name)
+            self.account(self.process_claimed(name))
+        self.claims.take(name)
         try:
-            self.guard_output("creating a working folder", lambda: (self.claims.work / entry).parent.mkdir(parents=True))
-            rename_no_replace(path, self.claims.work / entry)
+            if "/" in name:
+                self.guard_output("creating a working folder", lambda: work.parent.mkdir(parents=True, exist_ok=True))
+            rename_no_replace(path, work)
         except FileNotFoundError:
-            self.claims.clear()
+            self.claims.returned()
+            prune_work(self.claims.work, name)
             self.tracker.forget(name)
             self.log.info(f"{shown}: removed from the inbox before it was processed")
             return Outcome(name, "gone")
         except OSError as exc:
-            self.claims.clear()
-            prune_work(self.claims.work)
+            self.claims.returned()
+            prune_work(self.claims.work, name)
             if exc.errno not in UNMOVABLE_ERRORS:
                 raise OutputError(f"moving {path} into the working folder: {exc.strerror or exc}") from None
             return self.skip(name, current, exc.strerror or str(exc))
@@ -470,9 +466,8 @@ class WatchDaemon:
     def process_claimed(self, name: str) -> Outcome:
         """Classify the claimed entry of ``name`` (in the working folder) and file it: the seam of one file."""
         config = self.config
-        claim = self.claims.current
-        assert claim is not None and claim.name == name
-        work = self.claims.work_path(claim)
+        assert self.claims.current == name
+        work = self.claims.work_path(name)
         shown = printable_name(name)
         origin = config.inbox / split_relative(name)[0]
         self.activity.context = f"reading {shown}"
@@ -555,11 +550,11 @@ class WatchDaemon:
 
     def return_to_inbox(self) -> bool:
         """Put the claimed file back where it came from, if that name is still free; True if done."""
-        claim = self.claims.current
-        if claim is None:
+        name = self.claims.current
+        if name is None:
             return True
-        work = self.claims.work_path(claim)
-        target = self.config.inbox / claim.name
+        work = self.claims.work_path(name)
+        target = self.config.inbox / name
         try:
             target.parent.mkdir(parents=True, exist_ok=True)  # its study folder may have been removed
             rename_no_replace(work, target)
@@ -568,12 +563,13 @@ class WatchDaemon:
                 return False
         except OSError:
             return False
-        if claim.attempts:
+        prune_work(self.claims.work, name)
+        record = self.claims.record
+        if record is not None and record.name == name and record.attempts:
             self.claims.returned()  # the attempt count stays, for when the same file is claimed again
         else:
             self.claims.clear()
-        prune_work(self.claims.work)
-        self.tracker.touch(claim.name, time.monotonic())
+        self.tracker.touch(name, time.monotonic())
         return True
 
     def write_result(self, name: str, sha: str, target: Path | None, record: dict) -> None:
@@ -595,8 +591,8 @@ class WatchDaemon:
         folder = self.config.done / parent if parent else self.config.done
         self.activity.context = f"moving {printable_name(name)} to done"
         target = self.guard_output(f"moving {work} to {folder}", lambda: file_into(work, folder, base, sha))
+        prune_work(self.claims.work, self.claims.current)
         self.claims.clear()
-        prune_work(self.claims.work)
         if note is not None:
             self.log.info(f"{printable_name(name)}: {note}; moved to done")
         return Outcome(name, kind, record if record is not None else read_json(record_path) if record_path else None, record_path, target)
@@ -643,8 +639,8 @@ class WatchDaemon:
         parent, base = split_relative(lookup.slot)
         folder = self.config.failed / parent if parent else self.config.failed
         target = self.guard_output(f"moving {work} to {folder}", lambda: file_into(work, folder, base, sha, first=base))
+        prune_work(self.claims.work, self.claims.current)
         self.claims.clear()
-        prune_work(self.claims.work)
         shown = printable_name(name)
         record_path = lookup.found or lookup.free
         if earlier:
@@ -851,8 +847,8 @@ def run_watch(config: WatchConfig, log: EventLog | None = None) -> int:
 
 def put_back(daemon: WatchDaemon) -> str:
     """After a failure, the claimed input back into the inbox; what became of it, for the log line."""
-    claim = daemon.claims.current
-    if claim is None or not os.path.lexists(daemon.claims.work_path(claim)):
+    name = daemon.claims.current
+    if name is None or not os.path.lexists(daemon.claims.work_path(name)):
         return "the input stays in the inbox"
     if daemon.return_to_inbox():
         return "the input is back in the inbox"

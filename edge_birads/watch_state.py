@@ -110,96 +110,88 @@ class ContentIndex:
 
 
 @dataclass(frozen=True)
-class Claim:
-    """The inbox entry the daemon took into its working folder, and how often a run died on it."""
+class Attempt:
+    """A file the model was run on, and how many runs died doing so."""
 
-    name: str  # path relative to the inbox, where it came from
-    work: str  # its name in the working folder
-    sha256: str | None  # of its bytes, once read
-    attempts: int  # runs that died while classifying these bytes (under this name)
+    name: str  # path relative to the inbox
+    sha256: str
+    attempts: int
 
 
 class ClaimMarker:
-    """``STATE/claim.json``: the one entry in ``STATE/work``, taken out of the inbox to be processed.
+    """The one entry taken out of the inbox (``STATE/work/<its relative path>``) and ``STATE/claim.json``.
 
     The daemon takes a file out of the inbox by an atomic rename into its
     working folder before reading it, so a sender that re-sends the same name
     meanwhile makes a new arrival instead of changing what is being
-    classified. The entry goes to ``work/<id>/<its relative path>``, so the
-    working folder alone says where each entry came from. The marker is
-    written before that rename and replaced atomically but not fsynced: it has
-    to survive a kill, which keeps the page cache; after a power cut that kept
-    the rename and lost the marker, the entry is still found (and resumed) in
-    the working folder, only its attempt count is lost. A marker whose entry
-    is not there means the rename never happened (the file is still in the
-    inbox) or the file was already filed away. The attempt count (updated
-    before the model runs) catches a file that kills the process every time.
+    classified. The entry keeps its relative path there, so after a crash or
+    power cut the working folder alone says what was claimed and from where;
+    nothing has to be written before the rename. ``claim.json`` is written
+    just before the model runs (name, sha256, attempt count) and removed once
+    the file is filed: it catches a file that kills the process every time.
+    It is replaced atomically but not fsynced: it has to survive a kill,
+    which keeps the page cache; a power cut loses at most one count.
     """
 
     def __init__(self, state: Path) -> None:
         self.path = state / "claim.json"
         self.work = state / "work"
-        self.current: Claim | None = None
+        self.current: str | None = None  # the name claimed now
+        self.counted = False  # whether this run counted an attempt on it
+        self.record: Attempt | None = None
         record = read_json(self.path)
-        if record and isinstance(record.get("name"), str) and isinstance(record.get("work"), str):
-            sha = record.get("sha256")
+        if record and isinstance(record.get("name"), str) and isinstance(record.get("sha256"), str):
             try:
-                self.current = Claim(record["name"], record["work"], sha if isinstance(sha, str) else None, int(record.get("attempts", 0)))
+                self.record = Attempt(record["name"], record["sha256"], int(record.get("attempts", 1)))
             except (TypeError, ValueError):
-                self.current = None
-        self.counted = False  # whether this run counted an attempt on the current claim
+                self.record = None
+        self._on_disk = self.record is not None
 
-    def work_path(self, claim: Claim | None = None) -> Path:
-        claim = claim or self.current
-        assert claim is not None
-        return self.work / claim.work
+    def work_path(self, name: str | None = None) -> Path:
+        name = name or self.current
+        assert name is not None
+        return self.work / name
 
-    def claim(self, name: str, work: str) -> Claim:
-        """Before the rename into the working folder. The attempt count of the same name carries over."""
-        previous = self.current
-        if previous is not None and previous.name == name:
-            claim = Claim(name, work, previous.sha256, previous.attempts)
-        else:
-            claim = Claim(name, work, None, 0)
-        self._write(claim, durable=False)
-        self.counted = False
-        return claim
+    def take(self, name: str) -> None:
+        """``name`` is (about to be) in the working folder."""
+        self.current, self.counted = name, False
 
     def attempts_before(self, sha256: str) -> int:
-        """How many runs died while classifying these bytes under the current claim's name."""
-        claim = self.current
-        return claim.attempts if claim is not None and claim.sha256 == sha256 else 0
+        """How many runs died while classifying these bytes under the current name."""
+        record = self.record
+        return record.attempts if record is not None and record.name == self.current and record.sha256 == sha256 else 0
 
     def classifying(self, sha256: str) -> None:
         """About to run the model on these bytes: one more attempt, should this run die."""
-        claim = self.current
-        assert claim is not None
-        self._write(Claim(claim.name, claim.work, sha256, self.attempts_before(sha256) + 1), durable=False)
+        assert self.current is not None
+        self._write(Attempt(self.current, sha256, self.attempts_before(sha256) + 1))
         self.counted = True
 
     def uncount(self) -> None:
         """The run stops for a reason that is not the file's (an output error): take back its attempt."""
-        claim = self.current
-        if claim is not None and self.counted:
-            self._write(Claim(claim.name, claim.work, claim.sha256, claim.attempts - 1), durable=False)
+        record = self.record
+        if self.counted and record is not None:
+            self._write(Attempt(record.name, record.sha256, record.attempts - 1))
             self.counted = False
 
     def returned(self) -> None:
-        """The claimed file went back to the inbox; the marker stays for its attempt count only."""
-        self.counted = False
+        """The claimed file went back to the inbox; its attempt count stays, for when it is claimed again."""
+        self.current, self.counted = None, False
 
     def clear(self) -> None:
-        """The claimed file is filed away (done/ or failed/): nothing is in flight."""
-        self.current = None
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        """The claimed file is filed away (done/ or failed/): it did not kill us."""
+        self.current, self.counted, self.record = None, False, None
+        if self._on_disk:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self._on_disk = False
 
-    def _write(self, claim: Claim, durable: bool) -> None:
-        record = {"name": claim.name, "work": claim.work, "sha256": claim.sha256, "attempts": claim.attempts, "pid": os.getpid()}
-        write_json_atomic(self.path, record, durable=durable)
-        self.current = claim
+    def _write(self, record: Attempt) -> None:
+        data = {"name": record.name, "sha256": record.sha256, "attempts": record.attempts, "pid": os.getpid()}
+        write_json_atomic(self.path, data, durable=False)
+        self.record, self._on_disk = record, True
 
 
 class UnmovableFiles:
@@ -237,4 +229,4 @@ class UnmovableFiles:
         write_json_atomic(self.path, {"entries": self.entries}, durable=False)
 
 
-__all__ = ["REASON_SUFFIX", "RESULT_SUFFIX", "Claim", "ClaimMarker", "ContentIndex", "Lookup", "UnmovableFiles", "find_record", "safe_base", "split_relative"]
+__all__ = ["REASON_SUFFIX", "RESULT_SUFFIX", "Attempt", "ClaimMarker", "ContentIndex", "Lookup", "UnmovableFiles", "find_record", "safe_base", "split_relative"]

@@ -138,19 +138,18 @@ def test_content_index_lists_each_name_once(tmp_path: Path) -> None:
 
 def test_claim_marker_counts_deaths_on_the_same_content(tmp_path: Path) -> None:
     first = ClaimMarker(tmp_path)
-    first.claim("p.png", "1-p.png")
+    first.take("p.png")
     first.classifying("f" * 64)  # a run dies here
     second = ClaimMarker(tmp_path)
-    assert second.current.work == "1-p.png" and second.attempts_before("f" * 64) == 1 and second.attempts_before("e" * 64) == 0
-    second.claim("p.png", "2-p.png")  # the same name claimed again (it was put back in the inbox): the count carries over
-    assert second.attempts_before("f" * 64) == 1
+    second.take("p.png")  # resumed from the working folder, or claimed again after being put back
+    assert second.attempts_before("f" * 64) == 1 and second.attempts_before("e" * 64) == 0
     second.classifying("f" * 64)
     second.uncount()  # this run stops for a reason that is not the file's
-    assert ClaimMarker(tmp_path).attempts_before("f" * 64) == 1
-    second.claim("q.png", "3-q.png")  # another file: its own count
+    assert ClaimMarker(tmp_path).record.attempts == 1
+    second.take("q.png")  # another file: its own count
     assert second.attempts_before("f" * 64) == 0
     second.clear()  # filed: nothing in flight
-    assert ClaimMarker(tmp_path).current is None
+    assert ClaimMarker(tmp_path).record is None and second.work_path("s/x.png") == tmp_path / "work" / "s" / "x.png"
 
 
 def test_log_lines_are_single_lines_with_journald_priorities(tmp_path: Path) -> None:
