@@ -175,16 +175,21 @@ def _check_values(config: WatchConfig) -> None:
             raise ConfigError(f"the {label} folder must not be the inbox itself ({folder})")
 
 
-def check_nesting(config: WatchConfig) -> None:
-    """Refuse output folders inside the inbox (the daemon would take its own outputs for arrivals and
-    quarantine its state) and an inbox inside an output folder. Paths are compared with links resolved."""
-    for label, folder in (
+def output_folders(config: WatchConfig) -> tuple[tuple[str, Path], ...]:
+    """Every folder the daemon writes, with its name for messages."""
+    return (
         ("results", config.results),
         ("done", config.done),
         ("failed", config.failed),
         ("state", config.state),
-        ("status file's", config.status_file.parent),
-    ):
+        ("status", config.status_file.parent),
+    )
+
+
+def check_nesting(config: WatchConfig) -> None:
+    """Refuse output folders inside the inbox (the daemon would take its own outputs for arrivals and
+    quarantine its state) and an inbox inside an output folder. Paths are compared with links resolved."""
+    for label, folder in output_folders(config):
         if _inside(folder, config.inbox):
             raise StartupError(f"the {label} folder {folder} must not be inside the inbox {config.inbox}")
         if _inside(config.inbox, folder):
@@ -208,13 +213,7 @@ def prepare_folders(config: WatchConfig) -> list[int]:
     # Taking the lock proves the inbox writable (files are moved out of it) and comes
     # before any probe file is made, so two daemons never touch each other's folders.
     locks = [lock_inbox(config.inbox)]
-    for label, folder in (
-        ("results", config.results),
-        ("done", config.done),
-        ("failed", config.failed),
-        ("state", config.state),
-        ("status", config.status_file.parent),
-    ):
+    for label, folder in output_folders(config):
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -141,25 +141,21 @@ class InboxTracker:
         """Something happened to ``name``: (re)check it."""
         if any(is_ignored(part) for part in name.split("/")):
             return
-        current = probe(self.inbox / name)
-        if current is None:
-            self.pending.pop(name, None)
-            return
-        entry = self.pending.get(name)
-        if entry is None:
-            self._arrivals += 1
-            self.pending[name] = Pending(current, now, order=self._arrivals)
-        elif entry.signature != current:
-            entry.signature, entry.since = current, now
+        self._observe(self.pending, name, now)
 
     def _touch_folder(self, name: str, now: float) -> None:
+        self._observe(self.folders, name, now)
+
+    def _observe(self, table: dict[str, Pending], name: str, now: float) -> None:
+        """Start tracking ``name`` in ``table``, restart its clock if it changed, drop it if it is gone."""
         current = probe(self.inbox / name)
         if current is None:
-            self.folders.pop(name, None)
+            table.pop(name, None)
             return
-        entry = self.folders.get(name)
+        entry = table.get(name)
         if entry is None:
-            self.folders[name] = Pending(current, now)
+            self._arrivals += 1
+            table[name] = Pending(current, now, order=self._arrivals)
         elif entry.signature != current:
             entry.signature, entry.since = current, now
 

@@ -18,18 +18,25 @@ def files_by_content(folder) -> dict[str, str]:
     return {sha256(p.read_bytes()): p.name for p in folder.iterdir() if p.is_file() and not p.name.endswith(".json")}
 
 
+def resend_during_fsync(tmp_path, fsync_of: str, first: bytes, second: bytes) -> Daemon:
+    """x.png (``first``) is processed; while the file matching ``fsync_of`` is fsynced, the sender re-sends
+    x.png (``second``) by rename; the stopped daemon is returned once both have a record."""
+    daemon = Daemon(tmp_path, pause_on_fsync=fsync_of)
+    (daemon.inbox / "x.png").write_bytes(first)
+    daemon.start()
+    wait_for(lambda: (daemon.control / "paused").exists(), what=f"the pause in the fsync of {fsync_of}", daemon=daemon)
+    write_atomically(daemon.inbox, "x.png", second)
+    (daemon.control / "go").touch()
+    wait_for(lambda: daemon.outcome_count() >= 2 and not daemon.inbox_names(), timeout=WINDOW_TIMEOUT, what="two records", daemon=daemon)
+    assert daemon.stop() == 0
+    return daemon
+
+
 def test_a_file_resent_while_its_result_is_written_is_filed_and_classified_separately(tmp_path) -> None:
     """x.png (A) is classified; while its result is being fsynced, the sender re-sends x.png (B) by
     rename. A must be in done/ under A's result, and B classified on its own; nothing moved unread."""
     first, second = png_bytes(1), png_bytes(2)
-    daemon = Daemon(tmp_path, pause_on_fsync=r"-x\.png\.json$")
-    (daemon.inbox / "x.png").write_bytes(first)
-    daemon.start()
-    wait_for(lambda: (daemon.control / "paused").exists(), what="the pause in the result's fsync", daemon=daemon)
-    write_atomically(daemon.inbox, "x.png", second)
-    (daemon.control / "go").touch()
-    wait_for(lambda: daemon.outcome_count() >= 2 and not daemon.inbox_names(), timeout=WINDOW_TIMEOUT, what="two results", daemon=daemon)
-    assert daemon.stop() == 0
+    daemon = resend_during_fsync(tmp_path, r"-x\.png\.json$", first, second)
     results = {record["sha256"]: record for record in daemon.result_records()}
     assert set(results) == {sha256(first), sha256(second)} and all(r["file"] == "x.png" for r in results.values())
     done = files_by_content(daemon.done)
@@ -43,14 +50,7 @@ def test_a_complete_file_sent_over_a_truncated_one_being_quarantined_is_classifi
     replaces it. failed/ must hold the truncated bytes under its reason, and the complete image a result."""
     complete = png_bytes(3, size=128)
     truncated = complete[: len(complete) // 2]
-    daemon = Daemon(tmp_path, pause_on_fsync=r"-x\.png\.reason\.json$")
-    (daemon.inbox / "x.png").write_bytes(truncated)
-    daemon.start()
-    wait_for(lambda: (daemon.control / "paused").exists(), what="the pause in the reason's fsync", daemon=daemon)
-    write_atomically(daemon.inbox, "x.png", complete)
-    (daemon.control / "go").touch()
-    wait_for(lambda: daemon.outcome_count() >= 2 and not daemon.inbox_names(), timeout=WINDOW_TIMEOUT, what="two records", daemon=daemon)
-    assert daemon.stop() == 0
+    daemon = resend_during_fsync(tmp_path, r"-x\.png\.reason\.json$", truncated, complete)
     (failure,) = daemon.failure_records()
     assert failure["sha256"] == sha256(truncated) and "truncated PNG" in failure["error"]
     assert (daemon.failed / "x.png").read_bytes() == truncated, "failed/ holds exactly the bytes the reason is about"
