@@ -59,6 +59,28 @@ def test_a_complete_file_sent_over_a_truncated_one_being_quarantined_is_classifi
     assert (daemon.done / "x.png").read_bytes() == complete
 
 
+def test_a_file_changed_in_place_while_being_classified_goes_back_to_the_inbox(tmp_path) -> None:
+    """A writer that breaks the hand-over rule: it still holds x.png open after the stable interval and
+    writes more while the daemon classifies it. Nothing is recorded for the half; the file goes back to the
+    inbox and is classified once complete, so the bytes in done/ are the bytes of the result."""
+    half, rest = png_bytes(4, size=128)[:2000], png_bytes(4, size=128)[2000:]
+    daemon = Daemon(tmp_path, stable=0.3, pause_in_classify=r"^x\.png$", extra=("--no-close-write",))
+    with open(daemon.inbox / "x.png", "wb") as writer:
+        writer.write(half)
+        writer.flush()
+        daemon.start()
+        wait_for(lambda: (daemon.control / "paused").exists(), what="the pause in classify", daemon=daemon)
+        assert not (daemon.inbox / "x.png").exists(), "claimed out of the inbox before it is read"
+        writer.write(rest)  # through the descriptor it still holds: into the daemon's working folder
+        writer.flush()
+        (daemon.control / "go").touch()
+        wait_for(lambda: "x.png: changed while being classified" in daemon.log_text(), what="the change noticed", daemon=daemon)
+    daemon.wait_all(1)
+    assert daemon.stop() == 0
+    check_exactly_once(daemon, {"x.png": half + rest}, bad=set())
+    assert daemon.status()["counts"]["requeued"] == 1
+
+
 # The fsync to die at, whether the input is bad, where it is in the inbox, and whether the claim marker
 # (not fsynced) is lost too, as a power cut can do: each a different point of the sequence for one file.
 # (The claim itself, a rename with nothing written before it, has no fsync to die at: the SIGKILL test in

@@ -79,6 +79,20 @@ def fsync(fd):
     return real_fsync(fd)
 
 os.fsync = fsync
+pause_in_classify = os.environ.get("EB_TEST_PAUSE_IN_CLASSIFY")
+if pause_in_classify:
+    import edge_birads.classifier as classifier
+
+    original = classifier.Classifier.classify_bytes
+
+    def classify_bytes(self, data, name):
+        if re.search(pause_in_classify, str(name)) and not (control / "paused").exists():
+            (control / "paused").write_text(str(name))
+            while not (control / "go").exists():
+                time.sleep(0.01)
+        return original(self, data, name)
+
+    classifier.Classifier.classify_bytes = classify_bytes
 from edge_birads.cli import main
 sys.argv[0] = "edge-birads"
 main()
@@ -88,8 +102,9 @@ main()
 class Daemon:
     """``python -m edge_birads watch`` on folders under ``root``, as a child process.
 
-    ``pause_on_fsync`` / ``kill_on_fsync`` (regular expressions on the fsynced file's path) run it
-    under HOOKED_RUNNER; ``control`` is the folder where it says ``paused`` and waits for ``go``.
+    ``pause_on_fsync`` / ``kill_on_fsync`` (regular expressions on the fsynced file's path) and
+    ``pause_in_classify`` (on the name being classified) run it under HOOKED_RUNNER; ``control`` is the
+    folder where it says ``paused`` and waits for ``go``.
     """
 
     def __init__(
@@ -100,11 +115,16 @@ class Daemon:
         extra: tuple[str, ...] = (),
         pause_on_fsync: str | None = None,
         kill_on_fsync: str | None = None,
+        pause_in_classify: str | None = None,
         inbox: Path | None = None,
     ) -> None:
         self.root = root
         self.inbox = inbox or root / "inbox"
-        self.hooks = {"EB_TEST_PAUSE_ON_FSYNC": pause_on_fsync, "EB_TEST_KILL_ON_FSYNC": kill_on_fsync}
+        self.hooks = {
+            "EB_TEST_PAUSE_ON_FSYNC": pause_on_fsync,
+            "EB_TEST_KILL_ON_FSYNC": kill_on_fsync,
+            "EB_TEST_PAUSE_IN_CLASSIFY": pause_in_classify,
+        }
         self.control = root / "control"
         self.results = root / "results"
         self.done = root / "done"
