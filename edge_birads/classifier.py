@@ -13,7 +13,7 @@ import numpy as np
 
 from edge_birads.card import ModelCard, load_card
 from edge_birads.deadline import time_limit
-from edge_birads.decode import DEFAULT_LIMITS, DecodeLimits, read_file
+from edge_birads.decode import DEFAULT_LIMITS, DecodeLimits, decode_bytes, read_input
 from edge_birads.errors import InputError, ModelError, printable_name
 from edge_birads.interpreter import dequantize, make_interpreter, quantize, tensor_quantization
 from edge_birads.heatmap import LesionMap
@@ -140,32 +140,43 @@ class Classifier:
         return to_prediction(self.predict(prepare(image, self.card.preprocessing)), self.card)
 
     def classify_file(self, path: str | Path) -> Result:
-        """Classify one file; a bad file becomes a Result with ``error`` set, never an exception.
-
-        Decoding and preprocessing run under the per-file time limit (see
-        deadline.py); inference has a fixed cost and runs outside it.
-        """
-        return self._classify(path, want_map=False)[0]
+        """Classify one file; a bad file becomes a Result with ``error`` set, never an exception."""
+        return self._classify_path(path, want_map=False)[0]
 
     def explain_file(self, path: str | Path) -> tuple[Result, LesionMap | None]:
         """As ``classify_file``, plus the lesion map on the original image when the model has one (else None)."""
-        return self._classify(path, want_map=self.has_lesion_map)
+        return self._classify_path(path, want_map=self.has_lesion_map)
 
-    def _classify(self, path: str | Path, want_map: bool) -> tuple[Result, LesionMap | None]:
-        name = printable_name(path)
+    def classify_bytes(self, data: bytes, name: str | Path) -> Result:
+        """Classify a file's bytes, read once by the caller; ``name`` is reported and its suffix
+        says whether to decode as DICOM. A bad file becomes a Result with ``error`` set.
+        """
+        return self._classify(data, name, want_map=False)[0]
+
+    def _classify_path(self, path: str | Path, want_map: bool) -> tuple[Result, LesionMap | None]:
+        try:
+            data = read_input(path, self.limits)
+        except InputError as exc:
+            return self.failure(printable_name(path), exc.reason), None
+        return self._classify(data, path, want_map)
+
+    def _classify(self, data: bytes, name: str | Path, want_map: bool) -> tuple[Result, LesionMap | None]:
+        """Decoding and preprocessing run under the per-file time limit (see deadline.py); inference has a
+        fixed cost and runs outside it."""
+        shown = printable_name(name)
         started = time.perf_counter()
         spec = self.card.preprocessing
         try:
             with time_limit(self.limits.max_seconds):
-                image = read_file(path, self.limits, for_model=True)
+                image = decode_bytes(data, suffix=Path(name).suffix.lower(), limits=self.limits, for_model=True)
                 tensor = prepare(image, spec)
                 box = crop_box(image, spec) if want_map else None
         except InputError as exc:
-            return self.failure(name, exc.reason), None
+            return self.failure(shown, exc.reason), None
         except MemoryError:  # the size limits should prevent this; if not, it is this file's failure
-            return self.failure(name, "out of memory while decoding (lower --max-pixels)"), None
+            return self.failure(shown, "out of memory while decoding (lower --max-pixels)"), None
         probabilities, values = self.predict_with_map(tensor) if want_map else (self.predict(tensor), None)
         prediction = to_prediction(probabilities, self.card)
         latency = round((time.perf_counter() - started) * 1000.0, 3)
-        result = Result(file=name, rule=self.card.rule, latency_ms=latency, prediction=prediction)
+        result = Result(file=shown, rule=self.card.rule, latency_ms=latency, prediction=prediction)
         return result, (None if values is None else LesionMap(image, values, box))

@@ -25,6 +25,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm", ".
 DICOM_SUFFIXES = (".dcm", ".dicom")
 DICOM_MAGIC_OFFSET = 128
 BROKEN_LINK = "broken symbolic link (its target does not exist)"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 UNREADABLE = "not a readable image (unknown format, or truncated or corrupt)"
 
 
@@ -42,6 +43,16 @@ def read_file(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS, for_model
     Raises InputError naming the file for anything that is not a readable image.
     """
     path = Path(path)
+    data = read_input(path, limits)
+    try:
+        return decode_bytes(data, suffix=path.suffix.lower(), limits=limits, for_model=for_model)
+    except InputError as exc:
+        raise exc.with_path(path) from None
+
+
+def read_input(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> bytes:
+    """A file's bytes, read once, after the checks that need no reading (InputError naming it otherwise)."""
+    path = Path(path)
     try:
         if path.is_dir():
             raise InputError("is a directory, not an image file", path)
@@ -55,7 +66,7 @@ def read_file(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS, for_model
         with open(path, "rb") as handle:
             # read(n) reserves n bytes up front: ask for what stat saw (+1 notices a file still growing),
             # not the limit, which would reserve 512 MB of address space per file on a 32-bit Pi.
-            data = handle.read(size + 1)
+            return handle.read(size + 1)
     except InputError:
         raise
     except PermissionError:
@@ -66,10 +77,6 @@ def read_file(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS, for_model
         raise InputError("no such file", path) from None
     except OSError as exc:
         raise InputError(f"cannot read file: {exc.strerror or exc}", path) from None
-    try:
-        return decode_bytes(data, suffix=path.suffix.lower(), limits=limits, for_model=for_model)
-    except InputError as exc:
-        raise exc.with_path(path) from None
 
 
 def decode_bytes(data: bytes, suffix: str = "", limits: DecodeLimits = DEFAULT_LIMITS, for_model: bool = False) -> np.ndarray:
@@ -133,9 +140,11 @@ def decode_raster(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndar
     if dims is None:
         raise InputError(UNREADABLE)
     check_size(*dims, limits)
-    if data[:2] == b"\xff\xd8" and not _jpeg_is_complete(data):
-        # Older OpenCV returns the decoded top part of a cut-off JPEG, grey below: a silently wrong image.
-        raise InputError("truncated JPEG (no end-of-image marker after the image data)")
+    if data[:2] == b"\xff\xd8":
+        if not _jpeg_is_complete(data):
+            # Older OpenCV returns the decoded top part of a cut-off JPEG, grey below: a silently wrong image.
+            raise InputError("truncated JPEG (no end-of-image marker after the image data)")
+        check_jpeg_scans(data, limits)
     if data[:4] == b"\x89PNG":
         _check_png_chunks(data)
     buffer = np.frombuffer(data, dtype=np.uint8)
@@ -174,9 +183,13 @@ def to_gray(image: np.ndarray, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndar
         return (image.astype(np.int16) + 128).astype(np.uint8)
     if image.dtype == np.int16:
         return (image.astype(np.int32) + 32768).astype(np.uint16)
-    image = image.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32 becomes inf: refused below
+        image = image.astype(np.float32)
     if not np.all(np.isfinite(image)):
         raise InputError("image contains NaN or infinite values")
+    if float(image.max()) - float(image.min()) > FLOAT32_MAX:
+        # Normalising such a range overflows float32 (inf, then a meaningless image).
+        raise InputError("image values span more than a 32-bit float can hold")
     return image
 
 
@@ -231,6 +244,65 @@ def _jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
             return None  # image data before any frame header, or a bogus segment length
         offset += 2 + segment
     return None
+
+
+def check_jpeg_scans(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> None:
+    """Refuse a JPEG with more scans than ``limits.max_jpeg_scans``, before libjpeg sees it.
+
+    A progressive JPEG is decoded once per scan (SOS segment) over the whole
+    image, and one cv2.imdecode call cannot be interrupted by the per-file
+    time limit: a 1 MB file with 3,000 scans took 103 s. Ordinary encoders
+    write 1 scan (baseline) or about 10 (progressive); libjpeg-turbo answers
+    the same attack with a scan limit, which this is.
+    """
+    scans = jpeg_scan_count(data, stop_after=limits.max_jpeg_scans)
+    if scans > limits.max_jpeg_scans:
+        raise InputError(
+            f"JPEG has more than {limits.max_jpeg_scans} scans (progressive passes); refused, as decoding "
+            "time grows with every scan"
+        )
+
+
+def jpeg_scan_count(data: bytes, stop_after: int | None = None) -> int:
+    """The number of start-of-scan (SOS) segments, walking the markers and skipping each scan's coded data.
+
+    Inside coded data a 0xFF byte is followed by 0x00 (stuffing) or a restart
+    marker, so the next other marker ends the scan; counting stops early past
+    ``stop_after``. Bytes of an APPn segment (an EXIF thumbnail is a JPEG of
+    its own) are skipped by the segment length, never counted.
+    """
+    offset, length, scans = 2, len(data), 0
+    while offset + 4 <= length:
+        if data[offset] != 0xFF:
+            return scans  # damaged: libjpeg will say so
+        marker = data[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if marker == 0xD9:  # end of image
+            return scans
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            offset += 2
+            continue
+        segment = struct.unpack(">H", data[offset + 2 : offset + 4])[0]
+        if segment < 2:
+            return scans
+        offset += 2 + segment
+        if marker != 0xDA:
+            continue
+        scans += 1
+        if stop_after is not None and scans > stop_after:
+            return scans
+        while True:  # the scan's entropy-coded data
+            offset = data.find(b"\xff", offset)
+            if offset < 0 or offset + 1 >= length:
+                return scans
+            following = data[offset + 1]
+            if following == 0x00 or following == 0xFF or 0xD0 <= following <= 0xD7:
+                offset += 1 if following == 0xFF else 2
+                continue
+            break
+    return scans
 
 
 def _jpeg_is_complete(data: bytes) -> bool:

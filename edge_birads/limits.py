@@ -19,6 +19,7 @@ class DecodeLimits:
     max_pixels: int = 120_000_000  # a 12000 x 10000 full-field DICOM fits; 30000 x 30000 does not
     min_side: int = 8  # a 1x1 "image" would give a confident answer about nothing
     max_aspect: float = 20.0  # mammograms are about 1.3:1; a 10x100000 strip is not one
+    max_jpeg_scans: int = 100  # a progressive JPEG is decoded once per scan; encoders write about 10
     max_seconds: float = 60.0  # per-file decode + preprocess time limit (0 = none); see deadline.py
 
 

@@ -150,7 +150,13 @@ def build_config(options: dict, config_file: str | Path | None = None) -> WatchC
 
 
 def _absolute(value: str | Path) -> Path:
-    return Path(os.path.abspath(os.path.expanduser(str(value))))
+    """An absolute path with symbolic links resolved: inotify reports real paths, and a folder
+    inside the inbox must be recognised whatever link it is named through."""
+    return Path(os.path.realpath(os.path.expanduser(str(value))))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
 
 
 def _check_values(config: WatchConfig) -> None:
@@ -169,29 +175,45 @@ def _check_values(config: WatchConfig) -> None:
             raise ConfigError(f"the {label} folder must not be the inbox itself ({folder})")
 
 
-def prepare_folders(config: WatchConfig) -> int:
-    """Lock the inbox, create the output folders and prove every folder is usable, before any work.
+def output_folders(config: WatchConfig) -> tuple[tuple[str, Path], ...]:
+    """Every folder the daemon writes, with its name for messages."""
+    return (
+        ("results", config.results),
+        ("done", config.done),
+        ("failed", config.failed),
+        ("state", config.state),
+        ("status", config.status_file.parent),
+    )
 
-    Returns the lock's file descriptor, to be kept open for the process's life.
+
+def check_nesting(config: WatchConfig) -> None:
+    """Refuse output folders inside the inbox (the daemon would take its own outputs for arrivals and
+    quarantine its state) and an inbox inside an output folder. Paths are compared with links resolved."""
+    for label, folder in output_folders(config):
+        if _inside(folder, config.inbox):
+            raise StartupError(f"the {label} folder {folder} must not be inside the inbox {config.inbox}")
+        if _inside(config.inbox, folder):
+            raise StartupError(f"the inbox {config.inbox} must not be inside the {label} folder {folder}")
+
+
+def prepare_folders(config: WatchConfig) -> list[int]:
+    """Lock the inbox and the outputs, create the output folders and prove every folder usable, before any work.
+
+    Returns the locks' file descriptors, to be kept open for the process's life.
 
     Writability is tested by creating a file, not with ``os.access``: root
     passes access() on a read-only mount or an immutable folder, and the
     daemon must fail at start, not at the first result.
     """
+    check_nesting(config)
     if not config.inbox.is_dir():
         if config.inbox.exists():
             raise StartupError(f"inbox {config.inbox} is not a folder")
         raise StartupError(f"inbox folder {config.inbox} does not exist")
     # Taking the lock proves the inbox writable (files are moved out of it) and comes
     # before any probe file is made, so two daemons never touch each other's folders.
-    lock_fd = lock_inbox(config.inbox)
-    for label, folder in (
-        ("results", config.results),
-        ("done", config.done),
-        ("failed", config.failed),
-        ("state", config.state),
-        ("status", config.status_file.parent),
-    ):
+    locks = [lock_inbox(config.inbox)]
+    for label, folder in output_folders(config):
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -199,30 +221,54 @@ def prepare_folders(config: WatchConfig) -> int:
         if not folder.is_dir():
             raise StartupError(f"the {label} path {folder} is not a folder")
         _probe(label, folder)
+    # Two daemons writing one results (or state) folder would overwrite each other's records.
+    for label, folder in (("results", config.results), ("state", config.state)):
+        fd = lock_folder(folder)
+        if fd is None:
+            raise StartupError(f"another edge-birads watch ({_holder(config.state)}) already uses the {label} folder {folder}")
+        locks.append(fd)
     inbox_device = config.inbox.stat().st_dev
-    for label, folder in (("done", config.done), ("failed", config.failed)):
+    for label, folder in (("done", config.done), ("failed", config.failed), ("state", config.state)):
         if folder.stat().st_dev != inbox_device:
             raise StartupError(
                 f"the {label} folder {folder} must be on the same filesystem as the inbox {config.inbox} "
-                "(inputs are moved by an atomic rename)"
+                "(inputs are moved by an atomic rename" + (", into the state folder's work/ first)" if label == "state" else ")")
             )
-    return lock_fd
+    _write_pid(config.state)
+    return locks
 
 
 LOCK_NAME = ".edge-birads-watch.lock"
+PID_NAME = "daemon.pid"
 
 
-def lock_inbox(inbox: Path) -> int:
-    """Hold an exclusive lock on the inbox for the life of the process; return its descriptor.
+def lock_folder(folder: Path) -> int | None:
+    """An exclusive lock on the folder itself, held for the life of the process; None if another process holds it.
 
-    Two daemons on one inbox would classify the same file twice (each would
-    move it and write a record). The lock is a dotfile in the inbox, which
-    the daemon itself ignores, and is released by the kernel when the process
-    dies, so a crash never leaves a stale lock behind.
+    The lock is on the folder's own inode, so no file a sender or a user can
+    delete or replace stands in for it, and the kernel releases it when the
+    process dies, so a crash never leaves a stale lock. On a network file
+    system that cannot lock a folder (NFS emulates flock with byte-range locks,
+    which need a file open for writing), a lock file in the folder is locked instead.
     """
+    import errno
     import fcntl
 
-    path = inbox / LOCK_NAME
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StartupError(f"cannot open the folder {folder}: {_reason(exc)}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.EBADF, errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP):
+            raise StartupError(f"cannot lock the folder {folder}: {_reason(exc)}") from None
+    path = folder / LOCK_NAME
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
@@ -230,15 +276,54 @@ def lock_inbox(inbox: Path) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
         os.close(fd)
-        raise StartupError(f"another edge-birads watch (pid {holder}) is already watching {inbox}") from None
+        return None
     except OSError as exc:
         os.close(fd)
         raise StartupError(f"cannot lock {path}: {_reason(exc)}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
     return fd
+
+
+def lock_inbox(inbox: Path) -> int:
+    """Hold an exclusive lock on the inbox for the life of the process; return its descriptor.
+
+    Two daemons on one inbox would classify the same file twice. The lock is
+    on the inbox folder itself (:func:`lock_folder`): deleting the dotfile
+    ``.edge-birads-watch.lock``, which only names the holder's pid for the
+    error message, does not release it. Creating that file also proves the
+    inbox writable (files are moved out of it).
+    """
+    path = inbox / LOCK_NAME
+    try:
+        pid_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise StartupError(f"cannot create the lock file {path}: {_reason(exc)}") from None
+    fd = lock_folder(inbox)
+    if fd is None:
+        holder = os.pread(pid_fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(pid_fd)
+        raise StartupError(f"another edge-birads watch (pid {holder}) is already watching {inbox}")
+    try:
+        os.ftruncate(pid_fd, 0)
+        os.pwrite(pid_fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    finally:
+        os.close(pid_fd)
+    return fd
+
+
+def _write_pid(state: Path) -> None:
+    try:
+        (state / PID_NAME).write_text(f"{os.getpid()}\n", encoding="ascii")
+    except OSError as exc:
+        raise StartupError(f"state folder {state} is not writable: {_reason(exc)}") from None
+
+
+def _holder(state: Path) -> str:
+    try:
+        pid = (state / PID_NAME).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        pid = ""
+    return f"pid {pid}" if pid.isdigit() else "pid unknown"
 
 
 def _probe(label: str, folder: Path) -> None:

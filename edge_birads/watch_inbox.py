@@ -8,6 +8,12 @@ has not changed since. Names of copies in flight (dotfiles, ``*.part``,
 ``*.tmp``...) are not even tracked until they are renamed, which is how DICOM
 receivers hand files over.
 
+Senders often export one folder per study: sub-folders are walked (the same
+rules apply inside them) and entries are named by their path relative to the
+inbox (``study/x.dcm``). A folder named like an image (``scan.png/``) is not a
+study folder but an entry, quarantined whole. An empty study folder that has
+not changed for ``stable_seconds`` is reported as settled, for removal.
+
 Events come from ``watchdog`` (inotify) in a background thread and are only
 queued there; all decisions happen in the daemon's main thread. A periodic
 listing of the inbox backs the events up (and replaces them with ``--poll``,
@@ -22,6 +28,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+MAX_DEPTH = 16  # study folders nested deeper are quarantined whole, not walked
 IGNORED_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".filepart", ".crdownload", ".swp")
 
 Signature = tuple
@@ -30,6 +37,23 @@ Signature = tuple
 def is_ignored(name: str) -> bool:
     """Names of files still being written by convention; they are renamed when done."""
     return name.startswith(".") or name.lower().endswith(IGNORED_SUFFIXES)
+
+
+def is_study_folder(name: str) -> bool:
+    """A sub-folder to walk; one named like an image file is an entry of its own (quarantined)."""
+    from edge_birads.decode import IMAGE_SUFFIXES
+
+    return os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES
+
+
+def relative_name(inbox: str, path: str) -> str | None:
+    """``path`` relative to ``inbox`` with "/" separators; None outside it or under an ignored name."""
+    if not path.startswith(inbox + os.sep):
+        return None
+    parts = path[len(inbox) + 1 :].split(os.sep)
+    if any(part == "" or is_ignored(part) for part in parts):
+        return None
+    return "/".join(parts)
 
 
 def signature(status: os.stat_result) -> Signature:
@@ -60,42 +84,78 @@ class Pending:
 
 
 class InboxTracker:
-    """The inbox entries not yet processed, with their stability."""
+    """The inbox entries not yet processed, with their stability, keyed by path relative to the inbox."""
 
     def __init__(self, inbox: Path, stable_seconds: float, close_write: bool) -> None:
         self.inbox = inbox
         self.stable_seconds = stable_seconds
         self.close_write = close_write
         self.pending: dict[str, Pending] = {}
+        self.folders: dict[str, Pending] = {}  # study folders, watched for being empty and settled
         self._arrivals = 0
 
     def __len__(self) -> int:
         return len(self.pending)
 
     def scan(self, now: float) -> None:
-        """List the inbox: start tracking new names, stop tracking vanished ones."""
-        names = set()
-        with os.scandir(self.inbox) as entries:
-            for entry in entries:
-                if not is_ignored(entry.name):
-                    names.add(entry.name)
+        """List the inbox and its study folders: track new names, stop tracking vanished ones."""
+        names: set[str] = set()
+        folders: set[str] = set()
+        self._walk(self.inbox, "", 0, names, folders)
         for name in sorted(names - self.pending.keys()):
             self.touch(name, now)
         for name in list(self.pending.keys() - names):
             del self.pending[name]
+        for name in list(self.folders.keys() - folders):
+            del self.folders[name]
+        for name in folders:
+            self._touch_folder(name, now)
+
+    def _walk(self, folder: Path, prefix: str, depth: int, names: set[str], folders: set[str]) -> None:
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            if depth == 0:
+                raise
+            return  # a study folder removed while we listed it
+        except PermissionError:
+            if depth == 0:
+                raise
+            names.add(prefix.rstrip("/"))  # an unreadable study folder: an entry to quarantine
+            return
+        for entry in entries:
+            if is_ignored(entry.name):
+                continue
+            name = prefix + entry.name
+            try:
+                is_folder = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_folder = False
+            if is_folder and is_study_folder(entry.name) and depth < MAX_DEPTH:
+                folders.add(name)
+                self._walk(Path(entry.path), name + "/", depth + 1, names, folders)
+            else:
+                names.add(name)
 
     def touch(self, name: str, now: float) -> None:
         """Something happened to ``name``: (re)check it."""
-        if is_ignored(name):
+        if any(is_ignored(part) for part in name.split("/")):
             return
+        self._observe(self.pending, name, now)
+
+    def _touch_folder(self, name: str, now: float) -> None:
+        self._observe(self.folders, name, now)
+
+    def _observe(self, table: dict[str, Pending], name: str, now: float) -> None:
+        """Start tracking ``name`` in ``table``, restart its clock if it changed, drop it if it is gone."""
         current = probe(self.inbox / name)
         if current is None:
-            self.pending.pop(name, None)
+            table.pop(name, None)
             return
-        entry = self.pending.get(name)
+        entry = table.get(name)
         if entry is None:
             self._arrivals += 1
-            self.pending[name] = Pending(current, now, order=self._arrivals)
+            table[name] = Pending(current, now, order=self._arrivals)
         elif entry.signature != current:
             entry.signature, entry.since = current, now
 
@@ -109,10 +169,18 @@ class InboxTracker:
     def forget(self, name: str) -> None:
         self.pending.pop(name, None)
 
+    def retry_later(self, name: str, now: float) -> None:
+        """Keep ``name`` but make it wait a full stable interval again (after a failed attempt)."""
+        entry = self.pending.get(name)
+        if entry is not None:
+            entry.since, entry.closed = now, None
+
     def refresh(self, now: float) -> None:
         """Re-stat every tracked entry, so a change restarts its stability clock."""
         for name in list(self.pending):
             self.touch(name, now)
+        for name in list(self.folders):
+            self._touch_folder(name, now)
 
     def ready(self, now: float) -> list[str]:
         """Entries complete by the rules above, in arrival order."""
@@ -122,6 +190,27 @@ class InboxTracker:
             if now - entry.since >= self.stable_seconds or (entry.closed is not None and entry.closed == entry.signature)
         ]
         return [name for _, name in sorted(done)]
+
+    def settled_folders(self, now: float) -> list[str]:
+        """Study folders with nothing tracked inside that have not changed for the stable interval, deepest first."""
+        settled = []
+        for name, entry in self.folders.items():
+            if now - entry.since < self.stable_seconds:
+                continue
+            inside = name + "/"
+            if any(other.startswith(inside) for other in self.pending) or any(other.startswith(inside) for other in self.folders):
+                continue
+            settled.append(name)
+        return sorted(settled, key=lambda name: (-name.count("/"), name))
+
+    def folder_gone(self, name: str) -> None:
+        self.folders.pop(name, None)
+
+    def folder_kept(self, name: str, now: float) -> None:
+        """A settled folder could not be removed (it holds ignored files): look again after the interval."""
+        entry = self.folders.get(name)
+        if entry is not None:
+            entry.since = now
 
 
 class EventSource:
@@ -140,26 +229,25 @@ class EventSource:
         )
         from watchdog.observers import Observer
 
-        inbox_text = str(inbox)
-
-        def name_in_inbox(path) -> str | None:
-            path = os.fsdecode(path)
-            if os.path.dirname(path) != inbox_text:
-                return None
-            return os.path.basename(path)
+        inbox_text = os.fsdecode(inbox)
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event) -> None:
                 kind = event.event_type
+                if event.is_directory:
+                    # A study folder created or moved in (with files already in it): list it.
+                    if kind in ("created", "moved") and relative_name(inbox_text, os.fsdecode(getattr(event, "dest_path", "") or event.src_path)):
+                        events.put(("rescan", ""))
+                    return
                 if kind == "moved":
-                    source = name_in_inbox(event.src_path)
+                    source = relative_name(inbox_text, os.fsdecode(event.src_path))
                     if source is not None:
                         events.put(("deleted", source))
-                    target = name_in_inbox(event.dest_path)
+                    target = relative_name(inbox_text, os.fsdecode(event.dest_path))
                     if target is not None:
                         events.put(("moved_in", target))
                     return
-                name = name_in_inbox(event.src_path)
+                name = relative_name(inbox_text, os.fsdecode(event.src_path))
                 if name is not None and kind in ("created", "modified", "closed", "deleted"):
                     events.put((kind, name))
 
@@ -168,7 +256,7 @@ class EventSource:
         self.observer.schedule(
             Handler(),
             inbox_text,
-            recursive=False,
+            recursive=True,
             event_filter=[
                 FileCreatedEvent,
                 FileModifiedEvent,

@@ -34,8 +34,14 @@ def stderr_is_journal() -> bool:
 
 
 def one_line(text: str) -> str:
-    """Collapse anything that would split an event over several lines."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+    """Escape anything that would split an event over several lines or reach a terminal as a control
+    sequence (ESC in a file name): newlines as \\n, other control characters as \\xNN."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return "".join(
+        f"\\x{ord(char):02x}" if ord(char) < 0x20 and char != "\t" or 0x7F <= ord(char) < 0xA0
+        else f"\\u{ord(char):04x}" if char in "\u2028\u2029" else char
+        for char in text
+    )
 
 
 class EventLog:

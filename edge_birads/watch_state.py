@@ -9,9 +9,13 @@ leaves enough to resume without redoing, losing or double-reporting a file:
 * a content index (one small JSON file per sha256) lists every name a
   content was reported under, with the first prediction, so a copy under a
   new name is answered from the index instead of a second model run;
-* an in-flight marker names the file being classified, so a file that kills
-  the process every time (a decoder crash, an OOM kill) is quarantined after
-  a few attempts instead of restarting the service forever.
+* a claim marker names the one file taken out of the inbox into the
+  daemon's working folder, so a restart finishes it, and counts the runs that
+  died classifying it, so a file that kills the process every time (a decoder
+  crash, an OOM kill) is quarantined after a few attempts instead of
+  restarting the service forever;
+* files that could not be taken out of the inbox are counted, so one that can
+  never be moved is skipped instead of blocking the queue.
 
 Memory stays flat: lookups are file-system operations, not a growing dict.
 """
@@ -38,27 +42,37 @@ class Lookup:
     slot: str | None = None
 
 
+def split_relative(name: str) -> tuple[str, str]:
+    """``"study/x.png"`` -> ``("study", "x.png")``; ``"x.png"`` -> ``("", "x.png")``."""
+    parent, _, base = name.rpartition("/")
+    return parent, base
+
+
 def find_record(folder: Path, name: str, sha256: str | None, suffix: str, slot_must_be_free: bool = False) -> Lookup:
-    """Walk the fixed slot sequence for ``name`` in ``folder``.
+    """Walk the fixed slot sequence for ``name`` (a path relative to the inbox) in ``folder``.
 
     Returns the record of this (name, content) if one exists, else the first
     free slot. Records are matched on their ``identity`` (the content's sha256,
     or an inode-based key for entries that cannot be hashed) and ``file``. ``slot_must_be_free`` also requires the bare slot name to be
     unused (failed/ holds the quarantined file at the slot and its reason
-    beside it).
+    beside it). A name in a sub-folder has its records in the same sub-folder
+    of ``folder``; ``slot`` is relative to ``folder`` too.
     """
     wanted = printable_name(name)
-    for slot in slot_names(name, sha256):
-        record_path = folder / (slot + suffix)
+    parent, base = split_relative(name)
+    directory = folder / parent if parent else folder
+    for slot in slot_names(base, sha256):
+        record_path = directory / (slot + suffix)
+        relative_slot = f"{parent}/{slot}" if parent else slot
         if os.path.lexists(record_path):
             record = read_json(record_path)
             identity = record.get("identity", record.get("sha256")) if record is not None else None
             if record is not None and record.get("file") == wanted and identity == sha256:
-                return Lookup(found=record_path, free=None, slot=slot)
+                return Lookup(found=record_path, free=None, slot=relative_slot)
             continue
-        if slot_must_be_free and os.path.lexists(folder / slot):
+        if slot_must_be_free and os.path.lexists(directory / slot):
             continue
-        return Lookup(found=None, free=record_path, slot=slot)
+        return Lookup(found=None, free=record_path, slot=relative_slot)
     raise AssertionError("unreachable: slot_names is infinite")
 
 
@@ -96,59 +110,123 @@ class ContentIndex:
 
 
 @dataclass(frozen=True)
-class InFlight:
-    """The file a previous run was working on when it stopped, and how often that happened."""
+class Attempt:
+    """A file the model was run on, and how many runs died doing so."""
 
-    name: str
+    name: str  # path relative to the inbox
     sha256: str
     attempts: int
 
 
-class InFlightMarker:
-    """A marker written before classifying and removed after, to catch poison files.
+class ClaimMarker:
+    """The one entry taken out of the inbox (``STATE/work/<its relative path>``) and ``STATE/claim.json``.
 
-    It is replaced atomically but not fsynced: it only has to survive the
-    process dying (kill, segfault, OOM), which keeps the page cache; after a
-    power cut, losing one attempt count is harmless.
+    The daemon takes a file out of the inbox by an atomic rename into its
+    working folder before reading it, so a sender that re-sends the same name
+    meanwhile makes a new arrival instead of changing what is being
+    classified. The entry keeps its relative path there, so after a crash or
+    power cut the working folder alone says what was claimed and from where;
+    nothing has to be written before the rename. ``claim.json`` is written
+    just before the model runs (name, sha256, attempt count) and removed once
+    the file is filed: it catches a file that kills the process every time.
+    It is replaced atomically but not fsynced: it has to survive a kill,
+    which keeps the page cache; a power cut loses at most one count.
     """
 
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / "inflight.json"
+    def __init__(self, state: Path) -> None:
+        self.path = state / "claim.json"
+        self.work = state / "work"
+        self.current: str | None = None  # the name claimed now
+        self.counted = False  # whether this run counted an attempt on it
+        self.record: Attempt | None = None
         record = read_json(self.path)
-        self.previous: InFlight | None = None
         if record and isinstance(record.get("name"), str) and isinstance(record.get("sha256"), str):
             try:
-                self.previous = InFlight(record["name"], record["sha256"], int(record.get("attempts", 1)))
+                self.record = Attempt(record["name"], record["sha256"], int(record.get("attempts", 1)))
             except (TypeError, ValueError):
-                self.previous = None
+                self.record = None
+        self._on_disk = self.record is not None
 
-    def attempts_before(self, name: str, sha256: str) -> int:
-        """How many earlier runs died while working on this very file."""
-        previous = self.previous
-        if previous is not None and previous.name == name and previous.sha256 == sha256:
-            return previous.attempts
-        return 0
+    def work_path(self, name: str | None = None) -> Path:
+        name = name or self.current
+        assert name is not None
+        return self.work / name
 
-    def mark(self, name: str, sha256: str, attempts: int) -> None:
-        write_json_atomic(self.path, {"name": name, "sha256": sha256, "attempts": attempts, "pid": os.getpid()}, durable=False)
+    def take(self, name: str) -> None:
+        """``name`` is (about to be) in the working folder."""
+        self.current, self.counted = name, False
 
-    def abandon(self) -> None:
-        """Remove the marker without blaming the file (the daemon stops for another reason)."""
-        self.previous = None
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+    def attempts_before(self, sha256: str) -> int:
+        """How many runs died while classifying these bytes under the current name."""
+        record = self.record
+        return record.attempts if record is not None and record.name == self.current and record.sha256 == sha256 else 0
 
-    def clear(self, name: str, sha256: str | None) -> None:
-        """The file is finished (result, failure or requeue): it did not kill us."""
-        previous = self.previous
-        if previous is not None and previous.name == name and previous.sha256 == sha256:
-            self.previous = None
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+    def classifying(self, sha256: str) -> None:
+        """About to run the model on these bytes: one more attempt, should this run die."""
+        assert self.current is not None
+        self._write(Attempt(self.current, sha256, self.attempts_before(sha256) + 1))
+        self.counted = True
+
+    def uncount(self) -> None:
+        """The run stops for a reason that is not the file's (an output error): take back its attempt."""
+        record = self.record
+        if self.counted and record is not None:
+            self._write(Attempt(record.name, record.sha256, record.attempts - 1))
+            self.counted = False
+
+    def returned(self) -> None:
+        """The claimed file went back to the inbox; its attempt count stays, for when it is claimed again."""
+        self.current, self.counted = None, False
+
+    def clear(self) -> None:
+        """The claimed file is filed away (done/ or failed/): it did not kill us."""
+        self.current, self.counted, self.record = None, False, None
+        if self._on_disk:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self._on_disk = False
+
+    def _write(self, record: Attempt) -> None:
+        data = {"name": record.name, "sha256": record.sha256, "attempts": record.attempts, "pid": os.getpid()}
+        write_json_atomic(self.path, data, durable=False)
+        self.record, self._on_disk = record, True
 
 
-__all__ = ["REASON_SUFFIX", "RESULT_SUFFIX", "ContentIndex", "InFlightMarker", "Lookup", "find_record", "safe_base"]
+class UnmovableFiles:
+    """``STATE/unmovable.json``: inbox entries the daemon could not take out of the inbox, and how often.
+
+    A file that cannot be renamed (no permission on it or its folder, an
+    immutable file) cannot be claimed, classified or quarantined; it is tried
+    again until ``max_attempts`` failures (counted across restarts), then
+    skipped while it stays the same, so the files behind it are processed.
+    """
+
+    def __init__(self, state: Path) -> None:
+        self.path = state / "unmovable.json"
+        record = read_json(self.path) or {}
+        entries = record.get("entries")
+        self.entries: dict[str, dict] = entries if isinstance(entries, dict) else {}
+
+    def failed(self, name: str, signature: tuple, reason: str) -> int:
+        """Count one more failed attempt on this (name, signature); return the count."""
+        entry = self.entries.get(name)
+        attempts = entry["attempts"] + 1 if entry is not None and entry.get("signature") == list(signature) else 1
+        self.entries[name] = {"signature": list(signature), "attempts": attempts, "reason": reason}
+        self._save()
+        return attempts
+
+    def attempts(self, name: str, signature: tuple) -> int:
+        entry = self.entries.get(name)
+        return int(entry["attempts"]) if entry is not None and entry.get("signature") == list(signature) else 0
+
+    def forget(self, name: str) -> None:
+        if self.entries.pop(name, None) is not None:
+            self._save()
+
+    def _save(self) -> None:
+        write_json_atomic(self.path, {"entries": self.entries}, durable=False)
+
+
+__all__ = ["REASON_SUFFIX", "RESULT_SUFFIX", "Attempt", "ClaimMarker", "ContentIndex", "Lookup", "UnmovableFiles", "find_record", "safe_base", "split_relative"]

@@ -106,6 +106,40 @@ def jpeg_claiming(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+def jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
+    """(marker, start, end) of each segment of a JPEG; a scan's end includes its entropy-coded data."""
+    segments, offset = [], 2
+    while offset + 4 <= len(data):
+        marker = data[offset + 1]
+        if marker == 0xD9:
+            break
+        end = offset + 2 + struct.unpack(">H", data[offset + 2 : offset + 4])[0]
+        if marker == 0xDA:
+            while True:
+                end = data.find(b"\xff", end)
+                if data[end + 1] == 0x00 or 0xD0 <= data[end + 1] <= 0xD7:
+                    end += 2
+                    continue
+                break
+        segments.append((marker, offset, end))
+        offset = end
+    return segments
+
+
+def many_scans_jpeg(image: np.ndarray, scans: int) -> bytes:
+    """A valid progressive JPEG of ``image`` with its smallest scan repeated up to ``scans`` scans.
+
+    libjpeg decodes every repeated scan over the whole image (after a warning):
+    the decoding time grows with the scan count, whatever the file size, which
+    is how a 1 MB file kept a decoder busy for 100 s.
+    """
+    data = encode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    segments = jpeg_segments(data)
+    sos = [segment for segment in segments if segment[0] == 0xDA]
+    _, start, end = min(sos, key=lambda segment: segment[2] - segment[1])
+    return data[: sos[-1][2]] + data[start:end] * (scans - len(sos)) + b"\xff\xd9"
+
+
 def tiff_claiming(width: int, height: int) -> bytes:
     """A small TIFF whose first IFD claims width x height (LONG-typed tags)."""
     data = bytearray(encode(".tif", breast_image(64, 64)))
@@ -261,6 +295,8 @@ def build_corpus(folder: Path) -> list[Case]:
     add("bomb-20000x20000.png", bomb_png(), False, r"20000x20000 pixels, over the limit")
     add("claims-30000x30000.png", png_claiming(30000, 30000), False, r"30000x30000 pixels, over the limit")
     add("claims-30000x30000.jpg", jpeg_claiming(30000, 30000), False, r"30000x30000 pixels, over the limit")
+    add("progressive-400-scans.jpg", many_scans_jpeg(good, 400), False, r"^JPEG has more than 100 scans")
+    add("progressive-10-scans.jpg", many_scans_jpeg(good, 10), True)  # an ordinary progressive JPEG passes
     add("claims-30000x30000.tif", tiff_claiming(30000, 30000), False, r"30000x30000 pixels, over the limit")
     add(NEWLINE_NAME, b"\x89PNG\r\n\x1a\n broken", False, r"truncated or corrupt")
     add(UNDECODABLE_NAME, b"GIF89a not supported", False, r"not a readable image")

@@ -274,14 +274,14 @@ BUGGY_RUNNER = """
 import sys
 import edge_birads.classifier as classifier
 
-original = classifier.Classifier.classify_file
+original = classifier.Classifier.classify_bytes
 
-def classify_file(self, path):
-    if str(path).endswith("trigger.png"):
+def classify_bytes(self, data, name):
+    if str(name).endswith("trigger.png"):
         raise ZeroDivisionError("an injected bug")
-    return original(self, path)
+    return original(self, data, name)
 
-classifier.Classifier.classify_file = classify_file
+classifier.Classifier.classify_bytes = classify_bytes
 from edge_birads.cli import main
 sys.argv[0] = "edge-birads"
 main()

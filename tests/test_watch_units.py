@@ -14,7 +14,7 @@ from edge_birads.durable import TMP_PREFIX, free_name, sweep_temporaries, write_
 from edge_birads.watch_config import ConfigError, build_config
 from edge_birads.watch_inbox import InboxTracker, is_ignored
 from edge_birads.watch_log import EventLog
-from edge_birads.watch_state import ContentIndex, InFlightMarker, find_record
+from edge_birads.watch_state import ClaimMarker, ContentIndex, find_record
 
 
 def test_config_file_values_are_typed_and_command_line_wins(tmp_path: Path) -> None:
@@ -100,7 +100,7 @@ def test_record_slots_are_found_again_by_name_and_content(tmp_path: Path) -> Non
     assert first.found is None and first.free == tmp_path / "x.png.json"
     write_json_atomic(first.free, {"file": "x.png", "sha256": sha_a})
     other = find_record(tmp_path, "x.png", sha_b, ".json")  # the same name, other content: next slot
-    assert other.found is None and other.free == tmp_path / f"x.png.{'b' * 12}.json"
+    assert other.found is None and other.free == tmp_path / f"x.{'b' * 12}.png.json"  # the image suffix stays last
     write_json_atomic(other.free, {"file": "x.png", "sha256": sha_b})
     assert find_record(tmp_path, "x.png", sha_a, ".json").found == tmp_path / "x.png.json"
     assert find_record(tmp_path, "x.png", sha_b, ".json").found == other.free
@@ -136,13 +136,20 @@ def test_content_index_lists_each_name_once(tmp_path: Path) -> None:
     assert index.get("e" * 64) is None
 
 
-def test_in_flight_marker_counts_deaths_on_the_same_file(tmp_path: Path) -> None:
-    InFlightMarker(tmp_path).mark("p.png", "f" * 64, attempts=1)  # a run dies here
-    second = InFlightMarker(tmp_path)
-    assert second.attempts_before("p.png", "f" * 64) == 1 and second.attempts_before("q.png", "f" * 64) == 0
-    second.mark("p.png", "f" * 64, attempts=2)
-    second.clear("p.png", "f" * 64)  # finished: it was not a poison file
-    assert InFlightMarker(tmp_path).attempts_before("p.png", "f" * 64) == 0
+def test_claim_marker_counts_deaths_on_the_same_content(tmp_path: Path) -> None:
+    first = ClaimMarker(tmp_path)
+    first.take("p.png")
+    first.classifying("f" * 64)  # a run dies here
+    second = ClaimMarker(tmp_path)
+    second.take("p.png")  # resumed from the working folder, or claimed again after being put back
+    assert second.attempts_before("f" * 64) == 1 and second.attempts_before("e" * 64) == 0
+    second.classifying("f" * 64)
+    second.uncount()  # this run stops for a reason that is not the file's
+    assert ClaimMarker(tmp_path).record.attempts == 1
+    second.take("q.png")  # another file: its own count
+    assert second.attempts_before("f" * 64) == 0
+    second.clear()  # filed: nothing in flight
+    assert ClaimMarker(tmp_path).record is None and second.work_path("s/x.png") == tmp_path / "work" / "s" / "x.png"
 
 
 def test_log_lines_are_single_lines_with_journald_priorities(tmp_path: Path) -> None:
@@ -150,10 +157,12 @@ def test_log_lines_are_single_lines_with_journald_priorities(tmp_path: Path) -> 
     fd = os.open(out, os.O_WRONLY | os.O_CREAT)
     EventLog(journal=True, fd=fd).warning("bad\nname.png: reason")
     EventLog(journal=False, fd=fd).info("ok.png: fine")
+    EventLog(journal=True, fd=fd).info("esc-\x1b[31m.png: a raw ESC, a C1 \x9b and a line separator \u2028")
     os.close(fd)
     lines = out.read_text().splitlines()
     assert lines[0] == "<4>bad\\nname.png: reason"
-    assert lines[1].endswith("info: ok.png: fine") and len(lines) == 2
+    assert lines[1].endswith("info: ok.png: fine") and len(lines) == 3
+    assert lines[2] == "<6>esc-\\x1b[31m.png: a raw ESC, a C1 \\x9b and a line separator \\u2028"
 
 
 def test_the_move_into_done_never_replaces_an_existing_file(tmp_path: Path) -> None:

@@ -53,12 +53,79 @@ def wait_for(predicate, timeout: float = LIVENESS_TIMEOUT, what: str = "conditio
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
 
 
-class Daemon:
-    """``python -m edge_birads watch`` on folders under ``root``, as a child process."""
+# The daemon's own code, run with os.fsync wrapped: it can pause (until the test says go) or SIGKILL
+# itself at the fsync of a chosen file, so a test hits one crash or race window every time.
+HOOKED_RUNNER = """
+import os, re, signal, sys, time
+from pathlib import Path
 
-    def __init__(self, root: Path, poll: bool = False, stable: float = 0.5, extra: tuple[str, ...] = ()) -> None:
+control = Path(os.environ["EB_TEST_CONTROL"])
+pause_on = os.environ.get("EB_TEST_PAUSE_ON_FSYNC")
+kill_on = os.environ.get("EB_TEST_KILL_ON_FSYNC")
+real_fsync = os.fsync
+
+def fsync(fd):
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        path = ""
+    if kill_on and re.search(kill_on, path) and not (control / "killed").exists():
+        (control / "killed").write_text(path)
+        os.kill(os.getpid(), signal.SIGKILL)
+    if pause_on and re.search(pause_on, path) and not (control / "paused").exists():
+        (control / "paused").write_text(path)
+        while not (control / "go").exists():
+            time.sleep(0.01)
+    return real_fsync(fd)
+
+os.fsync = fsync
+pause_in_classify = os.environ.get("EB_TEST_PAUSE_IN_CLASSIFY")
+if pause_in_classify:
+    import edge_birads.classifier as classifier
+
+    original = classifier.Classifier.classify_bytes
+
+    def classify_bytes(self, data, name):
+        if re.search(pause_in_classify, str(name)) and not (control / "paused").exists():
+            (control / "paused").write_text(str(name))
+            while not (control / "go").exists():
+                time.sleep(0.01)
+        return original(self, data, name)
+
+    classifier.Classifier.classify_bytes = classify_bytes
+from edge_birads.cli import main
+sys.argv[0] = "edge-birads"
+main()
+"""
+
+
+class Daemon:
+    """``python -m edge_birads watch`` on folders under ``root``, as a child process.
+
+    ``pause_on_fsync`` / ``kill_on_fsync`` (regular expressions on the fsynced file's path) and
+    ``pause_in_classify`` (on the name being classified) run it under HOOKED_RUNNER; ``control`` is the
+    folder where it says ``paused`` and waits for ``go``.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        poll: bool = False,
+        stable: float = 0.5,
+        extra: tuple[str, ...] = (),
+        pause_on_fsync: str | None = None,
+        kill_on_fsync: str | None = None,
+        pause_in_classify: str | None = None,
+        inbox: Path | None = None,
+    ) -> None:
         self.root = root
-        self.inbox = root / "inbox"
+        self.inbox = inbox or root / "inbox"
+        self.hooks = {
+            "EB_TEST_PAUSE_ON_FSYNC": pause_on_fsync,
+            "EB_TEST_KILL_ON_FSYNC": kill_on_fsync,
+            "EB_TEST_PAUSE_IN_CLASSIFY": pause_in_classify,
+        }
+        self.control = root / "control"
         self.results = root / "results"
         self.done = root / "done"
         self.failed = root / "failed"
@@ -71,7 +138,13 @@ class Daemon:
         self.starts = 0
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "edge_birads", "watch", str(self.inbox), "--results", str(self.results)]
+        if any(self.hooks.values()):
+            runner = self.root / "hooked_runner.py"
+            runner.write_text(HOOKED_RUNNER)
+            self.control.mkdir(exist_ok=True)
+            cmd = [sys.executable, str(runner), "watch", str(self.inbox), "--results", str(self.results)]
+        else:
+            cmd = [sys.executable, "-m", "edge_birads", "watch", str(self.inbox), "--results", str(self.results)]
         cmd += ["--stable-seconds", str(self.stable), "--heartbeat-seconds", "0.5"]
         if self.poll:
             cmd += ["--poll", "--scan-interval", "0.3"]
@@ -81,6 +154,8 @@ class Daemon:
         """The environment of a daemon run: this checkout first on the path, not under journald."""
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         env.pop("JOURNAL_STREAM", None)
+        env["EB_TEST_CONTROL"] = str(self.control)
+        env.update({key: value for key, value in self.hooks.items() if value})
         return env
 
     def run_foreground(self, command: list[str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -124,10 +199,11 @@ class Daemon:
     # ------------------------------------------------------------ outcomes
 
     def result_records(self) -> list[dict]:
-        return [json.loads(p.read_text()) for p in sorted(self.results.glob("*.json"))]
+        """Results, in study sub-folders too (not the daemon's state, not temporary files)."""
+        return [json.loads(p.read_text()) for p in record_files(self.results, ".json")]
 
     def failure_records(self) -> list[dict]:
-        return [json.loads(p.read_text()) for p in sorted(self.failed.glob("*.reason.json"))]
+        return [json.loads(p.read_text()) for p in record_files(self.failed, ".reason.json")]
 
     def inbox_names(self) -> list[str]:
         """What is waiting in the inbox (not the daemon's own lock dotfile)."""
@@ -137,9 +213,8 @@ class Daemon:
 
     def outcome_count(self) -> int:
         count = 0
-        for folder, pattern in ((self.results, "*.json"), (self.failed, "*.reason.json")):
-            if folder.exists():
-                count += sum(1 for _ in folder.glob(pattern))
+        for folder, suffix in ((self.results, ".json"), (self.failed, ".reason.json")):
+            count += len(record_files(folder, suffix))
         return count
 
     def wait_all(self, expected: int, keep: frozenset[str] = frozenset()) -> None:
@@ -149,6 +224,15 @@ class Daemon:
             what=f"{expected} records",
             daemon=self,
         )
+
+
+def record_files(folder: Path, suffix: str) -> list[Path]:
+    """``*suffix`` files under ``folder`` as a consumer sees them: dot-names (state, temporaries) skipped."""
+    found = []
+    for root, folders, files in os.walk(folder):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found += [Path(root) / name for name in files if name.endswith(suffix) and not name.startswith(".")]
+    return sorted(found)
 
 
 def check_exactly_once(daemon: Daemon, inputs: dict[str, bytes], bad: set[str], others: frozenset[str] = frozenset()) -> None:
@@ -191,5 +275,5 @@ def check_exactly_once(daemon: Daemon, inputs: dict[str, bytes], bad: set[str], 
     moved_hashes = sorted(sha256(p.read_bytes()) for p in moved if p.is_file() and not p.is_symlink())
     expected_hashes = sorted(sha256(data) for data in inputs.values())
     assert moved_hashes == expected_hashes
-    leftovers = [p.name for p in daemon.results.iterdir() if p.name.startswith(".eb-tmp-")]
+    leftovers = [str(p) for folder in (daemon.results, daemon.failed) for p in folder.rglob(".eb-tmp-*")]
     assert not leftovers, leftovers
