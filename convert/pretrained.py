@@ -316,6 +316,12 @@ def fit(
     rng = np.random.default_rng(cfg.seed)
     x_val = fold_images(pool, val_idx)
     history, best, best_weights = [], -np.inf, None
+    if cfg.head_init != "random":
+        # The warm start is a candidate too: fine-tuning is kept only where validation says it beat its starting point.
+        aucs = validation_aucs(model.predict(x_val, batch_size=16, verbose=0), pool, val_idx)
+        history.append({"epoch": 0, "phase": "start", "val_auc": aucs, "best": True})
+        log(json.dumps(history[-1]))
+        best, best_weights = aucs[cfg.select_on], model.get_weights()
     phase = None
     for epoch in range(1, cfg.epochs + 1):
         wanted = "frozen" if epoch <= cfg.frozen_epochs else "finetune"
@@ -339,11 +345,13 @@ def fit(
         log(json.dumps(entry))
         if aucs[cfg.select_on] > best:
             best, best_weights = aucs[cfg.select_on], model.get_weights()
+            for earlier in history:
+                earlier.pop("best", None)
             entry["best"] = True
     if last_weights is not None:
         model.save_weights(str(last_weights))
     model.set_weights(best_weights)
-    return {"history": history, "best_epoch": max(h["epoch"] for h in history if h.get("best")), "best_val_auc": best}
+    return {"history": history, "best_epoch": next(h["epoch"] for h in history if h.get("best")), "best_val_auc": best}
 
 
 def run_fold(cfg: PretrainedConfig, pool: PreparedPool, folds: TrainConfig, fold: int, out_dir: Path, log) -> None:

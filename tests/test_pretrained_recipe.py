@@ -259,3 +259,24 @@ def test_the_logistic_warm_start_is_the_fitted_regression_folded_into_the_head(p
     probs = pretrained_small.predict(pool.images[..., None].astype(np.float32) / 255, verbose=0)
     assert c == same_c
     np.testing.assert_allclose(probs, reference.predict_proba(features[:, :192]), atol=2e-4)
+
+
+def test_a_warm_started_head_is_kept_when_no_epoch_beats_it(pretrained_small, monkeypatch):
+    """With head_init="logistic" the starting model is epoch 0 of the selection: worse epochs never replace it."""
+    import convert.pretrained as recipe
+
+    seen = []
+
+    def falling(probs, pool, indices):
+        seen.append(np.array(probs))
+        value = 1.0 - 0.1 * len(seen)
+        return {"mini-mias": value, "cbis-ddsm-mass": value, "mean": value, "weighted": value}
+
+    monkeypatch.setattr(recipe, "validation_aucs", falling)
+    pool = synthetic_pool()
+    train, val = np.arange(0, 18), np.arange(18, 24)
+    run = fit(pretrained_small, pool, train, val, replace(SMALL, epochs=2, head_init="logistic"), log=lambda _: None)
+    assert run["best_epoch"] == 0 and [h["epoch"] for h in run["history"]] == [0, 1, 2]
+    assert [h.get("best", False) for h in run["history"]] == [True, False, False]
+    after = pretrained_small.predict(pool.images[val][..., None].astype(np.float32) / 255, verbose=0)
+    np.testing.assert_allclose(after, seen[0], atol=1e-5)
