@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -137,16 +140,17 @@ def classify(
         for path, (result, lesion_map) in zip(files, stream):  # the stream keeps input order
             if lesion_map is not None:
                 heatmaps.write(result, lesion_map)
-            progress.clear()
-            if not result.ok:
-                click.echo(f"error: {result.file}: {result.error}", err=True)
-            if table is not None:
-                table.write(result)
-            elif fmt == "jsonl":
-                click.echo(jsonl_line(result))
-            else:
-                click.echo(csv_line(result, card.labels))
-            seen, failed = seen + 1, failed + (not result.ok)  # counted once printed: an interrupt never over-counts
+            with interrupts_deferred():  # a record is printed and counted together, or neither: Ctrl-C waits for the pair
+                progress.clear()
+                if not result.ok:
+                    click.echo(f"error: {result.file}: {result.error}", err=True)
+                if table is not None:
+                    table.write(result)
+                elif fmt == "jsonl":
+                    click.echo(jsonl_line(result))
+                else:
+                    click.echo(csv_line(result, card.labels))
+                seen, failed = seen + 1, failed + (not result.ok)
             if per_breast:
                 classified.append(result)
                 views.append(view_of(path))
@@ -168,6 +172,19 @@ def classify(
         click.echo(summary, err=True)
     if failed:
         sys.exit(1)
+
+
+@contextmanager
+def interrupts_deferred():
+    """Hold SIGINT (POSIX, main thread) for the duration; a Ctrl-C pressed meanwhile arrives when it ends."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def write_breasts(breasts, fmt: str) -> None:

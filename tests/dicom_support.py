@@ -45,7 +45,10 @@ def closed_port() -> tuple[socket.socket, int]:
 
 
 def need(tool: str, package: str) -> str:
-    path = shutil.which(tool)
+    """The Debian package's tool: pynetdicom installs console scripts of the same names (storescu, echoscu) into
+    the virtual environment, which an activated venv puts first on PATH, so the venv is left out of the search."""
+    outside_venv = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and not p.startswith(sys.prefix))
+    path = shutil.which(tool, path=outside_venv)
     if path is None:
         pytest.skip(f"{tool} not found: apt-get install {package} (.ci/run installs it)")
     return path
