@@ -280,3 +280,15 @@ def test_a_warm_started_head_is_kept_when_no_epoch_beats_it(pretrained_small, mo
     assert [h.get("best", False) for h in run["history"]] == [True, False, False]
     after = pretrained_small.predict(pool.images[val][..., None].astype(np.float32) / 255, verbose=0)
     np.testing.assert_allclose(after, seen[0], atol=1e-5)
+
+
+def test_training_sources_filter_the_training_images_only():
+    from convert.pretrained import from_sources
+
+    pool = synthetic_pool()
+    indices = np.arange(10)
+    assert np.array_equal(from_sources(pool, indices, "both"), indices)
+    cbis = from_sources(pool, indices, "cbis-ddsm-mass")
+    assert cbis.tolist() == [0, 2, 4, 6, 8] and all(pool.items[i].source == "cbis-ddsm-mass" for i in cbis)
+    with pytest.raises(ValueError, match="unknown source"):
+        from_sources(pool, indices, "inbreast")
