@@ -77,6 +77,8 @@ class PretrainedConfig:
     class_balance: bool = True
     # "random": Keras's initialisation; "logistic": the frozen-feature multinomial logistic regression (see logistic_head).
     head_init: str = "random"
+    # With a warm-started head: the starting model is epoch 0 of the epoch choice (kept unless an epoch beats it).
+    start_is_candidate: bool = False
     # Which sources the network learns from ("both", or one source's name); every source is still scored on the test folds.
     train_sources: str = "both"
     # The epoch kept: "weighted": the two sources' validation AUCs weighted by their malignant validation images, or
@@ -318,7 +320,7 @@ def fit(
     rng = np.random.default_rng(cfg.seed)
     x_val = fold_images(pool, val_idx)
     history, best, best_weights = [], -np.inf, None
-    if cfg.head_init != "random":
+    if cfg.head_init != "random" and cfg.start_is_candidate:
         # The warm start is a candidate too: fine-tuning is kept only where validation says it beat its starting point.
         aucs = validation_aucs(model.predict(x_val, batch_size=16, verbose=0), pool, val_idx)
         history.append({"epoch": 0, "phase": "start", "val_auc": aucs, "best": True})
@@ -606,9 +608,9 @@ ROWS: dict[str, tuple[dict, str]] = {
     ),
     "mnv2-512-cbis-lrinit": (
         {"epochs": 14, "frozen_epochs": 0, "class_balance": False, "select_on": "weighted", "head_init": "logistic",
-         "train_sources": "cbis-ddsm-mass"},
+         "train_sources": "cbis-ddsm-mass", "start_is_candidate": True},
         "as mnv2-512-lrinit, learning from the CBIS-DDSM training images only (the note's setting); MIAS is scored but never "
-        "seen, so its row says how a CBIS-trained model transfers",
+        "seen, so its row says how a CBIS-trained model transfers; the warm start is epoch 0 of the epoch choice",
     ),
     "frozen-lr": (
         {},

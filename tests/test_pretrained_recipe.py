@@ -275,7 +275,7 @@ def test_a_warm_started_head_is_kept_when_no_epoch_beats_it(pretrained_small, mo
     monkeypatch.setattr(recipe, "validation_aucs", falling)
     pool = synthetic_pool()
     train, val = np.arange(0, 18), np.arange(18, 24)
-    run = fit(pretrained_small, pool, train, val, replace(SMALL, epochs=2, head_init="logistic"), log=lambda _: None)
+    run = fit(pretrained_small, pool, train, val, replace(SMALL, epochs=2, head_init="logistic", start_is_candidate=True), log=lambda _: None)
     assert run["best_epoch"] == 0 and [h["epoch"] for h in run["history"]] == [0, 1, 2]
     assert [h.get("best", False) for h in run["history"]] == [True, False, False]
     after = pretrained_small.predict(pool.images[val][..., None].astype(np.float32) / 255, verbose=0)
