@@ -402,7 +402,7 @@ else
     # and the aarch64 wheels so pip needs no network: pip reads PIP_NO_INDEX / PIP_FIND_LINKS from the environment.
     mkdir -p "$root/opt/edge-birads/src" "$root/opt/edge-birads/wheels"
     if git -C "$REPO" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-        (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$root/opt/edge-birads/src") \
+        (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp -P --parents -t "$root/opt/edge-birads/src") \
             || die "copying the checkout into the root failed"
     else
         tar -C "$REPO" --exclude=./.ci-cache --exclude=./.venv --exclude=./.git -cf - . | tar -C "$root/opt/edge-birads/src" -xf - \
