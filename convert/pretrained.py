@@ -293,8 +293,12 @@ def logistic_head(
     scaler, logistic = model[0], model[-1]
     coef = np.zeros((3, features.shape[1]))
     intercept = np.zeros(3)
-    coef[logistic.classes_] = logistic.coef_
-    intercept[logistic.classes_] = logistic.intercept_
+    if len(logistic.classes_) == 2:  # scikit-learn keeps one row for two classes: the second class's logit, the first at 0
+        coef[logistic.classes_[1]] = logistic.coef_[0]
+        intercept[logistic.classes_[1]] = logistic.intercept_[0]
+    else:
+        coef[logistic.classes_] = logistic.coef_
+        intercept[logistic.classes_] = logistic.intercept_
     if len(logistic.classes_) < 3:  # a pool without normals: the absent class never wins
         intercept[np.setdiff1d(np.arange(3), logistic.classes_)] = -20.0
     kernel = (coef / scaler.scale_).T

@@ -289,3 +289,22 @@ def test_training_sources_filter_the_training_images_only():
     assert cbis.tolist() == [0, 2, 4, 6, 8] and all(pool.items[i].source == "cbis-ddsm-mass" for i in cbis)
     with pytest.raises(ValueError, match="unknown source"):
         from_sources(pool, indices, "inbreast")
+
+
+def test_the_warm_start_from_two_classes_keeps_their_difference(pretrained_small, tmp_path):
+    """A pool without normals (CBIS-DDSM alone): scikit-learn's single row must become the malignant logit, normal never wins."""
+    from convert.pretrained import fit_logistic, frozen_features, logistic_head
+
+    base = synthetic_pool(n=60)
+    items = [AnnotatedImage(it.path, it.patient_id, it.source, 2 if it.label == 2 else 1) for it in base.items]
+    pool = PreparedPool(base.spec, base.images, items, base.lesions)
+    train = np.arange(40)
+    kernel, bias, _ = logistic_head(SMALL, pool, train, cache=tmp_path)
+    features = frozen_features(SMALL, pool, cache=tmp_path)[:, :192]
+    labels = np.array([it.label for it in items])
+    patients = np.array([f"{it.source}/{it.patient_id}" for it in items])
+    reference, _ = fit_logistic(features[train], labels[train], patients[train])
+    pretrained_small.get_layer("head").set_weights([kernel, bias])
+    probs = pretrained_small.predict(pool.images[..., None].astype(np.float32) / 255, verbose=0)
+    assert probs[:, 0].max() < 1e-6
+    np.testing.assert_allclose(probs[:, 2], reference.predict_proba(features)[:, 1], atol=2e-4)
