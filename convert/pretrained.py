@@ -286,7 +286,8 @@ def logistic_head(
     frozen-feature floor. The standardisation is folded into the kernel and
     bias, so the graph and the int8 model are unchanged.
     """
-    features = frozen_features(cfg, pool, cache)[:, : 2 * trunk_channels(cfg)]  # average then max: the head's own inputs
+    pooled = frozen_features(cfg, pool, cache)
+    features = pooled[:, : 2 * pooled.shape[1] // 3]  # mean then max per channel: the head's own inputs (see pooled_features)
     labels = np.array([pool.items[i].label for i in train_idx])
     patients = np.array([f"{pool.items[i].source}/{pool.items[i].patient_id}" for i in train_idx])
     model, c = fit_logistic(features[train_idx], labels, patients, seed=cfg.seed)
@@ -304,12 +305,6 @@ def logistic_head(
     kernel = (coef / scaler.scale_).T
     bias = intercept - (coef * scaler.mean_ / scaler.scale_).sum(axis=1)
     return kernel.astype(np.float32), bias.astype(np.float32), c
-
-
-def trunk_channels(cfg: PretrainedConfig) -> int:
-    from convert.trunks import trunk
-
-    return {"mobilenet_v2_imagenet": 96, "efficientnet_lite0_imagenet": 112}[cfg.weights] if cfg.last_block == trunk(cfg.weights).stride16_last else 0
 
 
 # ------------------------------------------------------------------ training
@@ -437,9 +432,9 @@ def runtime_outputs(classifier, pool: PreparedPool, indices: np.ndarray) -> tupl
         p, m = classifier.predict_with_map(pool.images[i].astype(np.float32)[..., None] / 255.0)
         probs.append(p)
         maps.append(m)
-    renormalised = np.clip(np.array(probs, np.float64), 0, None)
-    renormalised /= renormalised.sum(1, keepdims=True)
-    return renormalised, (np.array(maps) if maps and maps[0] is not None else None)
+    from convert.export import renormalise
+
+    return np.array([renormalise(np.asarray(p, np.float64)) for p in probs]), (np.array(maps) if maps and maps[0] is not None else None)
 
 
 def map_hits(pool: PreparedPool, indices: np.ndarray, maps: np.ndarray) -> dict:
@@ -651,10 +646,6 @@ def collect(results: Path, folds: TrainConfig | None = None) -> dict:
     return collect_cv(pool, results, folds, suffix="_int8")
 
 
-def _fmt(value, digits: int = 2) -> str:
-    return "-" if value is None or (isinstance(value, float) and value != value) else f"{value:.{digits}f}"
-
-
 def table(results: Path = RESULTS) -> str:
     """The pretrained rows as Markdown, from their archived metrics (int8)."""
     header = [
@@ -670,23 +661,15 @@ def table(results: Path = RESULTS) -> str:
         if not path.exists():
             lines.append("| " + " | ".join([name, "not run"] + ["-"] * (len(header) - 2)) + " |")
             continue
-        metrics = json.loads(path.read_text())
-        pooled, spread, breast = metrics["pooled_out_of_fold"], metrics["per_fold_mean_sd"], metrics.get("per_breast", {})
+        from convert.lesion_ablation import fmt, row_for
+
+        cells = row_for(name, results)  # the ablation table's own columns, from the same metrics file
         first = next((results / name).glob("fold*_int8.npz"), None)
-        kind = "int8" if first is None or np.load(first)["probs"].shape[1] == 3 else "score"
-        cells = [name, f"{metrics['folds_done']} ({kind})"]
-        for source in (MIAS, CBIS):
-            m = pooled.get(source, {})
-            ci = m.get("auc_ci95") or (None, None)
-            s = spread.get(f"{source}/auc_malignant_vs_rest", {})
-            cells.append(f"{_fmt(m.get('auc_malignant_vs_rest'))} [{_fmt(ci[0])}, {_fmt(ci[1])}]")
-            cells.append(f"{_fmt(s.get('mean'))} ± {_fmt(s.get('sd'))}" if metrics["folds_done"] > 1 else "-")
-            if source == MIAS:
-                cells.append(_fmt(m.get("sensitivity_at_70_specificity")))
-            cells.append(f"{_fmt(m.get('referral_sensitivity'))} / {_fmt(m.get('referral_specificity'))}")
-        b = breast.get(CBIS, {})
+        if first is not None and np.load(first)["probs"].shape[1] != 3:
+            cells[1] = cells[1].replace("(int8)", "(score)")
+        b = json.loads(path.read_text()).get("per_breast", {}).get(CBIS, {})
         bci = b.get("auc_ci95") or (None, None)
-        cells.append(f"{_fmt(b.get('auc_malignant_vs_rest'))} [{_fmt(bci[0])}, {_fmt(bci[1])}]" if b else "-")
+        cells.append(f"{fmt(b.get('auc_malignant_vs_rest'))} [{fmt(bci[0])}, {fmt(bci[1])}]" if b else "-")
         seconds = [json.loads(p.read_text()).get("training_seconds") for p in sorted((results / name).glob("fold*_history.json"))]
         seconds = [x for x in seconds if x]
         cells.append(f"{np.mean(seconds) / 60:.0f} min" if seconds else "-")

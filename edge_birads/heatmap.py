@@ -12,7 +12,6 @@ score and the research-use line. No patient identifier is drawn.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import cv2
 import numpy as np
 
 from edge_birads import DISCLAIMER
-from edge_birads.durable import fsync_dir
+from edge_birads.durable import write_bytes_atomic
 from edge_birads.preprocess import value_range
 
 
@@ -79,17 +78,11 @@ def render(lesion_map: LesionMap, caption: list[str], max_side: int = 1024) -> n
 
 
 def write_png(path: Path, picture: np.ndarray) -> Path:
-    """Write a PNG by temporary name, fsync and rename: a reader never sees half a picture."""
+    """Write a PNG by temporary name, fsync and rename (``durable.write_bytes_atomic``): a reader never sees half a picture."""
     ok, encoded = cv2.imencode(".png", picture)
     if not ok:
         raise OSError(f"cannot encode {path.name} as PNG")
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(encoded.tobytes())
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
-    fsync_dir(path.parent)
+    write_bytes_atomic(path, [encoded.tobytes()])
     return path
 
 

@@ -14,10 +14,11 @@ install commands are in the README and ``.ci/run``.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from edge_birads.card import sha256_of
 
 
 class WeightsUnavailable(RuntimeError):
@@ -71,14 +72,6 @@ SOURCES: dict[str, WeightSource] = {
         note=IMAGENET_TERMS,
     ),
 }
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_file(source: WeightSource | str) -> Path:
