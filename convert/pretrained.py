@@ -69,6 +69,10 @@ class PretrainedConfig:
     last_block: int = 13
     unfreeze_from: int = 8
     dropout: float = 0.3
+    # Standardise the pooled features inside the graph (a frozen batch norm holding the training images' frozen-feature
+    # mean and spread) before dropout and the head. Without it dropout zeroes raw features with large means, and a head
+    # warm-started from the standardised logistic regression sees logits far from the ones it was fitted for.
+    standardise: bool = False
     frozen_epochs: int = 2
     epochs: int = 20  # in all, frozen ones included
     batch_size: int = 8
@@ -114,9 +118,30 @@ def build_model(cfg: PretrainedConfig, pretrained: bool = True):
     pooled = layers.Concatenate(name="pooled")(
         [layers.GlobalAveragePooling2D(name="avg_pool")(features), layers.GlobalMaxPooling2D(name="max_pool")(features)]
     )
+    if cfg.standardise:  # statistics set by set_standardisation; frozen (inference mode) in every phase
+        pooled = layers.BatchNormalization(epsilon=0.0, trainable=False, name=STANDARDISE)(pooled)
     x = layers.Dropout(cfg.dropout, seed=cfg.seed, name="head_dropout")(pooled)
     out = layers.Dense(3, activation="softmax", name="head")(x)
     return keras.Model(trunk.input, out, name="mnv2_birads")
+
+
+STANDARDISE = "pooled_standardise"
+
+
+def set_standardisation(model, mean: np.ndarray, scale: np.ndarray) -> None:
+    """Put the pooled features' mean and standard deviation (per feature) into the standardising layer."""
+    ones = np.ones_like(mean, np.float32)
+    model.get_layer(STANDARDISE).set_weights([ones, np.zeros_like(ones), mean.astype(np.float32), np.square(scale).astype(np.float32)])
+
+
+def standardisation(model) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) of the pooled features as the graph standardises them; (0, 1) when it does not."""
+    try:
+        _, _, mean, variance = model.get_layer(STANDARDISE).get_weights()
+    except ValueError:
+        width = int(model.get_layer("pooled").output.shape[-1])
+        return np.zeros(width, np.float32), np.ones(width, np.float32)
+    return mean, np.sqrt(variance)
 
 
 def set_trainable(model, phase: str, unfreeze_from: int, weights: str = "mobilenet_v2_imagenet") -> None:
@@ -128,7 +153,7 @@ def set_trainable(model, phase: str, unfreeze_from: int, weights: str = "mobilen
     block_of = trunk(weights).block_of
     for layer in model.layers:
         block = block_of(layer.name)
-        if layer.name == "grey_to_imagenet":
+        if layer.name in ("grey_to_imagenet", STANDARDISE):
             layer.trainable = False
         elif block is not None:
             layer.trainable = phase == "finetune" and block >= unfreeze_from and not isinstance(layer, layers.BatchNormalization)
@@ -204,10 +229,11 @@ def with_lesion_map(model):
 
     features = model.get_layer("avg_pool").input
     kernel, bias = model.get_layer("head").get_weights()
+    mean, scale = standardisation(model)
     channels = int(features.shape[-1])
-    average = kernel[:channels]
+    average = kernel[:channels] / scale[:channels, None]  # a standardised average-pool half, unfolded per location
     direction = average[:, 2] - 0.5 * (average[:, 0] + average[:, 1])
-    offset = bias[2] - 0.5 * (bias[0] + bias[1])
+    offset = bias[2] - 0.5 * (bias[0] + bias[1]) - float(direction @ mean[:channels])
     conv = layers.Conv2D(1, 1, name="lesion_map")
     lesion_map = conv(features)
     conv.set_weights([direction.reshape(1, 1, channels, 1).astype(np.float32), np.array([offset], np.float32)])
@@ -274,6 +300,12 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, groups: np.ndarray, cs=(0.001, 0.
     return model(best_c).fit(x, y), best_c
 
 
+def head_features(cfg: PretrainedConfig, pool: PreparedPool, cache: Path | None = DEFAULT_CACHE) -> np.ndarray:
+    """The frozen pooled features the head reads: mean then max per channel (the first two thirds of pooled_features)."""
+    pooled = frozen_features(cfg, pool, cache)
+    return pooled[:, : 2 * pooled.shape[1] // 3]
+
+
 def logistic_head(
     cfg: PretrainedConfig, pool: PreparedPool, train_idx: np.ndarray, cache: Path | None = DEFAULT_CACHE
 ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -283,11 +315,12 @@ def logistic_head(
     validation AUC 0.52 after two frozen epochs, 0.64 after twenty, against
     0.68 for a logistic regression on the same features), so fine-tuning
     started from a nearly untrained head. Warm-started here, it starts at the
-    frozen-feature floor. The standardisation is folded into the kernel and
-    bias, so the graph and the int8 model are unchanged.
+    frozen-feature floor. With ``cfg.standardise`` the graph standardises the
+    pooled features itself (with the same training-image statistics, see
+    set_standardisation) and the head takes the regression as fitted;
+    otherwise the standardisation is folded into the kernel and bias.
     """
-    pooled = frozen_features(cfg, pool, cache)
-    features = pooled[:, : 2 * pooled.shape[1] // 3]  # mean then max per channel: the head's own inputs (see pooled_features)
+    features = head_features(cfg, pool, cache)
     labels = np.array([pool.items[i].label for i in train_idx])
     patients = np.array([f"{pool.items[i].source}/{pool.items[i].patient_id}" for i in train_idx])
     model, c = fit_logistic(features[train_idx], labels, patients, seed=cfg.seed)
@@ -302,6 +335,8 @@ def logistic_head(
         intercept[logistic.classes_] = logistic.intercept_
     if len(logistic.classes_) < 3:  # a pool without normals: the absent class never wins
         intercept[np.setdiff1d(np.arange(3), logistic.classes_)] = -20.0
+    if cfg.standardise:
+        return coef.T.astype(np.float32), intercept.astype(np.float32), c
     kernel = (coef / scaler.scale_).T
     bias = intercept - (coef * scaler.mean_ / scaler.scale_).sum(axis=1)
     return kernel.astype(np.float32), bias.astype(np.float32), c
@@ -379,6 +414,11 @@ def run_fold(cfg: PretrainedConfig, pool: PreparedPool, folds: TrainConfig, fold
     fold_cfg = replace(cfg, seed=seed)
     model = build_model(fold_cfg)
     log(f"fold {fold}: train {train_idx.size} images, validation {val_idx.size}, test {test_idx.size}")
+    if cfg.standardise:
+        from sklearn.preprocessing import StandardScaler
+
+        scaler = StandardScaler().fit(head_features(fold_cfg, pool)[train_idx])  # the logistic regression's own scaler
+        set_standardisation(model, scaler.mean_, scaler.scale_)
     if cfg.head_init == "logistic":
         kernel, bias, c = logistic_head(fold_cfg, pool, train_idx)
         model.get_layer("head").set_weights([kernel, bias])
@@ -615,6 +655,16 @@ ROWS: dict[str, tuple[dict, str]] = {
         {},
         "the floor: frozen ImageNet block-13 features (mean, max, top-5% mean per channel) + standardised L2 logistic regression, "
         "malignant vs rest, C by an inner patient-grouped CV (python -m convert.pretrained_experiments frozen-lr); no training of the network",
+    ),
+    "frozen-lr-whole": (
+        {"crop_to_breast": False},
+        "as frozen-lr on the whole image resized to 512x512 (no breast crop; the note's setting)",
+    ),
+    "mnv2-512-whole-lrinit": (
+        {"crop_to_breast": False, "standardise": True, "epochs": 14, "frozen_epochs": 0, "class_balance": False,
+         "select_on": "weighted", "head_init": "logistic", "start_is_candidate": True},
+        "as mnv2-512-lrinit on the whole image (no breast crop), with the pooled features standardised in the graph before "
+        "dropout and the head (the warm start's scaler as a frozen batch norm); the warm start is epoch 0 of the epoch choice",
     ),
     "lite0-512-plain": (
         {"epochs": 16, "class_balance": False, "select_on": "weighted", "weights": "efficientnet_lite0_imagenet", "last_block": 10,

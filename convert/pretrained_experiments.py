@@ -17,7 +17,7 @@ import argparse
 import json
 import shutil
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from convert.ensemble_cv import combine
 from convert.lesion_data import load_pool
 from convert.metrics import threshold_for_sensitivity
 from convert.paper_cv import representative, score_fold
-from convert.pretrained import PretrainedConfig, build_model, fit_logistic, frozen_features
+from convert.pretrained import ROWS, PretrainedConfig, build_model, fit_logistic, frozen_features
 from convert.train_lesion import DEFAULT_CACHE, TrainConfig, collect_cv, fold_split, setup_tensorflow
 
 
@@ -134,13 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="the new row's run folder")
     parser.add_argument("--source", type=Path, help="flip: the fine-tuned row's run folder (its fold weights)")
     parser.add_argument("--members", help="average: comma-separated run folders")
+    parser.add_argument("--row", choices=list(ROWS), help="frozen-lr: take this row's PretrainedConfig settings (e.g. frozen-lr-whole)")
     args = parser.parse_args(argv)
     if args.command == "flip":
         if args.source is None:
             parser.error("flip needs --source")
         metrics = flip_row(args.source, args.out)
     elif args.command == "frozen-lr":
-        metrics = frozen_lr_row(args.out)
+        metrics = frozen_lr_row(args.out, replace(PretrainedConfig(), **ROWS[args.row][0]) if args.row else None)
     else:
         if not args.members:
             parser.error("average needs --members")

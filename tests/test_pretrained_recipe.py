@@ -308,3 +308,58 @@ def test_the_warm_start_from_two_classes_keeps_their_difference(pretrained_small
     probs = pretrained_small.predict(pool.images[..., None].astype(np.float32) / 255, verbose=0)
     assert probs[:, 0].max() < 1e-6
     np.testing.assert_allclose(probs[:, 2], reference.predict_proba(features)[:, 1], atol=2e-4)
+
+
+@pytest.fixture(scope="module")
+def standardised_small():
+    pytest.importorskip("tensorflow")
+    from convert.trunks.sources import WeightsUnavailable
+
+    try:
+        return build_model(replace(SMALL, standardise=True), pretrained=True)
+    except WeightsUnavailable as exc:
+        pytest.skip(f"{exc} (the README's test command installs it)")
+
+
+def test_a_standardised_graph_takes_the_regression_as_fitted(standardised_small, tmp_path):
+    """standardise=True: the graph's frozen batch norm holds the scaler, the head the plain coefficients, same probabilities."""
+    from sklearn.preprocessing import StandardScaler
+
+    from convert.pretrained import fit_logistic, head_features, logistic_head, set_standardisation, set_trainable, standardisation
+
+    cfg = replace(SMALL, standardise=True)
+    pool = synthetic_pool(n=60)
+    train = np.arange(40)
+    kernel, bias, _ = logistic_head(cfg, pool, train, cache=tmp_path)
+    features = head_features(cfg, pool, cache=tmp_path)
+    scaler = StandardScaler().fit(features[train])
+    set_standardisation(standardised_small, scaler.mean_, scaler.scale_)
+    standardised_small.get_layer("head").set_weights([kernel, bias])
+    labels = np.array([it.label for it in pool.items])
+    patients = np.array([f"{it.source}/{it.patient_id}" for it in pool.items])
+    reference, _ = fit_logistic(features[train], labels[train], patients[train])
+    probs = standardised_small.predict(pool.images[..., None].astype(np.float32) / 255, verbose=0)
+    np.testing.assert_allclose(probs, reference.predict_proba(features), atol=2e-4)
+    mean, scale = standardisation(standardised_small)
+    np.testing.assert_allclose(mean, scaler.mean_, rtol=1e-6)
+    np.testing.assert_allclose(scale, scaler.scale_, rtol=1e-5)
+    for phase in ("frozen", "finetune"):  # its statistics never train, in either phase
+        set_trainable(standardised_small, phase, 8)
+        assert not standardised_small.get_layer("pooled_standardise").trainable
+
+
+def test_the_lesion_map_unfolds_the_standardisation(standardised_small):
+    """With the pooled features standardised in the graph, the map's mean is still the malignancy logit (max half silent)."""
+    from convert.pretrained import set_standardisation, with_lesion_map
+
+    rng = np.random.default_rng(4)
+    width = standardised_small.get_layer("head").get_weights()[0].shape[0]
+    set_standardisation(standardised_small, rng.normal(0, 1, width), rng.uniform(0.5, 2.0, width))
+    kernel = rng.normal(0, 0.3, (width, 3)).astype(np.float32)
+    kernel[width // 2 :] = 0.0
+    standardised_small.get_layer("head").set_weights([kernel, rng.normal(0, 0.3, 3).astype(np.float32)])
+    probs, lesion_map = with_lesion_map(standardised_small).predict(
+        synthetic_pool().images[5][None, ..., None].astype(np.float32) / 255, verbose=0
+    )
+    relative = np.log(probs[0, 2]) - 0.5 * (np.log(probs[0, 0]) + np.log(probs[0, 1]))
+    assert float(lesion_map.mean()) == pytest.approx(float(relative), abs=1e-3)
