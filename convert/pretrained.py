@@ -144,40 +144,6 @@ def standardisation(model) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.sqrt(variance)
 
 
-def int8_graph(model):
-    """The network as it is converted to int8: the same function, the pooled features standardised per pool.
-
-    The training graph concatenates the average- and max-pooled features and
-    then standardises them. Full-integer int8 gives a concatenation one scale
-    for all its inputs: the max-pooled features reach ~9 while the averaged
-    ones span +-0.6 (standard deviation ~0.05), so one int8 step (~0.04) would
-    erase the averaged half. Standardising each half before the concatenation
-    gives both halves unit spread. Float outputs are unchanged (to rounding);
-    a graph without the standardising layer is returned as it is.
-    """
-    import keras
-    from keras import layers
-
-    try:
-        model.get_layer(STANDARDISE)
-    except ValueError:
-        return model
-    mean, scale = standardisation(model)
-    halves = []
-    for i, pool_name in enumerate(("avg_pool", "max_pool")):
-        pooled = model.get_layer(pool_name).output
-        width = int(pooled.shape[-1])
-        norm = layers.BatchNormalization(epsilon=0.0, name=f"{STANDARDISE}_{pool_name}")
-        halves.append(norm(pooled))
-        part = slice(i * width, (i + 1) * width)
-        norm.set_weights([np.ones(width, np.float32), np.zeros(width, np.float32), mean[part], np.square(scale[part])])
-    head = model.get_layer("head")
-    dense = layers.Dense(3, activation="softmax", name="head_int8")
-    out = dense(layers.Concatenate(name="pooled_int8")(halves))
-    dense.set_weights(head.get_weights())
-    return keras.Model(model.input, out, name=model.name + "_int8")
-
-
 def set_trainable(model, phase: str, unfreeze_from: int, weights: str = "mobilenet_v2_imagenet") -> None:
     """``frozen``: only the head learns. ``finetune``: also blocks ``unfreeze_from``.. (batch norm stays frozen)."""
     from keras import layers
@@ -271,7 +237,7 @@ def with_lesion_map(model):
     conv = layers.Conv2D(1, 1, name="lesion_map")
     lesion_map = conv(features)
     conv.set_weights([direction.reshape(1, 1, channels, 1).astype(np.float32), np.array([offset], np.float32)])
-    return keras.Model(model.input, [int8_graph(model).output, lesion_map], name=model.name + "_with_map")
+    return keras.Model(model.input, [model.output, lesion_map], name=model.name + "_with_map")
 
 
 # ------------------------------------------------------------------ the frozen-feature floor and the head's warm start
@@ -461,38 +427,11 @@ def run_fold(cfg: PretrainedConfig, pool: PreparedPool, folds: TrainConfig, fold
     trained = time.perf_counter() - started
     model.save_weights(str(out_dir / f"fold{fold}.weights.h5"))
 
-    runner = TfliteModel(to_tflite_int8(int8_graph(model), representative(pool, train_idx, seed)))
+    runner = TfliteModel(to_tflite_int8(model, representative(pool, train_idx, seed)))
     predictors = {"": lambda x: keras_predict(model, x, batch_size=8), "_int8": runner.predict}
     score_fold(pool, fold, val_idx, test_idx, predictors, folds.referral_sensitivity, out_dir, log)
     (out_dir / f"fold{fold}_history.json").write_text(json.dumps({**run, "training_seconds": round(trained, 1)}, indent=1))
     log(f"fold {fold}: done in {time.perf_counter() - started:.0f} s (training {trained:.0f} s)")
-
-
-def rescore_int8(cfg: PretrainedConfig, out_dir: Path, folds: TrainConfig | None = None) -> dict:
-    """Convert every trained fold's saved weights again and re-score the int8 model (after a change to int8_graph).
-
-    Rewrites ``fold{k}_int8.npz`` and the parity record; the float outputs and the training are untouched.
-    """
-    from convert.export import TfliteModel, to_tflite_int8
-    from convert.paper_cv import representative, score_fold, write_parity
-
-    folds = folds or TrainConfig()
-    pool = load_pool(cfg.spec(), DEFAULT_CACHE)
-    with run_log(out_dir) as log:
-        for fold in range(folds.folds):
-            weights = out_dir / f"fold{fold}.weights.h5"
-            if not weights.exists() or not (out_dir / f"fold{fold}_int8.npz").exists():
-                continue
-            train_idx, val_idx, test_idx = fold_split(pool, folds, fold)
-            train_idx = from_sources(pool, train_idx, cfg.train_sources)
-            seed = cfg.seed + fold
-            setup_tensorflow(seed, cfg.threads)
-            model = build_model(replace(cfg, seed=seed), pretrained=False)
-            model.load_weights(str(weights))
-            runner = TfliteModel(to_tflite_int8(int8_graph(model), representative(pool, train_idx, seed)))
-            score_fold(pool, fold, val_idx, test_idx, {"_int8": runner.predict}, folds.referral_sensitivity, out_dir, log)
-    write_parity(out_dir, folds.folds)
-    return collect_cv(pool, out_dir, folds, suffix="_int8")
 
 
 def run_cv(cfg: PretrainedConfig, out_dir: Path, folds: TrainConfig | None = None, only_folds: list[int] | None = None) -> dict:
@@ -804,7 +743,7 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convert.pretrained", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["cv", "time", "archive", "collect", "table", "export", "rescore-int8"])
+    parser.add_argument("command", choices=["cv", "time", "archive", "collect", "table", "export"])
     parser.add_argument("--fold", type=int, default=0, help="export: the fold whose model is shipped (its test patients are the card's)")
     parser.add_argument("--model", type=Path, help="export: where the .tflite goes (its card beside it)")
     parser.add_argument("--out", type=Path, help="cv, time, archive: the run folder (cv resumes: finished folds are kept)")
@@ -846,11 +785,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "time":
         time_epochs(cfg, args.out)
-        return 0
-    if args.command == "rescore-int8":
-        from convert.paper_cv import describe_metrics
-
-        print(describe_metrics(rescore_int8(cfg, args.out)))
         return 0
     only = None if args.folds is None else [int(f) for f in args.folds.split(",")]
     metrics = run_cv(cfg, args.out, only_folds=only)

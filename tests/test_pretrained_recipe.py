@@ -365,25 +365,3 @@ def test_the_lesion_map_unfolds_the_standardisation(standardised_small):
     )
     relative = np.log(probs[0, 2]) - 0.5 * (np.log(probs[0, 0]) + np.log(probs[0, 1]))
     assert float(lesion_map.mean()) == pytest.approx(float(relative), abs=1e-3)
-
-
-def test_the_int8_graph_is_the_same_function_with_each_pool_standardised_before_the_concatenation(standardised_small):
-    """int8_graph: float outputs equal the training graph's; the concatenation now joins unit-spread halves."""
-    from convert.pretrained import int8_graph, set_standardisation
-
-    rng = np.random.default_rng(5)
-    width = standardised_small.get_layer("head").get_weights()[0].shape[0]
-    mean = np.concatenate([rng.normal(0, 0.05, width // 2), rng.uniform(2, 5, width // 2)])  # small averages, large maxima
-    set_standardisation(standardised_small, mean, np.concatenate([np.full(width // 2, 0.05), np.full(width // 2, 0.5)]))
-    standardised_small.get_layer("head").set_weights([rng.normal(0, 0.3, (width, 3)).astype(np.float32), np.zeros(3, np.float32)])
-    images = synthetic_pool().images[:6][..., None].astype(np.float32) / 255
-    converted = int8_graph(standardised_small)
-    assert [layer.name for layer in converted.layers if "standardise" in layer.name] == [
-        "pooled_standardise_avg_pool", "pooled_standardise_max_pool"]
-    np.testing.assert_allclose(converted.predict(images, verbose=0), standardised_small.predict(images, verbose=0), atol=1e-5)
-
-
-def test_the_int8_graph_leaves_an_unstandardised_network_alone(small_model):
-    from convert.pretrained import int8_graph
-
-    assert int8_graph(small_model) is small_model
