@@ -365,3 +365,16 @@ def test_the_lesion_map_unfolds_the_standardisation(standardised_small):
     )
     relative = np.log(probs[0, 2]) - 0.5 * (np.log(probs[0, 0]) + np.log(probs[0, 1]))
     assert float(lesion_map.mean()) == pytest.approx(float(relative), abs=1e-3)
+
+
+def test_int8_layer_errors_follow_each_tensor_and_grow_where_the_int8_model_departs(pretrained_small):
+    """The per-tensor int8 error probe: one row per named tensor, the input side nearly exact, deeper tensors noisier."""
+    from convert.pretrained_experiments import int8_layer_errors
+
+    pool = synthetic_pool(n=40)
+    rows = int8_layer_errors(pretrained_small, pool, np.arange(30), np.arange(30, 40), seed=0,
+                             names=("grey_to_imagenet", "features_1_conv_2", "features_13_add"))
+    assert [r["tensor"] for r in rows] == ["grey_to_imagenet", "features_1_conv_2", "features_13_add"]
+    assert rows[0]["relative_error"] < 0.02  # the folded grey-to-RGB convolution of exact int8 pixels
+    assert rows[-1]["relative_error"] > rows[0]["relative_error"]
+    assert all(r["int8_scale"] > 0 and r["float_std"] > 0 for r in rows)
