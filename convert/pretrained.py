@@ -472,7 +472,7 @@ def runtime_outputs(classifier, pool: PreparedPool, indices: np.ndarray) -> tupl
         p, m = classifier.predict_with_map(pool.images[i].astype(np.float32)[..., None] / 255.0)
         probs.append(p)
         maps.append(m)
-    from convert.export import renormalise
+    from edge_birads.interpreter import renormalise
 
     return np.array([renormalise(np.asarray(p, np.float64)) for p in probs]), (np.array(maps) if maps and maps[0] is not None else None)
 

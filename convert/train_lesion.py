@@ -530,7 +530,7 @@ def int8_cv(cfg: TrainConfig, out_dir: Path) -> dict:
     """
     setup_tensorflow(cfg.seed)
     from convert import export
-    from convert.lesion_export import Int8Runner, convert_int8, keras_probs, representative_images, run_int8, whole_image_keras
+    from convert.lesion_export import keras_probs, representative_images, run_int8, whole_image_keras
     from convert.lesion_model import build_fcn
 
     pool = load_pool(cfg.spec(), DEFAULT_CACHE)
@@ -547,13 +547,12 @@ def int8_cv(cfg: TrainConfig, out_dir: Path) -> dict:
         fcn = build_fcn(cfg.fcn_width, cfg.dropout)
         fcn.load_weights(str(weights))
         model = whole_image_keras(fcn, pool, (saved["kernel"], saved["bias"]), cfg.smooth)
-        flatbuffer = convert_int8(model, representative_images(pool, train_idx, 100, cfg.seed + fold))
+        flatbuffer = export.to_tflite_int8(model, representative_images(pool, train_idx, 100, cfg.seed + fold))
         (out_dir / f"fold{fold}.tflite").write_bytes(flatbuffer)
-        runner = Int8Runner(flatbuffer)
-        val_probs = run_int8(runner, pool, val_idx)
+        val_probs = run_int8(flatbuffer, pool, val_idx)
         val_labels = np.array([pool.items[i].label for i in val_idx])
         threshold = threshold_for_sensitivity(val_labels == 2, val_probs[:, 2], cfg.referral_sensitivity)
-        probs = run_int8(runner, pool, test_idx)
+        probs = run_int8(flatbuffer, pool, test_idx)
         parities[str(fold)] = {
             **export.parity(keras_probs(model, pool, test_idx), probs).to_dict(),
             "op_versions": export.op_versions(flatbuffer),

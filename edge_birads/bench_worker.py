@@ -177,16 +177,9 @@ def int8_weights_as_float(model_path: str) -> list[tuple[Any, Any]]:
     """
     import numpy as np
 
-    from edge_birads.interpreter import find_interpreter_class
+    from edge_birads.interpreter import make_interpreter
 
-    interpreter_class, module_name = find_interpreter_class()
-    kwargs: dict[str, Any] = {}
-    if module_name.startswith("ai_edge_litert"):
-        from ai_edge_litert.interpreter import OpResolverType
-
-        kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    interpreter = interpreter_class(model_path=model_path, **kwargs)
-    interpreter.allocate_tensors()
+    interpreter, _ = make_interpreter(model_path, delegates=False)
     details = {t["index"]: t for t in interpreter.get_tensor_details()}
 
     def dequantized(index: int, out_channels: int) -> Any:
