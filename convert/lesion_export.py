@@ -14,8 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from convert.evaluate import versions
-from edge_birads import DISCLAIMER
-from edge_birads.interpreter import batch_probabilities, make_interpreter, model_tensors, tensor_spec
+from edge_birads.interpreter import batch_probabilities, make_interpreter
 
 
 def representative_images(pool, indices, count: int, seed: int) -> np.ndarray:
@@ -58,6 +57,21 @@ def split_summary(pool, indices) -> dict:
     }
 
 
+def data_summary(pool) -> dict:
+    """Images and patients of the pool, per source: counted from the data, never typed."""
+    sources = sorted({it.source for it in pool.items})
+    return {
+        "images": len(pool.items),
+        "patients": len({(it.source, it.patient_id) for it in pool.items}),
+        "sources": {
+            source: {"images": sum(it.source == source for it in pool.items),
+                     "patients": len({it.patient_id for it in pool.items if it.source == source})}
+            for source in sources
+        },
+        "label_mapping": "normal -> BI-RADS 1, benign -> BI-RADS 2-3, malignant -> BI-RADS 4-5 (pathology)",
+    }
+
+
 def build_card(
     tflite_path,
     *,
@@ -73,37 +87,36 @@ def build_card(
     command: str,
     best_epoch: int,
 ) -> dict:
-    """The model card (the fields of card_example.json) for a lesion-FCN export."""
-    from pathlib import Path
+    """The model card of a lesion-FCN export (edge_birads.card.new_card: every section of the schema)."""
+    from edge_birads.card import new_card
 
-    from edge_birads.card import CARD_SCHEMA_VERSION, decision_rule, sha256_of
-
-    tflite_path = Path(tflite_path)
-    tensors = model_tensors(make_interpreter(tflite_path)[0])
-    quant = {"input": tensor_spec(tensors.input), "output": tensor_spec(tensors.probabilities)}
-    return {
-        "schema_version": CARD_SCHEMA_VERSION,
-        "name": name,
-        "description": (
+    labels = ["BI-RADS 1", "BI-RADS 2-3", "BI-RADS 4-5"]
+    cross_validation = None if cv_metrics is None else {
+        "note": "5 models of the same recipe, each on its own held-out fold, pooled out-of-fold, with per-fold mean and sd; "
+        "int8 outputs",
+        "folds": cv_metrics.get("folds_done", config.get("folds")),
+        "out_of_fold": cv_metrics,
+    }
+    return new_card(
+        tflite_path,
+        name=name,
+        description=(
             "Lesion FCN: a 38k-parameter fully convolutional network trained on lesion patches (mini-MIAS lesion "
             "centres/radii, CBIS-DDSM mass boxes) against normal-tissue patches and mined false positives, applied to "
             "the whole preprocessed image; per-location log-odds are soft-max-pooled (2x2 mean, global max) and a "
             "2->3 calibrated head gives the 3 labels. Full-integer int8."
         ),
-        "labels": ["BI-RADS 1", "BI-RADS 2-3", "BI-RADS 4-5"],
-        "malignant_label": "BI-RADS 4-5",
-        "input": quant["input"],
-        "output": quant["output"],
-        "preprocessing": pool.spec.to_dict(),
-        "referral": {**referral, "decision_rule": decision_rule("BI-RADS 4-5", referral["threshold"])},
-        "training": {
+        labels=labels,
+        malignant_label=labels[2],
+        preprocessing=pool.spec.to_dict(),
+        referral=referral,
+        training={
             "command": command,
             "config": config,
             "seed": config.get("seed"),
             "best_epoch": best_epoch,
             "data": {
-                "sources": {"mini-mias": "242 images, 121 patients (../shared/data/mini-mias)", "cbis-ddsm-mass": "1231 images, 691 patients (../shared/data/cbis-ddsm-mass)"},
-                "label_mapping": "normal -> BI-RADS 1, benign -> BI-RADS 2-3, malignant -> BI-RADS 4-5 (pathology)",
+                **data_summary(pool),
                 "annotations": "mini-MIAS lesion centres and radii (origin bottom-left, row = 1023 - y); CBIS-DDSM mass boxes; "
                 "mapped through the breast crop and resize of edge_birads.preprocess.prepare",
             },
@@ -114,21 +127,17 @@ def build_card(
             "optimizer": f"AdamW lr {config.get('learning_rate')} cosine decay, weight decay {config.get('weight_decay')}",
             "epochs": config.get("epochs"),
         },
-        "metrics": {
-            "note": "int8 TFLite outputs. 'test': this exact model on its held-out test patients (fold 0 of a 5-fold "
-            "patient-level split: never seen in training, epoch choice, head calibration or threshold choice). "
-            "'cross_validation': 5 models of the same recipe, each on its own held-out fold, pooled out-of-fold, "
-            "with per-fold mean and sd. Per source; CIs are 95% patient-level bootstrap (2000 resamples). "
+        metrics={
+            "note": "int8 TFLite outputs. 'test': this exact model on its held-out test patients (never seen in training, "
+            "epoch choice, head calibration or threshold choice). 'recipe_cross_validation': models of the same recipe, "
+            "each on its own held-out fold. Per source; CIs are 95% patient-level bootstrap (2000 resamples). "
             "mini-MIAS: malignant vs rest (normal + benign); CBIS-DDSM: malignant vs benign (no normals).",
             "test": test_metrics,
-            "cross_validation": cv_metrics,
         },
-        "parity": parity_result,
-        "conversion": {"batch_size_fixed": 1, "n_representative": 100, "op_versions": parity_result.get("op_versions"),
-                       "tflite_runtime_2_14_problems": parity_result.get("tflite_runtime_2_14_problems")},
-        "sha256": sha256_of(tflite_path),
-        "size_bytes": tflite_path.stat().st_size,
-        "versions": versions(),
-        "intended_use": DISCLAIMER,
-    }
-
+        cross_validation=cross_validation,
+        initialisation={"source": "random: Keras default initialisers, seeded from the configuration's seed; no pretrained weights"},
+        versions=versions(),
+        parity=parity_result,
+        conversion={"batch_size_fixed": 1, "n_representative": 100, "op_versions": parity_result.get("op_versions"),
+                    "tflite_runtime_2_14_problems": parity_result.get("tflite_runtime_2_14_problems")},
+    )

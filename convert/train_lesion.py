@@ -591,7 +591,7 @@ def export_fold(cfg: TrainConfig, run_dir: Path, fold: int, out_path: Path, comm
     import shutil
 
     from convert.lesion_export import build_card, split_summary
-    from edge_birads.card import load_card, parse_card
+    from edge_birads.card import write_card
 
     pool = load_pool(cfg.spec(), DEFAULT_CACHE)
     int8 = np.load(run_dir / f"fold{fold}_int8.npz")
@@ -631,10 +631,7 @@ def export_fold(cfg: TrainConfig, run_dir: Path, fold: int, out_path: Path, comm
         command=command,
         best_epoch=int(float_run["best_epoch"]),
     )
-    parse_card(card, "new card")
-    card_path = tflite.with_suffix(".json")
-    card_path.write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
-    load_card(tflite, card_path)
+    card_path = write_card(card, tflite)
     return {"tflite": str(tflite), "card": str(card_path), "test": test_metrics}
 
 
