@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from convert import export
+from convert.export import ParityError
 from convert.metrics import evaluate_probabilities, sensitivity_specificity, threshold_for_sensitivity
 from convert.train import RunData, TrainConfig
 from edge_birads.card import decision_rule, new_card, write_card  # noqa: F401 (write_card: convert.cli imports it from here)
@@ -33,10 +34,6 @@ PAPER_INITIALISATION = {
     "source": "random: Glorot-uniform kernels seeded from the configuration's seed (one offset per layer), zero biases; "
     "no pretrained weights",
 }
-
-
-class ParityError(RuntimeError):
-    """The int8 model disagrees with the float model beyond the configured limits."""
 
 
 @dataclass(frozen=True)
@@ -123,11 +120,7 @@ def convert_model(
     )
     if problems and not allow_new_ops:
         raise ParityError(f"ops too new for tflite-runtime 2.14: {', '.join(problems)}")
-    if not result.ok(min_agreement, max_diff):
-        raise ParityError(
-            f"poor int8 parity: top-1 agreement {result.decisive_agreement:.3f} on images without near-ties (need >= {min_agreement}), "
-            f"{diff_quantile:g} quantile of the largest probability difference {result.quantile_abs_prob_diff:.4f} (need <= {max_diff})"
-        )
+    export.parity_gate(result, min_agreement, max_diff)
     return conversion
 
 

@@ -169,6 +169,14 @@ class TfliteModel:
 
 # --------------------------------------------------------------------------- parity
 
+#: The parity gate's defaults (python -m convert convert: --min-agreement, --max-diff).
+MIN_AGREEMENT = 0.95
+MAX_DIFF = 0.1
+
+
+class ParityError(RuntimeError):
+    """The int8 model disagrees with the float model beyond the configured limits."""
+
 
 @dataclass(frozen=True)
 class Parity:
@@ -227,6 +235,21 @@ def parity(reference: np.ndarray, candidate: np.ndarray, tie_margin: float = 0.0
         quantile_abs_prob_diff=float(np.quantile(diff.max(axis=1), diff_quantile)),
         n_images=int(len(reference)),
     )
+
+
+def parity_gate(result: Parity, min_agreement: float = MIN_AGREEMENT, max_diff: float = MAX_DIFF, where: str = "") -> Parity:
+    """The one parity gate: ``result`` when the int8 model follows the float one, else ParityError saying why.
+
+    ``result`` is a :class:`Parity` or its ``to_dict()`` (as saved by a cross-validation run).
+    """
+    if isinstance(result, dict):
+        result = Parity(**{name: result[name] for name in Parity.__dataclass_fields__})
+    if not result.ok(min_agreement, max_diff):
+        raise ParityError(
+            f"{where}poor int8 parity: top-1 agreement {result.decisive_agreement:.3f} on images without near-ties (need >= {min_agreement}), "
+            f"{result.diff_quantile:g} quantile of the largest probability difference {result.quantile_abs_prob_diff:.4f} (need <= {max_diff})"
+        )
+    return result
 
 
 def keras_predict(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:

@@ -505,13 +505,12 @@ def export_fold(
     its cross-validation section is the row's archived out-of-fold figures.
     Refused (``ParityError``) when the int8 model does not follow the float one.
     """
-    from convert.evaluate import REFERRAL_RULE, ParityError, versions
-    from convert.export import keras_predict, op_versions, parity, tflite_214_problems, to_tflite_int8
+    from convert.evaluate import REFERRAL_RULE, versions
+    from convert.export import ParityError, keras_predict, op_versions, parity, parity_gate, tflite_214_problems, to_tflite_int8
     from convert.lesion_ablation import recipe_section
     from convert.lesion_export import data_summary
     from convert.metrics import evaluate_probabilities, sensitivity_specificity
     from convert.paper_cv import representative
-    from convert.train_lesion import MAX_DIFF, MIN_AGREEMENT
     from convert.trunks.sources import SOURCES
     from edge_birads import DISCLAIMER
     from edge_birads.card import new_card, write_card
@@ -536,10 +535,11 @@ def export_fold(
     y_val = np.array([pool.items[i].label for i in val_idx])
     y_test = np.array([pool.items[i].label for i in test_idx])
     threshold = threshold_for_sensitivity(y_val == 2, p_val[:, 2], folds.referral_sensitivity)
-    gate = parity(keras_predict(model, fold_images(pool, test_idx), batch_size=8), p_test)
-    if not gate.ok(MIN_AGREEMENT, MAX_DIFF):
+    try:
+        gate = parity_gate(parity(keras_predict(model, fold_images(pool, test_idx), batch_size=8), p_test), where=f"fold {fold}'s test patients: ")
+    except ParityError:
         out_path.unlink()
-        raise ParityError(f"int8 model does not follow the float one on fold {fold}'s test patients: {gate.to_dict()}")
+        raise
     sources = np.array([pool.items[i].source for i in test_idx])
     test = {"pooled": evaluate_probabilities(p_test, y_test, labels, labels[2:], threshold, seed=0)}
     for source in (CBIS, MIAS):

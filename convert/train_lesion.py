@@ -581,15 +581,11 @@ def train_final(cfg: TrainConfig, out_dir: Path) -> dict:
     return {"best_epoch": run["best_epoch"], "threshold": run["threshold"]}
 
 
-# The convert pipeline's parity gate (python -m convert convert: --min-agreement, --max-diff defaults).
-MIN_AGREEMENT = 0.95
-MAX_DIFF = 0.1
-
-
 def export_fold(cfg: TrainConfig, run_dir: Path, fold: int, out_path: Path, command: str) -> dict:
     """Write fold ``fold``'s int8 model as ``out_path``.tflite with its card (test = that fold's patients)."""
     import shutil
 
+    from convert.export import ParityError, parity_gate
     from convert.lesion_export import build_card, split_summary
     from edge_birads.card import write_card
 
@@ -604,8 +600,10 @@ def export_fold(cfg: TrainConfig, run_dir: Path, fold: int, out_path: Path, comm
     gate = parities[str(fold)]
     if gate.get("tflite_runtime_2_14_problems"):
         raise SystemExit(f"fold {fold}: ops tflite-runtime 2.14 cannot run: {gate['tflite_runtime_2_14_problems']}")
-    if not (gate["decisive_agreement"] >= MIN_AGREEMENT and gate["quantile_abs_prob_diff"] <= MAX_DIFF):
-        raise SystemExit(f"fold {fold}: int8 parity too poor: {gate}")
+    try:
+        parity_gate(gate, where=f"fold {fold}: ")
+    except ParityError as exc:
+        raise SystemExit(str(exc)) from None
     cv_path = run_dir / "metrics_int8.json"
     cv_metrics = json.loads(cv_path.read_text()) if cv_path.exists() else None
     tflite = out_path.with_suffix(".tflite")
