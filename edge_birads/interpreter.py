@@ -80,9 +80,17 @@ def quantize(values: np.ndarray, scale: float, zero_point: int, dtype: np.dtype)
     return np.clip(quantized, info.min, info.max).astype(dtype)
 
 
-def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """Integer -> float; widened to int64 first so the subtraction cannot wrap."""
-    return (values.astype(np.int64) - int(zero_point)).astype(np.float32) * np.float32(scale)
+def dequantize(values: np.ndarray, scale: Any, zero_point: Any, axis: int | None = None) -> np.ndarray:
+    """Integer -> float; widened to int64 first so the subtraction cannot wrap.
+
+    Per-channel (a weight tensor): ``scale`` and ``zero_point`` are arrays along ``axis``.
+    """
+    scale, zero_point = np.asarray(scale, np.float32), np.asarray(zero_point, np.int64)
+    if axis is not None and scale.size > 1:
+        shape = [1] * values.ndim
+        shape[axis] = scale.size
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    return (values.astype(np.int64) - zero_point).astype(np.float32) * scale
 
 
 def tensor_quantization(detail: dict) -> tuple[float, int]:
