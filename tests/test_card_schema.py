@@ -153,3 +153,31 @@ def test_the_cards_metrics_are_computed_by_the_runtimes_own_int8_code(monkeypatc
     after = evaluate.evaluate_model(BUNDLED, data)
     assert len(calls) == len(data.split.val) + len(data.split.test)  # every image the metrics use went through it
     assert after["test"] != before["test"]
+
+
+def test_the_lesion_card_counts_its_images_and_patients_from_the_data(tmp_path):
+    """lesion_export.build_card goes through the one writer and counts each source's images and patients."""
+    pytest.importorskip("tensorflow", reason="convert needs the [train] extra")
+    from pathlib import Path
+
+    from convert.lesion_data import AnnotatedImage, PreparedPool
+    from convert.lesion_export import build_card, split_summary
+    from edge_birads.preprocess import PreprocessSpec
+
+    sources = ["mini-mias"] * 5 + ["cbis-ddsm-mass"] * 9
+    items = [AnnotatedImage(Path(f"{i}.png"), f"p{i // 2}", source, i % 3) for i, source in enumerate(sources)]
+    pool = PreparedPool(PreprocessSpec(224, 224), np.zeros((len(items), 4, 4), np.uint8), items, [() for _ in items])
+    model = tmp_path / "lesion.tflite"
+    shutil.copyfile(BUNDLED, model)
+    parts = {"train": np.arange(8), "val": np.arange(8, 11), "test": np.arange(11, 14)}
+    card = build_card(
+        model, name="lesion", pool=pool, config={"seed": 0, "folds": 5},
+        split={"method": "test split", **{part: split_summary(pool, idx) for part, idx in parts.items()}},
+        referral={"threshold": 0.2, "method": "test"}, test_metrics={"pooled": {"n_images": 3}},
+        cv_metrics=None, parity_result={"n_images": 3}, architecture="test", command="test", best_epoch=1,
+    )
+    data = card["training"]["data"]
+    assert (data["images"], data["patients"]) == (14, 8)  # patient ids are per source: p2 of MIAS is not p2 of CBIS
+    assert data["sources"] == {"cbis-ddsm-mass": {"images": 9, "patients": 5}, "mini-mias": {"images": 5, "patients": 3}}
+    assert card["metrics"]["recipe_cross_validation"] == NOT_CROSS_VALIDATED
+    assert load_card(model, write_card(card, model)).referral_threshold == 0.2
