@@ -107,3 +107,26 @@ def test_the_parity_gate_is_one_function_for_fresh_and_saved_results():
     far = reference[:, ::-1]
     with pytest.raises(ParityError, match=rf"^fold 3: poor int8 parity: top-1 agreement 0\.\d+ .*need >= {MIN_AGREEMENT}\).*need <= {MAX_DIFF}\)$"):
         parity_gate(parity(reference, far).to_dict(), where="fold 3: ")
+
+
+def test_dequantize_per_channel_along_an_axis():
+    values = np.array([[127, -128], [10, -10]], np.int8)
+    per_row = interpreter.dequantize(values, [0.5, 2.0], [-128, 0], axis=0)
+    assert per_row.tolist() == [[127.5, 0.0], [20.0, -20.0]]
+    per_column = interpreter.dequantize(values, [0.5, 2.0], [0, 0], axis=1)
+    assert per_column.tolist() == [[63.5, -256.0], [5.0, -20.0]]
+
+
+def test_the_bench_reads_the_bundled_models_weights_per_channel_through_the_one_dequantize():
+    """The float baseline of `edge-birads bench` is rebuilt from these: every weighted op, each kernel scaled per output channel."""
+    from edge_birads.bench_worker import int8_weights_as_float
+
+    weights = int8_weights_as_float(str(default_model_path()))
+    assert [kernel.shape for kernel, _ in weights] == [(32, 3, 3, 1), (64, 3, 3, 32), (128, 3, 3, 64), (128, 86528), (3, 128)]
+    plain, _ = interpreter.make_interpreter(default_model_path(), delegates=False)
+    conv1 = next(op for op in plain._get_ops_details() if op["op_name"] == "CONV_2D")
+    detail = next(d for d in plain.get_tensor_details() if d["index"] == conv1["inputs"][1])
+    scales = detail["quantization_parameters"]["scales"]
+    assert scales.size == 32 and np.ptp(scales) > 0  # per channel, and not all alike
+    raw = plain.get_tensor(detail["index"]).astype(np.float32)
+    assert np.allclose(weights[0][0], raw * scales[:, None, None, None].astype(np.float32), rtol=0, atol=1e-7)
