@@ -130,3 +130,22 @@ def test_the_bench_reads_the_bundled_models_weights_per_channel_through_the_one_
     assert scales.size == 32 and np.ptp(scales) > 0  # per channel, and not all alike
     raw = plain.get_tensor(detail["index"]).astype(np.float32)
     assert np.allclose(weights[0][0], raw * scales[:, None, None, None].astype(np.float32), rtol=0, atol=1e-7)
+
+
+def test_the_lesion_pipeline_scores_a_pool_with_the_classifiers_numbers_not_renormalised():
+    """convert.lesion_export.run_int8 (cross-validation and the lesion card): the runtime's outputs as they are, image by image
+    from the uint8 pool, as the lesion rows' archived figures were computed."""
+    pytest.importorskip("tensorflow", reason="convert needs the [train] extra")
+    from pathlib import Path
+
+    from convert.lesion_data import AnnotatedImage, PreparedPool
+    from convert.lesion_export import run_int8
+    from edge_birads.preprocess import PreprocessSpec
+
+    images = (noise_images(4, 224, seed=4)[..., 0] * 255).astype(np.uint8)
+    items = [AnnotatedImage(Path(f"{i}.png"), f"p{i}", "synthetic", i % 3) for i in range(4)]
+    pool = PreparedPool(PreprocessSpec(224, 224), images, items, [() for _ in items])
+    scores = run_int8(default_model_path().read_bytes(), pool, np.array([3, 1]))
+    classifier = Classifier()
+    expected = np.stack([classifier.predict(images[i].astype(np.float32)[..., None] / 255.0) for i in (3, 1)])
+    assert np.array_equal(scores, expected) and not np.array_equal(scores, interpreter.renormalise(expected))
