@@ -107,6 +107,12 @@ def test_the_parity_gate_is_one_function_for_fresh_and_saved_results():
     far = reference[:, ::-1]
     with pytest.raises(ParityError, match=rf"^fold 3: poor int8 parity: top-1 agreement 0\.\d+ .*need >= {MIN_AGREEMENT}\).*need <= {MAX_DIFF}\)$"):
         parity_gate(parity(reference, far).to_dict(), where="fold 3: ")
+    saved = {**parity(reference, close).to_dict(), "decisive_agreement": 0.94, "op_versions": {"CONV_2D": 3}}
+    with pytest.raises(ParityError, match=r"top-1 agreement 0\.940 on images without near-ties \(need >= 0\.95\)"):
+        parity_gate(saved)  # agreement alone fails the default gate
+    assert parity_gate(saved, min_agreement=0.9).decisive_agreement == 0.94
+    with pytest.raises(ParityError, match=r"largest probability difference 0\.0\d+ \(need <= 0\.001\)$"):
+        parity_gate(parity(reference, close), max_diff=0.001)  # the difference alone fails a strict gate
 
 
 def test_dequantize_per_channel_along_an_axis():
