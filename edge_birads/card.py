@@ -9,9 +9,9 @@ This module owns the card's layout: :data:`SECTIONS` lists every section a
 card must have (the bundled ``models/default.json`` is a complete one), and
 :func:`new_card` / :func:`write_card` are the one writer every ``convert``
 recipe uses; it reads the input and output tensors, the sha256 and the size
-off the model itself and refuses to write an incomplete card. Loading stays
-lenient (:func:`load_card` needs only the fields the runtime uses), so a
-hand-made card for a test model still runs.
+off the model itself and refuses to write an incomplete card. The runtime
+holds a card that declares this schema version to it; an older or hand-made
+card (a test model's) needs only the fields the runtime uses.
 """
 
 from __future__ import annotations
@@ -150,7 +150,9 @@ def load_card(model_path: str | Path, card_path: str | Path | None = None) -> Mo
         raise ModelError(f"model card {card_path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ModelError(f"model card {card_path} is not a JSON object")
-    card = parse_card(data, str(card_path))
+    # A card that says it follows the schema is held to it; older and hand-made test cards need only the runtime's fields.
+    complete = isinstance(data.get("schema_version"), int) and data["schema_version"] >= CARD_SCHEMA_VERSION
+    card = validate_card(data, str(card_path)) if complete else parse_card(data, str(card_path))
     actual = sha256_of(model_path)
     if actual != card.sha256:
         raise ModelError(

@@ -181,3 +181,22 @@ def test_the_lesion_card_counts_its_images_and_patients_from_the_data(tmp_path):
     assert data["sources"] == {"cbis-ddsm-mass": {"images": 9, "patients": 5}, "mini-mias": {"images": 5, "patients": 3}}
     assert card["metrics"]["recipe_cross_validation"] == NOT_CROSS_VALIDATED
     assert load_card(model, write_card(card, model)).referral_threshold == 0.2
+
+
+def test_the_runtime_refuses_a_card_that_declares_the_schema_but_lacks_a_section(tmp_path):
+    from click.testing import CliRunner
+
+    from edge_birads.cli import cli
+
+    model = tmp_path / "copy.tflite"
+    shutil.copyfile(BUNDLED, model)
+    data = bundled_card()
+    del data["training"]["split"]
+    card_path_for(model).write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ModelError, match=r"copy.json: missing section 'training.split' \(how patients were split"):
+        load_card(model)
+    image = BUNDLED.parent.parent.parent / "examples" / "cbis-P00173-left-cc-benign.png"
+    result = CliRunner().invoke(cli, ["classify", "--model", str(model), str(image)])
+    assert result.exit_code != 0 and "missing section 'training.split'" in result.output
+    card_path_for(model).write_text(json.dumps({**data, "schema_version": 1}), encoding="utf-8")
+    assert load_card(model).sha256 == data["sha256"]  # a card of the older layout still loads
