@@ -59,9 +59,9 @@ def member_outputs(run: Path, pool: PreparedPool, folds: TrainConfig, fold: int)
     else:
         cache = run / f"fold{fold}_int8_val.npy"
         if not cache.exists():
-            from convert.lesion_export import Int8Runner, run_int8
+            from convert.lesion_export import run_int8
 
-            np.save(cache, run_int8(Int8Runner((run / f"fold{fold}.tflite").read_bytes()), pool, val_idx))
+            np.save(cache, run_int8((run / f"fold{fold}.tflite").read_bytes(), pool, val_idx))
         val_probs = np.load(cache)
     return val_idx, val_probs[:, 2], test_idx, saved["probs"][:, 2]
 

@@ -530,7 +530,7 @@ def int8_cv(cfg: TrainConfig, out_dir: Path) -> dict:
     """
     setup_tensorflow(cfg.seed)
     from convert import export
-    from convert.lesion_export import Int8Runner, convert_int8, keras_probs, representative_images, run_int8, whole_image_keras
+    from convert.lesion_export import keras_probs, representative_images, run_int8, whole_image_keras
     from convert.lesion_model import build_fcn
 
     pool = load_pool(cfg.spec(), DEFAULT_CACHE)
@@ -547,13 +547,12 @@ def int8_cv(cfg: TrainConfig, out_dir: Path) -> dict:
         fcn = build_fcn(cfg.fcn_width, cfg.dropout)
         fcn.load_weights(str(weights))
         model = whole_image_keras(fcn, pool, (saved["kernel"], saved["bias"]), cfg.smooth)
-        flatbuffer = convert_int8(model, representative_images(pool, train_idx, 100, cfg.seed + fold))
+        flatbuffer = export.to_tflite_int8(model, representative_images(pool, train_idx, 100, cfg.seed + fold))
         (out_dir / f"fold{fold}.tflite").write_bytes(flatbuffer)
-        runner = Int8Runner(flatbuffer)
-        val_probs = run_int8(runner, pool, val_idx)
+        val_probs = run_int8(flatbuffer, pool, val_idx)
         val_labels = np.array([pool.items[i].label for i in val_idx])
         threshold = threshold_for_sensitivity(val_labels == 2, val_probs[:, 2], cfg.referral_sensitivity)
-        probs = run_int8(runner, pool, test_idx)
+        probs = run_int8(flatbuffer, pool, test_idx)
         parities[str(fold)] = {
             **export.parity(keras_probs(model, pool, test_idx), probs).to_dict(),
             "op_versions": export.op_versions(flatbuffer),
@@ -582,17 +581,13 @@ def train_final(cfg: TrainConfig, out_dir: Path) -> dict:
     return {"best_epoch": run["best_epoch"], "threshold": run["threshold"]}
 
 
-# The convert pipeline's parity gate (python -m convert convert: --min-agreement, --max-diff defaults).
-MIN_AGREEMENT = 0.95
-MAX_DIFF = 0.1
-
-
 def export_fold(cfg: TrainConfig, run_dir: Path, fold: int, out_path: Path, command: str) -> dict:
     """Write fold ``fold``'s int8 model as ``out_path``.tflite with its card (test = that fold's patients)."""
     import shutil
 
+    from convert.export import ParityError, parity_gate
     from convert.lesion_export import build_card, split_summary
-    from edge_birads.card import load_card, parse_card
+    from edge_birads.card import write_card
 
     pool = load_pool(cfg.spec(), DEFAULT_CACHE)
     int8 = np.load(run_dir / f"fold{fold}_int8.npz")
@@ -605,8 +600,10 @@ def export_fold(cfg: TrainConfig, run_dir: Path, fold: int, out_path: Path, comm
     gate = parities[str(fold)]
     if gate.get("tflite_runtime_2_14_problems"):
         raise SystemExit(f"fold {fold}: ops tflite-runtime 2.14 cannot run: {gate['tflite_runtime_2_14_problems']}")
-    if not (gate["decisive_agreement"] >= MIN_AGREEMENT and gate["quantile_abs_prob_diff"] <= MAX_DIFF):
-        raise SystemExit(f"fold {fold}: int8 parity too poor: {gate}")
+    try:
+        parity_gate(gate, where=f"fold {fold}: ")
+    except ParityError as exc:
+        raise SystemExit(str(exc)) from None
     cv_path = run_dir / "metrics_int8.json"
     cv_metrics = json.loads(cv_path.read_text()) if cv_path.exists() else None
     tflite = out_path.with_suffix(".tflite")
@@ -632,10 +629,7 @@ def export_fold(cfg: TrainConfig, run_dir: Path, fold: int, out_path: Path, comm
         command=command,
         best_epoch=int(float_run["best_epoch"]),
     )
-    parse_card(card, "new card")
-    card_path = tflite.with_suffix(".json")
-    card_path.write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
-    load_card(tflite, card_path)
+    card_path = write_card(card, tflite)
     return {"tflite": str(tflite), "card": str(card_path), "test": test_metrics}
 
 
