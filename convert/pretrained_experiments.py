@@ -4,6 +4,7 @@
     python -m convert.pretrained_experiments frozen-lr --out RUNS/frozen-lr
     python -m convert.pretrained_experiments average --members RUNS/mnv2-512,RUNS/frozen-lr --out RUNS/mnv2-512+frozen-lr
     python -m convert.pretrained_experiments int8-layers --source RUNS/mnv2-512-whole-lrinit --out RUNS/int8-layers
+    python -m convert.pretrained_experiments int8-table --doc docs/ablation.md   # from docs/results/int8-layers
 
 Each writes the ablation's per-fold layout (``fold{k}_int8.npz``: test and
 validation outputs, threshold chosen on the validation patients), so
@@ -196,14 +197,49 @@ def int8_layers_row(source: Path, out: Path, fold: int = 0, n_images: int = 32) 
     return result
 
 
+INT8_TABLE_START, INT8_TABLE_END = "<!-- int8-layers:start -->", "<!-- int8-layers:end -->"
+
+
+def int8_layers_table(path: Path) -> str:
+    """The archived int8_layers.json as a markdown table: relative int8 error per tensor, fine-tuned beside ImageNet."""
+    record = json.loads(path.read_text())
+    by_model: dict[str, dict[str, dict]] = {}
+    for row in record["layers"]:
+        by_model.setdefault(row["model"], {})[row["tensor"]] = row
+    models = list(by_model)
+    lines = ["| tensor | float std | float range | int8 scale | " + " | ".join(f"relative error, {m}" for m in models) + " |",
+             "|---|---|---|---|" + "---|" * len(models)]
+    first = by_model[models[0]]
+    for tensor, row in first.items():
+        errors = " | ".join(f"{by_model[m][tensor]['relative_error']:.3f}" for m in models)
+        lines.append(f"| `{tensor}` | {row['float_std']:.3f} | [{row['float_min']:.2f}, {row['float_max']:.2f}] | {row['int8_scale']:.4f} | {errors} |")
+    lines.append("")
+    lines.append(f"Mean |int8 - float| / float standard deviation, on the first {record['n_images']} test images of fold "
+                 f"{record['fold']} of `{record['source']}` (`{path.relative_to(path.parents[3]).as_posix()}`); the float "
+                 f"columns are the {models[0]} model's.")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convert.pretrained_experiments", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["flip", "frozen-lr", "average", "int8-layers"])
-    parser.add_argument("--out", type=Path, required=True, help="the new row's run folder")
+    parser.add_argument("command", choices=["flip", "frozen-lr", "average", "int8-layers", "int8-table"])
+    parser.add_argument("--out", type=Path, help="the new row's run folder")
+    parser.add_argument("--doc", type=Path, help="int8-table: the page whose int8-layers markers get the table of docs/results/int8-layers")
     parser.add_argument("--source", type=Path, help="flip, int8-layers: the fine-tuned row's run folder (its fold weights)")
     parser.add_argument("--members", help="average: comma-separated run folders")
     parser.add_argument("--row", choices=list(ROWS), help="frozen-lr: take this row's PretrainedConfig settings (e.g. frozen-lr-whole)")
     args = parser.parse_args(argv)
+    if args.command == "int8-table":
+        from convert.lesion_ablation import write_between_markers
+        from convert.pretrained import RESULTS
+
+        text = int8_layers_table(RESULTS / "int8-layers" / "int8_layers.json")
+        if args.doc is not None:
+            write_between_markers(args.doc, text, INT8_TABLE_START, INT8_TABLE_END)
+        print(text, end="")
+        return 0
+    if args.out is None:
+        parser.error(f"{args.command} needs --out")
     if args.command == "flip":
         if args.source is None:
             parser.error("flip needs --source")
