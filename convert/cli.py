@@ -124,7 +124,7 @@ def _paper_configuration(config_name: str, settings, **options):
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
-    """Train, convert to int8 (with a parity gate), evaluate and cross-validate edge-birads models.
+    """Train, convert to int8 (parity-gated), evaluate and cross-validate the models.
 
     Run from a source checkout with the [train] extra. Research use only, not a diagnostic device.
     """
@@ -328,23 +328,23 @@ def _row_names(configs: str | None) -> list[str]:
         raise click.BadParameter(str(exc), param_hint="--configs") from None
 
 
-@ablation.command("run")
+@ablation.command("run", short_help="Train what is missing of each row (resumable).")
 @click.option("--root", required=True, type=click.Path(file_okay=False), help="folder holding one run folder per row (ROOT/NAME)")
 @click.option("--configs", help="comma-separated rows (default: every row of the table)")
 @click.option("--only", help="comma-separated folds to run now (default: all; finished folds are kept)")
 def ablation_run(root, configs, only) -> None:
-    """Train what is missing of each row (resumable); ensemble rows combine their members' folds."""
+    """Train what is missing of each row (resumable; ensembles combine their members)."""
     from convert.lesion_ablation import run
 
     names = _row_names(configs)
     run(names, Path(root), _folds(only))
 
 
-@ablation.command("collect")
+@ablation.command("collect", short_help="Re-derive finished rows' metrics (no training).")
 @click.option("--root", required=True, type=click.Path(exists=True, file_okay=False), help="folder holding one run folder per row")
 @click.option("--configs", help="comma-separated rows (default: every row of the table)")
 def ablation_collect(root, configs) -> None:
-    """Re-derive every finished row's metrics from its saved per-fold predictions (no training)."""
+    """Re-derive finished rows' metrics from their saved predictions (no training)."""
     from convert.lesion_ablation import collect
 
     for name in _row_names(configs):
@@ -357,7 +357,7 @@ def ablation_collect(root, configs) -> None:
 @click.option("--configs", required=True, help="one paper-CNN row, the recipe the card's model was trained with")
 @click.option("--card", "card_path", required=True, type=click.Path(exists=True, dir_okay=False), help="the model card (JSON) to add to")
 def ablation_card(root, configs, card_path) -> None:
-    """Write a row's cross-validated figures into a model card (metrics.recipe_cross_validation)."""
+    """Add a row's cross-validated figures to a model card."""
     from convert.lesion_ablation import add_to_card
 
     add_to_card(Path(card_path), configs, Path(root))
@@ -368,7 +368,7 @@ def ablation_card(root, configs, card_path) -> None:
 @click.option("--root", required=True, type=click.Path(file_okay=False), help="folder holding one run folder per row")
 @click.option("--doc", type=click.Path(exists=True, dir_okay=False), help="also write the table between the ablation-table markers of this page")
 def ablation_table(root, doc) -> None:
-    """Print the Markdown table of whatever has finished."""
+    """Print the Markdown table of the finished rows."""
     from convert.lesion_ablation import table, write_between_markers
 
     text = table(Path(root))
@@ -382,7 +382,7 @@ def ablation_table(root, doc) -> None:
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="override a field of the configuration")
 @click.option("--out", required=True, type=click.Path(exists=True, file_okay=False), help="the row's run folder (its fold weights)")
 def ablation_pooling(config_name, settings, out) -> None:
-    """Out-of-fold AUCs of a lesion-FCN row's fold models under other whole-image poolings."""
+    """A lesion-FCN row's fold models under other whole-image poolings."""
     from convert.train_lesion import pooling_ablation
 
     recipe, cfg = _configuration(config_name, settings)
@@ -394,9 +394,7 @@ def ablation_pooling(config_name, settings, out) -> None:
 def run_click(argv: list[str]) -> int:
     """Run the command line on ``argv`` and return its exit code (a usage error raises SystemExit(2), as argparse did)."""
     try:
-        cli.main(args=list(argv), prog_name="python -m convert", standalone_mode=False, obj={"argv": list(argv)})
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
+        code = cli.main(args=list(argv), prog_name="python -m convert", standalone_mode=False, obj={"argv": list(argv)})
     except click.UsageError as exc:
         exc.show()
         raise SystemExit(exc.exit_code) from None
@@ -406,7 +404,7 @@ def run_click(argv: list[str]) -> int:
     except click.Abort:
         click.echo("Aborted!", err=True)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0  # ctx.exit(1) (failed parity) comes back as its code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -103,3 +103,24 @@ def test_folds_are_the_old_ones_on_the_real_pool():
     protocol = FoldProtocol()
     assert splits(pool, protocol, fold_split) == splits(pool, protocol, old_fold_split)
     assert fold_fingerprint(pool, protocol) == REAL_FOLDS_SHA256
+
+
+def test_archived_rows_were_scored_on_the_protocol_s_folds():
+    """Every archived row's per-fold predictions (docs/results) hold exactly the protocol's test and validation images."""
+    from convert.data import data_root
+    from convert.lesion_data import load_cbis, load_mias
+    from convert.pretrained import RESULTS
+
+    root = data_root()
+    if not ((root / "mini-mias" / "labels.csv").is_file() and (root / "cbis-ddsm-mass" / "labels.csv").is_file()):
+        pytest.skip(f"real pools not found under {root} (../shared/data or $EDGE_BIRADS_DATA): the archived folds index them")
+    pool = pool_of(load_mias() + load_cbis())
+    protocol = FoldProtocol()
+    saved = sorted(RESULTS.glob("*/fold*_int8.npz"))
+    assert saved, "no archived row"
+    for path in saved:
+        fold = int(path.name[len("fold") : -len("_int8.npz")])
+        _, val_idx, test_idx = fold_split(pool, protocol, fold)
+        data = np.load(path)
+        assert data["test_idx"].tolist() == test_idx.tolist(), path
+        assert data["val_idx"].tolist() == val_idx.tolist(), path
