@@ -256,3 +256,25 @@ def test_archived_rows_re_derive_through_the_ablation_collect(shared_data, tmp_p
                 assert json.loads((copy / name).read_text()) == json.loads((row / name).read_text()), (row.name, name)
         if (row / "parity_int8.json").exists():
             assert json.loads((copy / "parity_int8.json").read_text()) == json.loads((row / "parity_int8.json").read_text()), row.name
+
+
+def test_the_lesion_fcn_recipe_gives_what_its_own_cross_validation_gave(tmp_path):
+    """Same fold, seeds and data: the runner's FCN (whole-image Keras model) scores the test patients as ``cv_fold`` did."""
+    pytest.importorskip("tensorflow")
+    from test_lesion_model import synthetic_config, synthetic_lesion_pool
+
+    from convert.train_lesion import cv_fold, patient_folds, run_log
+
+    pool, cfg = synthetic_lesion_pool(), synthetic_config(epochs=1)
+    protocol = FoldProtocol(folds=cfg.folds, seed=cfg.seed, validation_fraction=cfg.validation_fraction)
+    run_cv("lesion-fcn", cfg, tmp_path / "runner", protocol, only_folds=[2], pool=pool)
+    (tmp_path / "own").mkdir()
+    with run_log(tmp_path / "own") as log:
+        cv_fold(cfg, pool, patient_folds(pool, cfg.folds, cfg.seed), 2, tmp_path / "own", log)
+    new, own = np.load(tmp_path / "runner" / "fold2.npz"), np.load(tmp_path / "own" / "fold2.npz")
+    assert new["test_idx"].tolist() == own["test_idx"].tolist()
+    np.testing.assert_allclose(new["probs"], own["probs"], atol=1e-4)
+    assert float(new["threshold"]) == pytest.approx(float(own["threshold"]), abs=1e-4)
+    history = json.loads((tmp_path / "runner" / "fold2_history.json").read_text())
+    assert history["best_epoch"] == int(own["best_epoch"]) and len(history["history"]) == 1
+    assert (tmp_path / "runner" / "fold2.weights.h5").exists() and (tmp_path / "runner" / "fold2_int8.tflite").read_bytes()[4:8] == b"TFL3"
