@@ -60,19 +60,10 @@ class ToyRecipe(KerasRecipe):
 
 
 def synthetic_pool(patients: int = 36, size: int = 16):
-    """Two sources, two views per patient; malignant images brighter (a signal a linear model finds in a few epochs)."""
-    from convert.lesion_data import AnnotatedImage, PreparedPool
-    from edge_birads.preprocess import PreprocessSpec
+    """Two sources, two views per patient, malignant images brighter: test_paper_cv's pool."""
+    from test_paper_cv import synthetic_pool as paper_pool
 
-    rng = np.random.default_rng(0)
-    images, items = [], []
-    for p in range(patients):
-        source = "mini-mias" if p % 2 else "cbis-ddsm-mass"
-        label = (p // 2) % 3 if source == "mini-mias" else 1 + (p // 2) % 2
-        for _ in range(2):
-            images.append(np.clip(rng.normal(50 + 70 * label, 15, (size, size)), 0, 255).astype(np.uint8))
-            items.append(AnnotatedImage(path=None, patient_id=f"p{p}", source=source, label=label))
-    return PreparedPool(PreprocessSpec(height=size, width=size), np.stack(images), items, [()] * len(items))
+    return paper_pool(patients, size)
 
 
 @pytest.fixture
@@ -117,7 +108,7 @@ def test_a_toy_recipe_runs_through_the_cross_validation_runner(toy, tmp_path):
     text = lambda result: json.dumps(result, indent=1)  # noqa: E731  (as collect_cv writes them; NaN figures compare as text)
     assert text(metrics) == (tmp_path / "metrics_int8.json").read_text()
     assert metrics["folds_done"] == 3 and set(metrics["pooled_out_of_fold"]) == {"mini-mias", "cbis-ddsm-mass"}
-    assert metrics["pooled_out_of_fold"]["cbis-ddsm-mass"]["auc_malignant_vs_rest"] > 0.9
+    assert metrics["pooled_out_of_fold"]["cbis-ddsm-mass"]["auc_malignant_vs_rest"] > 0.75  # chance: 0.5
     assert json.loads((tmp_path / "metrics.json").read_text())["folds_done"] == 3
     assert sorted(json.loads((tmp_path / "parity_int8.json").read_text())) == ["0", "1", "2"]
     config = json.loads((tmp_path / "config.json").read_text())
