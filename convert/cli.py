@@ -43,6 +43,13 @@ class Group(click.Group):
         order = ("build", "train", "convert", "evaluate", "report", "cv", "ablation")
         return sorted(self.commands, key=lambda name: order.index(name) if name in order else len(order))
 
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        argv = list(args)
+        ctx = super().make_context(info_name, argv.copy(), parent=parent, **extra)
+        if parent is None:  # the command line as typed, for the run's records (config.json, the card)
+            ctx.meta["convert.argv"] = argv
+        return ctx
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -51,8 +58,7 @@ class Group(click.Group):
 
 
 def _command_line(ctx: click.Context) -> str:
-    argv = (ctx.find_root().obj or {}).get("argv")
-    return "python -m convert " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    return "python -m convert " + " ".join(shlex.quote(a) for a in ctx.meta["convert.argv"])
 
 
 def _folds(text: str | None) -> list[int] | None:
@@ -394,7 +400,7 @@ def ablation_pooling(config_name, settings, out) -> None:
 def run_click(argv: list[str]) -> int:
     """Run the command line on ``argv`` and return its exit code (a usage error raises SystemExit(2), as argparse did)."""
     try:
-        code = cli.main(args=list(argv), prog_name="python -m convert", standalone_mode=False, obj={"argv": list(argv)})
+        code = cli.main(args=list(argv), prog_name="python -m convert", standalone_mode=False)
     except click.UsageError as exc:
         exc.show()
         raise SystemExit(exc.exit_code) from None

@@ -95,3 +95,30 @@ def test_main_returns_the_exit_code_and_python_m_convert_runs_it():
     assert main(["--help"]) == 0
     done = subprocess.run([sys.executable, "-m", "convert", "train", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("Usage: python -m convert train [OPTIONS]")
+
+
+def test_build_of_a_lesion_fcn_row_cross_validates_and_ships_a_fold_the_runtime_loads(tmp_path, monkeypatch):
+    """``build --config FCN-ROW``: the FCN's cross-validation, int8 per fold, fold 0's model + card (synthetic breasts)."""
+    import json
+
+    import pytest
+
+    pytest.importorskip("tensorflow")
+    from test_lesion_model import synthetic_lesion_pool
+
+    from convert import train_lesion
+    from edge_birads.classifier import Classifier
+
+    pool = synthetic_lesion_pool()
+    monkeypatch.setattr(train_lesion, "load_pool", lambda spec, cache: pool)
+    settings = ["height=128", "width=128", "fcn_width=8", "epochs=1", "batch_size=16", "folds=3", "validation_fraction=0.25",
+                "patch.size=48", "patch.per_lesion_mias=24", "patch.normal_per_mias_normal=16", "patch.normal_per_mias_lesion=6"]
+    args = ["build", "--config", "fcn-512x256-normal3-mined", "--out", str(tmp_path / "model" / "lesion"), "--work", str(tmp_path / "run")]
+    result = invoke(*args, *[f"--set={s}" for s in settings])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "run").glob("fold*_int8.npz")) == ["fold0_int8.npz", "fold1_int8.npz", "fold2_int8.npz"]
+    card = json.loads((tmp_path / "model" / "lesion.json").read_text())
+    assert card["training"]["command"].startswith("python -m convert build --config fcn-512x256-normal3-mined")
+    assert card["training"]["config"]["normal_weight_ratio"] == 3.0 and card["training"]["config"]["height"] == 128
+    classifier = Classifier(tmp_path / "model" / "lesion.tflite")
+    assert classifier.card.name == "lesion"
