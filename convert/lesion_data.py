@@ -246,6 +246,14 @@ def cache_name(spec: PreprocessSpec) -> str:
     return f"pool_{spec.height}x{spec.width}_{spec.interpolation}_crop{int(spec.crop_to_breast)}_clahe{clahe}.npz"
 
 
+def items_digest(items: list[AnnotatedImage]) -> str:
+    """Which images a pool holds, in order (source, patient, file): the cache's key besides the preprocessing."""
+    import hashlib
+
+    text = "\n".join(f"{it.source}|{it.patient_id}|{getattr(it.path, 'name', '')}" for it in items)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def load_pool(spec: PreprocessSpec, cache_dir: Path | None, root: Path | None = None) -> PreparedPool:
     """Preprocess every source of ``LOADERS`` through prepare(), cached as one .npz in ``cache_dir``.
 
@@ -253,11 +261,14 @@ def load_pool(spec: PreprocessSpec, cache_dir: Path | None, root: Path | None = 
     work on uint8), so storing uint8 loses nothing; this is checked per image.
     """
     items = [item for loader in LOADERS for item in loader(root)]
+    digest = items_digest(items)
     path = None if cache_dir is None else Path(cache_dir) / cache_name(spec)
     if path is not None and path.exists():
         data = np.load(path, allow_pickle=False)
-        lesions = decode_lesions(data["lesions"], data["lesion_index"], len(items))
-        return PreparedPool(spec=spec, images=data["images"], items=items, lesions=lesions)
+        # The cache holds these images (older caches carry no digest: their image count must match); else it is rebuilt.
+        if str(data["items"]) == digest if "items" in data.files else len(data["images"]) == len(items):
+            lesions = decode_lesions(data["lesions"], data["lesion_index"], len(items))
+            return PreparedPool(spec=spec, images=data["images"], items=items, lesions=lesions)
     images = np.zeros((len(items), spec.height, spec.width), dtype=np.uint8)
     lesions = []
     for index, item in enumerate(items):
@@ -271,7 +282,7 @@ def load_pool(spec: PreprocessSpec, cache_dir: Path | None, root: Path | None = 
         path.parent.mkdir(parents=True, exist_ok=True)
         flat, index_of = encode_lesions(lesions)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, images=images, lesions=flat, lesion_index=index_of)
+        np.savez(tmp, images=images, lesions=flat, lesion_index=index_of, items=np.array(digest))
         os.replace(tmp, path)
     return PreparedPool(spec=spec, images=images, items=items, lesions=lesions)
 

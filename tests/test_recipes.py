@@ -269,3 +269,26 @@ def test_the_lesion_fcn_recipe_gives_what_its_own_cross_validation_gave(tmp_path
     history = json.loads((tmp_path / "runner" / "fold2_history.json").read_text())
     assert history["best_epoch"] == int(own["best_epoch"]) and len(history["history"]) == 1
     assert (tmp_path / "runner" / "fold2.weights.h5").exists() and (tmp_path / "runner" / "fold2_int8.tflite").read_bytes()[4:8] == b"TFL3"
+
+
+def test_a_data_source_is_one_loader_and_the_pool_cache_follows_the_loaders(tmp_path, monkeypatch):
+    """A second loader adds its images to the pool (and its name to the per-source figures); a cache of the old pool is not reused."""
+    import cv2
+
+    from convert import lesion_data
+    from convert.lesion_data import AnnotatedImage, load_pool
+    from edge_birads.preprocess import PreprocessSpec
+
+    items = []
+    for k, source in enumerate(("first", "first", "second")):
+        path = tmp_path / f"{k}.png"
+        cv2.imwrite(str(path), np.full((64, 48), 40 * (k + 1), np.uint8))
+        items.append(AnnotatedImage(path=path, patient_id=f"p{k}", source=source, label=k % 3))
+    spec, cache = PreprocessSpec(height=32, width=32), tmp_path / "cache"
+    monkeypatch.setattr(lesion_data, "LOADERS", (lambda root: items[:2],))
+    assert len(load_pool(spec, cache).items) == 2
+    monkeypatch.setattr(lesion_data, "LOADERS", (lambda root: items[:2], lambda root: items[2:]))
+    pool = load_pool(spec, cache)
+    assert pool.sources == ("first", "second") and pool.images.shape == (3, 32, 32)
+    assert pool.images[2].mean() == pytest.approx(120, abs=1)  # the new source's own pixels, not a stale cache's
+    assert load_pool(spec, cache).images.tolist() == pool.images.tolist()  # and cached again
