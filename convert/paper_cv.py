@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from convert.data import GROUP_LABELS, MALIGNANT_LABEL
-from convert.lesion_data import PreparedPool, load_pool
+from convert.lesion_data import PreparedPool
 from convert.metrics import threshold_for_sensitivity
 from convert.train import TrainConfig as PaperConfig
 from convert.train import make_batches, validation_callback

@@ -32,7 +32,7 @@ import numpy as np
 from convert.lesion_data import LABELS, PatchConfig, PreparedPool, breast_of, build_patch_batch, epoch_centres, load_pool
 from convert.metrics import bootstrap_auc_ci, bootstrap_indices, roc_auc, sensitivity_at_specificity, threshold_for_sensitivity
 from convert.recipes import Fitted, KerasRecipe
-from convert.split import FoldProtocol, fold_split, patient_folds, validation_split  # noqa: F401 (the folds: convert.split)
+from convert.split import FoldProtocol, fold_split, patient_folds, validation_split
 from edge_birads.preprocess import PreprocessSpec
 
 MIAS = "mini-mias"
@@ -69,6 +69,10 @@ class TrainConfig:
 
     def spec(self) -> PreprocessSpec:
         return PreprocessSpec(height=self.height, width=self.width, crop_to_breast=self.crop_to_breast, clahe_clip_limit=self.clahe_clip_limit)
+
+    def protocol(self) -> FoldProtocol:
+        """The folds of the FCN's own cross-validation (``run_cv``, ``int8_cv``, ``export_fold``): its seed also seeds training."""
+        return FoldProtocol(self.folds, self.seed, self.validation_fraction, self.referral_sensitivity)
 
 
 def setup_tensorflow(seed: int, threads: int = 2):
@@ -409,7 +413,7 @@ def run_cv(cfg: TrainConfig, out_dir: Path, only_folds: list[int] | None = None)
         for fold in range(cfg.folds):
             if only_folds is None or fold in only_folds:
                 cv_fold(cfg, pool, folds, fold, out_dir, log)
-    return collect_cv(pool, out_dir, cfg)
+    return collect_cv(pool, out_dir, cfg.protocol())
 
 
 def cv_fold(cfg: TrainConfig, pool: PreparedPool, folds: np.ndarray, fold: int, out_dir: Path, log) -> None:
@@ -537,7 +541,7 @@ def int8_cv(cfg: TrainConfig, out_dir: Path) -> dict:
         if not weights.exists() or (out_dir / f"fold{fold}_int8.npz").exists():
             continue
         saved = np.load(out_dir / f"fold{fold}.npz")
-        train_idx, val_idx, test_idx = fold_split(pool, cfg, fold)
+        train_idx, val_idx, test_idx = fold_split(pool, cfg.protocol(), fold)
         if not np.array_equal(test_idx, saved["test_idx"]):
             raise RuntimeError(f"fold {fold}: split differs from the saved run (config changed?)")
         fcn = build_fcn(cfg.fcn_width, cfg.dropout)
@@ -561,7 +565,7 @@ def int8_cv(cfg: TrainConfig, out_dir: Path) -> dict:
                  val_sensitivity=val_flags[val_malignant].mean(), val_specificity=(~val_flags[~val_malignant]).mean())
         print(json.dumps({"fold": fold, "int8_threshold": threshold, "parity": parities[str(fold)]}), flush=True)
         parity_path.write_text(json.dumps(parities, indent=1))
-    return collect_cv(pool, out_dir, cfg, "_int8")
+    return collect_cv(pool, out_dir, cfg.protocol(), "_int8")
 
 
 def train_final(cfg: TrainConfig, out_dir: Path) -> dict:
@@ -593,7 +597,7 @@ def export_fold(cfg: TrainConfig, run_dir: Path, fold: int, out_path: Path, comm
     pool = load_pool(cfg.spec(), DEFAULT_CACHE)
     int8 = np.load(run_dir / f"fold{fold}_int8.npz")
     float_run = np.load(run_dir / f"fold{fold}.npz")
-    train_idx, val_idx, test_idx = fold_split(pool, cfg, fold)
+    train_idx, val_idx, test_idx = fold_split(pool, cfg.protocol(), fold)
     probs = int8["probs"]
     flags = probs[:, 2] >= float(int8["threshold"])
     test_metrics = summarise(pool, test_idx, probs, flags)

@@ -66,6 +66,10 @@ def test_the_protocol_is_four_frozen_fields_with_the_ablation_defaults():
     assert (protocol.folds, protocol.seed, protocol.validation_fraction, protocol.referral_sensitivity) == (5, 0, 0.125, 0.9)
     with pytest.raises(AttributeError):
         protocol.folds = 3  # frozen
+    # the lesion FCN's own cross-validation (build of an FCN row) draws its folds through the protocol too
+    from convert.train_lesion import TrainConfig
+
+    assert TrainConfig(folds=3, seed=2, validation_fraction=0.25).protocol() == FoldProtocol(3, 2, 0.25, 0.9)
 
 
 @pytest.mark.parametrize("protocol", [FoldProtocol(), FoldProtocol(folds=3, validation_fraction=0.25), FoldProtocol(seed=7)])
