@@ -566,14 +566,16 @@ def export_fold(
     source = SOURCES[cfg.weights]
     card.update({
         "description": (
-            "ImageNet MobileNetV2 (to block 13) fine-tuned on whole mammograms (cbis-ddsm-mass, mini-mias) at "
-            f"{cfg.height}x{cfg.width}, average+max pooled head, with a lesion map output; full-integer int8."
+            f"{source.architecture.split(',')[0]} (ImageNet, to block {cfg.last_block}) fine-tuned on whole mammograms "
+            f"({', '.join(sorted({pool.items[i].source for i in from_sources(pool, train_idx, cfg.train_sources)}))}) at "
+            f"{cfg.height}x{cfg.width}{' (breast crop)' if cfg.crop_to_breast else ' (whole image)'}, average+max pooled "
+            f"{'standardised ' if cfg.standardise else ''}head, with a lesion map output; full-integer int8."
         ),
         "input": {"shape": [1, cfg.height, cfg.width, 1], "dtype": "int8"},
         "output": {"probabilities": [1, 3], "lesion_map": {
             "shape": [1, cfg.height // 16, cfg.width // 16, 1], "stride": 16,
             "meaning": "malignancy logit per location (the head's average-pool half applied at every location of the "
-                       "block-13 features), in the frame of the breast crop resized to the input",
+                       f"block-{cfg.last_block} features), in the frame of the " + ("breast crop" if cfg.crop_to_breast else "whole image") + " resized to the input",
         }},
         "referral": {
             "threshold": threshold,

@@ -187,6 +187,8 @@ def test_export_ships_a_fold_model_with_its_map_and_a_card_the_runtime_loads(sma
     hits = card["metrics"]["lesion_map_hits"]
     assert hits["n_images"] == sum(1 for i in test_idx if pool.items[i].label == 2 and pool.items[i].source == "cbis-ddsm-mass")
     assert 0 < hits["chance"] < 1
+    assert card["description"].startswith("torchvision MobileNetV2 (width 1.0) (ImageNet, to block 13) fine-tuned on whole mammograms (cbis-ddsm-mass, mini-mias) at 64x64 (breast crop)")
+    assert "in the frame of the breast crop resized" in card["output"]["lesion_map"]["meaning"]
 
 
 def test_info_names_the_initialisation_and_the_map_hits():
