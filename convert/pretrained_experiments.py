@@ -29,7 +29,8 @@ from convert.lesion_data import load_pool
 from convert.metrics import threshold_for_sensitivity
 from convert.paper_cv import fold_images, representative, score_fold
 from convert.pretrained import ROWS, PretrainedConfig, build_model, fit_logistic, frozen_features
-from convert.train_lesion import DEFAULT_CACHE, TrainConfig, collect_cv, fold_split, setup_tensorflow
+from convert.split import FoldProtocol, fold_split
+from convert.train_lesion import DEFAULT_CACHE, collect_cv, setup_tensorflow
 
 
 def run_config(run: Path) -> PretrainedConfig:
@@ -47,12 +48,12 @@ def with_flip_tta(model):
     return keras.Model(image, out, name=model.name + "_flip_tta")
 
 
-def flip_row(source: Path, out: Path, folds: TrainConfig | None = None) -> dict:
+def flip_row(source: Path, out: Path, folds: FoldProtocol | None = None) -> dict:
     """Flip TTA of every finished fold of ``source`` (same weights), scored as int8; resumable."""
     from convert.export import TfliteModel, keras_predict, to_tflite_int8
     from convert.paper_cv import write_parity
 
-    folds = folds or TrainConfig()
+    folds = folds or FoldProtocol()
     cfg = run_config(source)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"pretrained_config": asdict(cfg), "folds": asdict(folds),
@@ -82,9 +83,9 @@ def flip_row(source: Path, out: Path, folds: TrainConfig | None = None) -> dict:
 
 # ------------------------------------------------------------------ the frozen-feature floor
 
-def frozen_lr_row(out: Path, cfg: PretrainedConfig | None = None, folds: TrainConfig | None = None) -> dict:
+def frozen_lr_row(out: Path, cfg: PretrainedConfig | None = None, folds: FoldProtocol | None = None) -> dict:
     """Frozen features + logistic regression through the ablation's folds (a score-only row)."""
-    cfg, folds = cfg or PretrainedConfig(), folds or TrainConfig()
+    cfg, folds = cfg or PretrainedConfig(), folds or FoldProtocol()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"pretrained_config": asdict(cfg), "folds": asdict(folds),
                                                  "experiment": "frozen ImageNet block-13 features (mean, max, top-5% mean) + L2 logistic regression, "
@@ -104,9 +105,9 @@ def frozen_lr_row(out: Path, cfg: PretrainedConfig | None = None, folds: TrainCo
     return collect_cv(pool, out, folds, suffix="_int8")
 
 
-def average_row(members: list[Path], out: Path, folds: TrainConfig | None = None) -> dict:
+def average_row(members: list[Path], out: Path, folds: FoldProtocol | None = None) -> dict:
     """Mean of the members' validation-standardised logits (``convert.ensemble_cv.combine``), per finished fold."""
-    folds = folds or TrainConfig()
+    folds = folds or FoldProtocol()
     cfg = run_config(members[0])
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"pretrained_config": asdict(cfg), "folds": asdict(folds), "members": [m.name for m in members],
