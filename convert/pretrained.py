@@ -41,11 +41,11 @@ import numpy as np
 from convert.lesion_data import PreparedPool, load_pool
 from convert.metrics import roc_auc, threshold_for_sensitivity
 from convert.paper_cv import fold_images
+from convert.split import FoldProtocol
 from convert.train_lesion import (
     CBIS,
     DEFAULT_CACHE,
     MIAS,
-    TrainConfig,
     auc,
     collect_cv,
     fold_split,
@@ -207,8 +207,8 @@ def validation_aucs(probs: np.ndarray, pool: PreparedPool, indices: np.ndarray) 
     """Per-source malignant-vs-rest AUC, their mean, and their mean weighted by each source's malignant images."""
     labels = np.array([pool.items[i].label for i in indices])
     sources = np.array([pool.items[i].source for i in indices])
-    out = {source: auc(probs[sources == source, 2], labels[sources == source] == 2) for source in (MIAS, CBIS)}
-    present = [s for s in (MIAS, CBIS) if not np.isnan(out[s])]
+    out = {source: auc(probs[sources == source, 2], labels[sources == source] == 2) for source in pool.sources}
+    present = [s for s in pool.sources if not np.isnan(out[s])]
     weights = [float(((sources == s) & (labels == 2)).sum()) for s in present]
     out["mean"] = float(np.mean([out[s] for s in present])) if present else float("nan")
     out["weighted"] = float(np.average([out[s] for s in present], weights=weights)) if present and sum(weights) else float("nan")
@@ -401,7 +401,7 @@ def from_sources(pool: PreparedPool, indices: np.ndarray, sources: str) -> np.nd
     return indices[np.array([pool.items[i].source == sources for i in indices], bool)]
 
 
-def run_fold(cfg: PretrainedConfig, pool: PreparedPool, folds: TrainConfig, fold: int, out_dir: Path, log) -> None:
+def run_fold(cfg: PretrainedConfig, pool: PreparedPool, folds: FoldProtocol, fold: int, out_dir: Path, log) -> None:
     """Train fold ``fold``; score float and int8 on its test patients (threshold chosen on its validation patients)."""
     from convert.export import TfliteModel, keras_predict, to_tflite_int8
     from convert.paper_cv import representative, score_fold
@@ -434,11 +434,11 @@ def run_fold(cfg: PretrainedConfig, pool: PreparedPool, folds: TrainConfig, fold
     log(f"fold {fold}: done in {time.perf_counter() - started:.0f} s (training {trained:.0f} s)")
 
 
-def run_cv(cfg: PretrainedConfig, out_dir: Path, folds: TrainConfig | None = None, only_folds: list[int] | None = None) -> dict:
+def run_cv(cfg: PretrainedConfig, out_dir: Path, folds: FoldProtocol | None = None, only_folds: list[int] | None = None) -> dict:
     """Cross-validate the recipe on the ablation's patient folds; resumable (finished folds are kept)."""
     from convert.paper_cv import run_folds, write_parity
 
-    folds = folds or TrainConfig()
+    folds = folds or FoldProtocol()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps({"pretrained_config": asdict(cfg), "folds": asdict(folds)}, indent=1))
     pool = load_pool(cfg.spec(), DEFAULT_CACHE)
@@ -451,7 +451,7 @@ def run_cv(cfg: PretrainedConfig, out_dir: Path, folds: TrainConfig | None = Non
 
 def time_epochs(cfg: PretrainedConfig, out_dir: Path, max_batches: int = 40) -> dict:
     """Time ``max_batches`` batches of a frozen and of a fine-tune epoch on fold 0 (to plan a run)."""
-    folds = TrainConfig()
+    folds = FoldProtocol()
     pool = load_pool(cfg.spec(), DEFAULT_CACHE)
     train_idx, val_idx, _ = fold_split(pool, folds, 0)
     setup_tensorflow(cfg.seed, cfg.threads)
@@ -516,7 +516,7 @@ def export_fold(
     from edge_birads.card import new_card, write_card
     from edge_birads.interpreter import make_interpreter
 
-    folds = TrainConfig()
+    folds = FoldProtocol()
     pool = pool or load_pool(cfg.spec(), DEFAULT_CACHE)
     train_idx, val_idx, test_idx = fold_split(pool, folds, fold)
     seed = cfg.seed + fold
@@ -542,7 +542,7 @@ def export_fold(
         raise
     sources = np.array([pool.items[i].source for i in test_idx])
     test = {"pooled": evaluate_probabilities(p_test, y_test, labels, labels[2:], threshold, seed=0)}
-    for source in (CBIS, MIAS):
+    for source in pool.sources:
         m = sources == source
         test[source] = evaluate_probabilities(p_test[m], y_test[m], labels, labels[2:], threshold, seed=0)
     val_sens, val_spec = sensitivity_specificity(y_val == 2, p_val[:, 2], threshold)
@@ -677,9 +677,9 @@ def archive(run_dir: Path, dest: Path) -> list[str]:
     return names
 
 
-def collect(results: Path, folds: TrainConfig | None = None) -> dict:
+def collect(results: Path, folds: FoldProtocol | None = None) -> dict:
     """Re-derive a row's metrics from its archived per-fold predictions (float and int8)."""
-    folds = folds or TrainConfig()
+    folds = folds or FoldProtocol()
     cfg = PretrainedConfig(**json.loads((results / "config.json").read_text())["pretrained_config"])
     pool = load_pool(cfg.spec(), DEFAULT_CACHE)
     collect_cv(pool, results, folds)

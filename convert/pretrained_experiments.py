@@ -181,7 +181,7 @@ def int8_layer_errors(model, pool, train_idx: np.ndarray, images_idx: np.ndarray
 def int8_layers_row(source: Path, out: Path, fold: int = 0, n_images: int = 32) -> list[dict]:
     """int8_layer_errors for a run's fold model and for the ImageNet trunk it started from, on that fold's test patients."""
     cfg = run_config(source)
-    folds = TrainConfig()
+    folds = FoldProtocol()
     pool = load_pool(cfg.spec(), DEFAULT_CACHE)
     train_idx, _, test_idx = fold_split(pool, folds, fold)
     seed = cfg.seed + fold
