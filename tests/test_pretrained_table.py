@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_the_page_holds_the_table_the_archive_generates():
     page = (REPO / "docs" / "ablation.md").read_text(encoding="utf-8")
     between = page.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0]
-    assert between == "\n" + table(RESULTS), "docs/ablation.md is stale: python -m convert.pretrained table --doc docs/ablation.md"
+    assert between == "\n" + table(RESULTS), "docs/ablation.md is stale: python -m convert pretrained table --doc docs/ablation.md"
 
 
 def test_every_archived_figure_re_derives_from_the_archived_predictions(shared_data, tmp_path, monkeypatch):
