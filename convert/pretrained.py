@@ -656,6 +656,12 @@ ROWS: dict[str, tuple[dict, str]] = {
         "as mnv2-512-lrinit on the whole image (no breast crop), with the pooled features standardised in the graph before "
         "dropout and the head (the warm start's scaler as a frozen batch norm); the warm start is epoch 0 of the epoch choice",
     ),
+    "mnv2-512-whole-lrinit+frozen-lr-whole": (
+        {"crop_to_breast": False, "standardise": True},
+        "the mean of the validation-standardised logits of mnv2-512-whole-lrinit (int8) and frozen-lr-whole, fold by fold "
+        "(python -m convert pretrained average; no retraining). Not one model yet: the regression's top-5% pooling and its "
+        "frozen trunk are not in the fine-tuned graph",
+    ),
     "lite0-512-plain": (
         {"epochs": 16, "class_balance": False, "select_on": "weighted", "weights": "efficientnet_lite0_imagenet", "last_block": 10,
          "unfreeze_from": 6},
