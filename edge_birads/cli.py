@@ -14,7 +14,6 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -24,6 +23,7 @@ from edge_birads.breasts import per_breast as per_breast_results
 from edge_birads.breasts import view_of
 from edge_birads.errors import ModelError
 from edge_birads.heatmap import HeatmapWriter
+from edge_birads.limit_options import decode_limit_options, limits_from
 from edge_birads.limits import DEFAULT_LIMITS
 from edge_birads.output import FORMATS, TableWriter, csv_header, csv_line, jsonl_line, rule_summary
 from edge_birads.progress import Progress
@@ -68,12 +68,7 @@ def cli() -> None:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format.")
 @click.option("--model", type=click.Path(dir_okay=False), default=None, help="A .tflite model with its card (.json) beside it. Default: the bundled model.")
 @click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True, help="Interpreter threads.")
-@click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_LIMITS.max_pixels, show_default=True, envvar="EDGE_BIRADS_MAX_PIXELS",
-              help="Refuse images with more pixels (checked from the header, before decoding). Env: EDGE_BIRADS_MAX_PIXELS.")
-@click.option("--max-file-mb", type=click.FloatRange(0, min_open=True), default=DEFAULT_LIMITS.max_file_bytes / 2**20, show_default=True,
-              envvar="EDGE_BIRADS_MAX_FILE_MB", help="Refuse larger files without reading them. Env: EDGE_BIRADS_MAX_FILE_MB.")
-@click.option("--time-limit", type=click.FloatRange(0), default=DEFAULT_LIMITS.max_seconds, show_default=True, envvar="EDGE_BIRADS_TIME_LIMIT",
-              help="Seconds allowed to decode and preprocess one file (0: no limit). Env: EDGE_BIRADS_TIME_LIMIT.")
+@decode_limit_options()
 @click.option("--heatmap", "heatmap_dir", type=click.Path(file_okay=False), default=None,
               help="Also write one PNG per image into this folder: the image with the model's lesion map overlaid "
               "(needs a model with a lesion map).")
@@ -121,7 +116,7 @@ def classify(
         files = list(iter_input_files(list(paths), recursive=recursive))
         if not files:
             raise NoImagesError(no_images_message(paths, recursive))
-        limits = replace(DEFAULT_LIMITS, max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 2**20), max_seconds=time_limit)
+        limits = limits_from(max_pixels, max_file_mb, time_limit)
         classifier = load_classifier(model, threads, limits)
         card = classifier.card
         heatmaps = None

@@ -61,7 +61,8 @@ from edge_birads.durable import (
     sweep_temporaries,
     write_json_atomic,
 )
-from edge_birads.errors import ModelError, printable_name
+from edge_birads.errors import InputError, ModelError, printable_name
+from edge_birads.limits import DecodeLimits, check_file_size
 from edge_birads.output import describe
 from edge_birads.watch_config import StartupError, WatchConfig, prepare_folders
 from edge_birads.watch_inbox import EventSource, InboxTracker, is_study_folder, probe
@@ -141,7 +142,7 @@ class UnreadableInput(Exception):
     """The claimed entry cannot be read as a file (a reason for quarantine)."""
 
 
-def read_claimed(path: Path, origin: Path, limit: int) -> tuple[bytes, tuple]:
+def read_claimed(path: Path, origin: Path, limits: DecodeLimits) -> tuple[bytes, tuple]:
     """The bytes of a claimed entry, read once, and the (size, mtime, inode) they were read at.
 
     A symbolic link is read through; a relative one is resolved from the
@@ -166,8 +167,11 @@ def read_claimed(path: Path, origin: Path, limit: int) -> tuple[bytes, tuple]:
             raise UnreadableInput("is a directory, not an image file")
         if not stat.S_ISREG(status.st_mode):
             raise UnreadableInput("not a regular file (a pipe, socket or device)")
-        if status.st_size > limit:
-            raise UnreadableInput(f"file is {status.st_size} bytes, over the limit of {limit}")
+        try:
+            check_file_size(status.st_size, limits)  # the message classify gives, before reading a byte
+        except InputError as exc:
+            raise UnreadableInput(exc.reason) from None
+        limit = limits.max_file_bytes
         chunks, total = [], 0
         while total <= limit:
             try:
@@ -476,7 +480,7 @@ class WatchDaemon:
         origin = config.inbox / split_relative(name)[0]
         self.activity.context = f"reading {shown}"
         try:
-            data, read_at = read_claimed(work, origin, self.classifier.limits.max_file_bytes)
+            data, read_at = read_claimed(work, origin, self.classifier.limits)
         except UnreadableInput as exc:
             return self.quarantine(name, None, str(exc))
         sha = hashlib.sha256(data).hexdigest()
@@ -817,7 +821,7 @@ def run_watch(config: WatchConfig, log: EventLog | None = None, send=None) -> in
         from edge_birads.classifier import Classifier
 
         try:
-            classifier = Classifier(config.model, threads=config.threads)
+            classifier = Classifier(config.model, threads=config.threads, limits=config.limits)
         except ModelError as exc:
             raise StartupError(str(exc)) from None
     except StartupError as exc:

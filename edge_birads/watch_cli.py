@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from edge_birads.limit_options import decode_limit_options
+
 
 @click.command("watch")
 @click.argument("inbox", required=False, type=click.Path(file_okay=False))
@@ -66,6 +68,7 @@ import click
     help="A .tflite model with its card (.json) beside it. Default: the bundled model.",
 )
 @click.option("--threads", type=click.IntRange(1, 64), default=None, help="Interpreter threads.  [default: 1]")
+@decode_limit_options(config_file=True)
 @click.option(
     "--max-attempts",
     type=click.IntRange(1, 1000),
