@@ -317,6 +317,6 @@ def main() -> None:
     cli(prog_name="edge-birads")
 
 
-from edge_birads.watch_cli import watch  # the daemon's logic lives in edge_birads/watch*.py
+from edge_birads.watch.cli import watch  # the daemon lives in edge_birads/watch/
 
 cli.add_command(watch)

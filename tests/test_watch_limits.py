@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from watch_support import Daemon
 
 from edge_birads.cli import cli
-from edge_birads.watch_config import ConfigError, build_config
+from edge_birads.watch.config import ConfigError, build_config
 
 SAMPLES = Path(__file__).resolve().parent.parent / "edge_birads" / "samples"
 BENIGN = SAMPLES / "cbis-P00173-left-cc-benign.png"  # 662 x 1024 = 677,888 pixels, 114,727 bytes

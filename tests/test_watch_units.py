@@ -11,10 +11,10 @@ from click.testing import CliRunner
 
 from edge_birads.cli import cli
 from edge_birads.durable import TMP_PREFIX, free_name, sweep_temporaries, write_json_atomic
-from edge_birads.watch_config import ConfigError, build_config
-from edge_birads.watch_inbox import InboxTracker, is_ignored
-from edge_birads.watch_log import EventLog
-from edge_birads.watch_state import ClaimMarker, ContentIndex, find_record
+from edge_birads.watch.config import ConfigError, build_config
+from edge_birads.watch.inbox import InboxTracker, is_ignored
+from edge_birads.watch.log import EventLog
+from edge_birads.watch.state import ClaimMarker, ContentIndex, find_record
 
 
 def test_config_file_values_are_typed_and_command_line_wins(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The watch-folder daemon: classify every image that lands in an inbox, exactly once.
 
-For each complete entry in the inbox (see :mod:`edge_birads.watch_inbox`),
+For each complete entry in the inbox (see :mod:`edge_birads.watch.inbox`),
 :meth:`WatchDaemon.process` does, in this order:
 
 1. Claim it: rename the entry out of the inbox into the daemon's private
@@ -13,7 +13,7 @@ For each complete entry in the inbox (see :mod:`edge_birads.watch_inbox`),
    it: just file it.
 3. If the same content was already classified under another name, copy that
    prediction into a new record with ``duplicate_of`` (no second model run).
-4. Else count the attempt (:class:`~edge_birads.watch_state.ClaimMarker`) and classify those bytes. A bad file (:class:`~edge_birads.errors.InputError`,
+4. Else count the attempt (:class:`~edge_birads.watch.state.ClaimMarker`) and classify those bytes. A bad file (:class:`~edge_birads.errors.InputError`,
    reported by the classifier as ``error``) is quarantined: its reason record
    is written durably to failed/, then the claimed file is moved beside it.
 5. Write the result durably (tmp, fsync, rename, fsync folder), add the name
@@ -64,10 +64,10 @@ from edge_birads.durable import (
 from edge_birads.errors import InputError, ModelError, printable_name
 from edge_birads.limits import DecodeLimits, check_file_size
 from edge_birads.output import describe
-from edge_birads.watch_config import StartupError, WatchConfig, prepare_folders
-from edge_birads.watch_inbox import EventSource, InboxTracker, is_study_folder, probe
-from edge_birads.watch_log import EventLog
-from edge_birads.watch_state import (
+from edge_birads.watch.config import StartupError, WatchConfig, prepare_folders
+from edge_birads.watch.inbox import EventSource, InboxTracker, is_study_folder, probe
+from edge_birads.watch.log import EventLog
+from edge_birads.watch.state import (
     REASON_SUFFIX,
     RESULT_SUFFIX,
     ClaimMarker,
@@ -226,7 +226,7 @@ class WatchDaemon:
 
     def __init__(self, config: WatchConfig, classifier, log: EventLog, output=None) -> None:
         self.config = config
-        self.output = output  # edge_birads.outbox.SrOutput: a DICOM SR per result, or None
+        self.output = output  # edge_birads.watch.outbox.SrOutput: a DICOM SR per result, or None
         self.classifier = classifier
         self.log = log
         self.events: queue.SimpleQueue = queue.SimpleQueue()
@@ -828,8 +828,8 @@ def run_watch(config: WatchConfig, log: EventLog | None = None, send=None) -> in
         log.error(str(exc))
         return EXIT_STARTUP
     output = None
-    if send is not None:  # edge_birads.outbox.SendConfig: file (and send) a DICOM SR per result
-        from edge_birads.outbox import SrOutput
+    if send is not None:  # edge_birads.watch.outbox.SendConfig: file (and send) a DICOM SR per result
+        from edge_birads.watch.outbox import SrOutput
 
         output = SrOutput(send, classifier.card, log)
         try:

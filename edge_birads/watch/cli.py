@@ -1,4 +1,4 @@
-"""The ``edge-birads watch`` command: options in, exit code out; the work is in :mod:`edge_birads.watch`."""
+"""The ``edge-birads watch`` command: options in, exit code out; the work is in :mod:`edge_birads.watch.daemon`."""
 
 from __future__ import annotations
 
@@ -104,9 +104,9 @@ def watch(inbox, config_file, sr_outbox, send_to, send_as, send_retry_max, **opt
     With --sr-outbox or --send-to (or a [send] section in --config), each
     classified DICOM also gets a DICOM SR in the outbox, sent exactly once.
     """
-    from edge_birads.outbox import SendConfigError, build_send_config
-    from edge_birads.watch import run_watch
-    from edge_birads.watch_config import ConfigError, build_config
+    from edge_birads.watch.outbox import SendConfigError, build_send_config
+    from edge_birads.watch.daemon import run_watch
+    from edge_birads.watch.config import ConfigError, build_config
 
     try:
         config = build_config({"inbox": inbox, **options}, config_file)
