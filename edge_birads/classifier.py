@@ -135,10 +135,6 @@ class Classifier:
             return dequantize(raw, scale, zero_point)
         return raw.astype(np.float32)
 
-    def classify_image(self, image: np.ndarray) -> Prediction:
-        """Classify a decoded 2-D grayscale image."""
-        return to_prediction(self.predict(prepare(image, self.card.preprocessing)), self.card)
-
     def classify_file(self, path: str | Path) -> Result:
         """Classify one file; a bad file becomes a Result with ``error`` set, never an exception."""
         return self._classify_path(path, want_map=False)[0]

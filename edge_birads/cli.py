@@ -21,27 +21,12 @@ import click
 from edge_birads import DISCLAIMER, __version__
 from edge_birads.breasts import per_breast as per_breast_results
 from edge_birads.breasts import view_of
+from edge_birads.cli_shared import EXIT_INTERRUPTED, ModelLoadError, NoImagesError, decode_limit_options, limits_from
 from edge_birads.errors import ModelError
 from edge_birads.heatmap import HeatmapWriter
-from edge_birads.limit_options import decode_limit_options, limits_from
 from edge_birads.limits import DEFAULT_LIMITS
 from edge_birads.output import FORMATS, TableWriter, csv_header, csv_line, jsonl_line, rule_summary
 from edge_birads.progress import Progress
-
-
-class ModelLoadError(click.ClickException):
-    """A model that cannot be loaded: exit code 1 with a one-line message."""
-
-    exit_code = 1
-
-
-class NoImagesError(click.ClickException):
-    """Nothing to classify or time in the paths given: exit code 1, as for a file that failed."""
-
-    exit_code = 1
-
-
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
 
 
 def load_classifier(model: str | None, threads: int, limits=None):
@@ -236,7 +221,7 @@ def _cluster_results(classifier, files: list, scheduler: str, batch_size: int):
 @click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None, help="Folder of images (read recursively). Default: the two sample mammograms installed with edge-birads.")
 @click.option("--n", type=click.IntRange(1), default=100, show_default=True, help="Timed images per engine (the images repeat).")
 @click.option("--warmup", type=click.IntRange(0), default=10, show_default=True, help="Untimed images per engine after the first.")
-@click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True, help="Interpreter (and TensorFlow) threads.")
+@click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True, help="Interpreter threads (the float baseline's too).")
 @click.option("--float-model", type=click.Path(exists=True, dir_okay=False), default=None, help="A float32 .tflite of the same network (from convert).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True, help="Output format.")
 @click.option("--dicom", type=click.Path(exists=True, dir_okay=False), default=None,

@@ -10,8 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from edge_birads.cli import cli
-from edge_birads.durable import TMP_PREFIX, free_name, sweep_temporaries, write_json_atomic
+from edge_birads.durable import TMP_PREFIX, sweep_temporaries, write_json_atomic
 from edge_birads.watch.config import ConfigError, build_config
+from edge_birads.watch.filing import file_into
 from edge_birads.watch.inbox import InboxTracker, is_ignored
 from edge_birads.watch.log import EventLog
 from edge_birads.watch.state import ClaimMarker, ContentIndex, find_record
@@ -106,7 +107,9 @@ def test_record_slots_are_found_again_by_name_and_content(tmp_path: Path) -> Non
     assert find_record(tmp_path, "x.png", sha_b, ".json").found == other.free
     (tmp_path / "y").write_bytes(b"")
     (tmp_path / "y.bbbbbbbbbbbb").write_bytes(b"")
-    assert free_name(tmp_path, "y", sha_b) == tmp_path / "y.bbbbbbbbbbbb.1"
+    (tmp_path / "incoming").write_bytes(b"y")  # an input filed under the first free slot, never over a file
+    assert file_into(tmp_path / "incoming", tmp_path, "y", sha_b) == tmp_path / "y.bbbbbbbbbbbb.1"
+    assert (tmp_path / "y.bbbbbbbbbbbb.1").read_bytes() == b"y" and (tmp_path / "y").read_bytes() == b""
 
 
 def test_very_long_names_keep_derived_names_under_255_bytes(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from edge_birads.limit_options import decode_limit_options
+from edge_birads.cli_shared import decode_limit_options
 
 
 @click.command("watch")

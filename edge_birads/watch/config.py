@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_birads.durable import TMP_PREFIX
-from edge_birads.limit_options import limits_from
+from edge_birads.cli_shared import limits_from
 from edge_birads.limits import DEFAULT_LIMITS, DecodeLimits
 
 SECTION = "watch"

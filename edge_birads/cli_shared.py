@@ -1,6 +1,7 @@
-"""The decode limits as command-line options: one set, shared by ``classify`` and ``watch``.
+"""What the commands share: the decode-limit options (``classify``, ``watch``), the click errors and exit codes
+(``classify``, ``bench``), in a module that imports no command, so that no command imports another.
 
-``classify`` shows the defaults; ``watch`` leaves an option not given as None so that
+The decode limits are one set of options: ``classify`` shows the defaults; ``watch`` leaves an option not given as None so that
 its config file (``max_pixels``, ``max_file_mb``, ``time_limit`` in ``[watch]``) can set it.
 Either way :func:`limits_from` turns the three values into a :class:`DecodeLimits`.
 """
@@ -14,6 +15,20 @@ import click
 from edge_birads.limits import DEFAULT_LIMITS, DecodeLimits
 
 MIB = 2**20
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
+
+
+class ModelLoadError(click.ClickException):
+    """A model that cannot be loaded: exit code 1 with a one-line message."""
+
+    exit_code = 1
+
+
+class NoImagesError(click.ClickException):
+    """Nothing to classify or time in the paths given: exit code 1, as for a file that failed."""
+
+    exit_code = 1
+
 DEFAULT_FILE_MB = DEFAULT_LIMITS.max_file_bytes / MIB
 
 # name -> (environment variable, help); the config file's keys are the same names with "_".
