@@ -68,6 +68,14 @@ from edge_birads.cli_shared import decode_limit_options
     help="A .tflite model with its card (.json) beside it. Default: the bundled model.",
 )
 @click.option("--threads", type=click.IntRange(1, 64), default=None, help="Interpreter threads.  [default: 1]")
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Worker processes, each with its own interpreter, classifying the bytes the daemon read and hashed "
+    "(as classify --jobs); claims, records and moves stay in the daemon.  [default: 1]",
+)
 @decode_limit_options(config_file=True)
 @click.option(
     "--max-attempts",

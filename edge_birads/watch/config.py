@@ -53,6 +53,7 @@ class WatchConfig:
     threads: int = 1
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     heartbeat_seconds: float = DEFAULT_HEARTBEAT
+    jobs: int = 1  # worker processes classifying (each with its own interpreter); 1: in the daemon's own process
     limits: DecodeLimits = DEFAULT_LIMITS  # max_pixels, max_file_mb, time_limit: the same as classify's options
 
 
@@ -70,6 +71,7 @@ FILE_KEYS = {
     "close_write": "bool",
     "model": "path",
     "threads": "int",
+    "jobs": "int",
     "max_attempts": "int",
     "heartbeat_seconds": "float",
     "max_pixels": "int",
@@ -148,6 +150,7 @@ def build_config(options: dict, config_file: str | Path | None = None) -> WatchC
         close_write=bool(merged.get("close_write", True)),
         model=_absolute(merged["model"]) if merged.get("model") else None,
         threads=int(merged.get("threads", 1)),
+        jobs=int(merged.get("jobs", 1)),
         max_attempts=int(merged.get("max_attempts", DEFAULT_MAX_ATTEMPTS)),
         heartbeat_seconds=float(merged.get("heartbeat_seconds", DEFAULT_HEARTBEAT)),
         limits=limits_from(merged.get("max_pixels"), merged.get("max_file_mb"), merged.get("time_limit")),
@@ -175,6 +178,8 @@ def _check_values(config: WatchConfig) -> None:
         raise ConfigError(f"heartbeat-seconds must be between 0.1 and 3600, not {config.heartbeat_seconds}")
     if not 1 <= config.threads <= 64:
         raise ConfigError(f"threads must be between 1 and 64, not {config.threads}")
+    if not 1 <= config.jobs <= 64:
+        raise ConfigError(f"jobs must be between 1 and 64, not {config.jobs}")
     if not 1 <= config.max_attempts <= 1000:
         raise ConfigError(f"max-attempts must be between 1 and 1000, not {config.max_attempts}")
     limits = config.limits

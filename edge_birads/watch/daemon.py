@@ -48,7 +48,8 @@ from edge_birads import __version__
 from edge_birads.durable import read_json, rename_no_replace, sweep_temporaries
 from edge_birads.errors import ModelError, printable_name
 from edge_birads.watch.config import StartupError, WatchConfig, prepare_folders
-from edge_birads.watch.filing import Filer, Outcome, OutputError, claimed_entries, prune_work
+from edge_birads.parallel import classify_bytes_in_worker, item_name
+from edge_birads.watch.filing import Claimed, Filer, Outcome, OutputError, claimed_entries, prune_work
 from edge_birads.watch.inbox import EventSource, InboxTracker, probe
 from edge_birads.watch.log import EventLog, route_library_output
 from edge_birads.watch.state import RESULT_SUFFIX, ClaimMarker, ContentIndex, UnmovableFiles, find_record
@@ -60,6 +61,7 @@ EXIT_SOFTWARE = 70  # sysexits EX_SOFTWARE: a bug; systemd restarts us
 EXIT_IOERR = 74  # sysexits EX_IOERR: an output could not be written; systemd restarts us
 
 TICK = 0.2  # how often pending files are re-checked for stability
+FILES_PER_WORKER = 2  # --jobs: files taken per worker per batch (their bytes are held until filed)
 # A claim that fails with one of these is the file's problem (retried, then skipped), not the daemon's.
 UNMOVABLE_ERRORS = (errno.EACCES, errno.EPERM, errno.EBUSY, errno.ETXTBSY)
 
@@ -71,8 +73,9 @@ class WatchDaemon:
     heartbeat are :class:`~edge_birads.watch.status.StatusFile`'s.
     """
 
-    def __init__(self, config: WatchConfig, classifier, log: EventLog, output=None) -> None:
+    def __init__(self, config: WatchConfig, classifier, log: EventLog, output=None, pool=None) -> None:
         self.config = config
+        self.pool = pool  # edge_birads.parallel.ProcessClassifier with --jobs N > 1, else None: classified here
         self.output = output  # edge_birads.watch.outbox.SrOutput: a DICOM SR per result, or None
         self.classifier = classifier
         self.log = log
@@ -143,10 +146,14 @@ class WatchDaemon:
                 raise OutputError("the DICOM sender thread stopped")
             self.tracker.refresh(now)
             ready = self.tracker.ready(now)
-            for name in ready:
+            step = 1 if self.pool is None else self.pool.jobs * FILES_PER_WORKER
+            for start in range(0, len(ready), step):
                 if self.stop_signal is not None:
                     break
-                self.process(name)
+                if self.pool is None:
+                    self.process(ready[start])
+                else:
+                    self.process_batch(ready[start : start + step])
                 self.drain_events(time.monotonic())  # keep the event queue short during a long batch
                 self.write_status("running")
             self.remove_settled_folders(time.monotonic())
@@ -160,27 +167,30 @@ class WatchDaemon:
         return EXIT_OK
 
     def recover(self) -> None:
-        """Finish what a previous run left in the working folder, before anything new."""
-        previous = self.claims.record
+        """Finish what a previous run left in the working folder, before anything new (one file at a time, here)."""
+        previous = dict(self.claims.records)
         for name in claimed_entries(self.claims.work):
             shown = printable_name(name)
-            if previous is not None and previous.name == name:
-                tries = f"attempt {previous.attempts} of {self.config.max_attempts}"
+            record = previous.get(name)
+            if record is not None:
+                tries = f"attempt {record.attempts} of {self.config.max_attempts}"
                 self.log.warning(f"previous run stopped while classifying {shown} ({tries}); resuming")
             else:
                 self.log.warning(f"previous run stopped while processing {shown}; resuming")
             self.claims.take(name)
             self.status.account(self.filer.process_claimed(name))
         prune_work(self.claims.work)
-        if previous is not None and self.claims.record is previous:
+        for name, record in previous.items():
+            if self.claims.records.get(name) is not record:
+                continue
             # Not in the working folder: it is back in the inbox, or was filed just before the stop. Index a
             # result written then, so that a copy of the content under another name does not run the model again.
-            lookup = find_record(self.config.results, previous.name, previous.sha256, RESULT_SUFFIX)
+            lookup = find_record(self.config.results, name, record.sha256, RESULT_SUFFIX)
             if lookup.found is not None:
-                record = read_json(lookup.found) or {}
-                self.filer.guard_output(
-                    f"indexing {printable_name(previous.name)}", lambda: self.index.add(previous.sha256, previous.name, record)
-                )
+                result = read_json(lookup.found) or {}
+                self.filer.guard_output(f"indexing {printable_name(name)}", lambda: self.index.add(record.sha256, name, result))
+            if lookup.found is not None or not os.path.lexists(self.config.inbox / name):
+                self.filer.guard_output("updating the claim record", lambda: self.claims.forget(name))
 
     def shutdown(self) -> None:
         self.stop_source()
@@ -255,7 +265,47 @@ class WatchDaemon:
             self.status.account(outcome)
         return outcome
 
-    def _take(self, name: str) -> Outcome | None:
+    def process_batch(self, names: list[str]) -> None:
+        """``--jobs N``: take up to N x FILES_PER_WORKER entries here, one by one as :meth:`process` does, classify the
+        bytes of those that need the model in the N worker processes, then file each here, in order.
+
+        Everything that decides what is recorded (claims, hashes, earlier outcomes, records, moves) stays in this
+        process; a worker only turns bytes into a result. A second name for content already in this batch waits
+        in the working folder and is filed after it, as a duplicate, as it would be one file at a time.
+        """
+        claimed: list[Claimed] = []
+        later: list[str] = []  # claimed, their content in this batch under another name
+
+        def prepare(name: str) -> Outcome | Claimed | None:
+            got = self.filer.prepare(name, frozenset(each.sha256 for each in claimed))
+            if got is None:
+                later.append(name)
+            return got
+
+        for name in names:
+            if self.stop_signal is not None:
+                break
+            outcome = self._take(name, prepare)
+            if isinstance(outcome, Claimed):
+                claimed.append(outcome)
+            elif outcome is not None:
+                self.status.account(outcome)
+        if claimed:
+            restarts = self.pool.restarts
+            items = [(c.data, c.name) for c in claimed]
+            self.activity.context = f"classifying {len(claimed)} files in {self.pool.jobs} worker processes"
+            for each, (result, _) in zip(claimed, self.pool.run(items, self.classifier.failure, task=classify_bytes_in_worker, name=item_name)):
+                self.status.account(self.filer.finish(each, result))
+            if self.pool.restarts > restarts:
+                self.log.warning(
+                    "a worker process died (a crash in a decoder, or out of memory); the files it shared the batch with "
+                    "were classified again, one at a time, in new workers"
+                )
+        for name in later:
+            self.claims.take(name)
+            self.status.account(self.filer.process_claimed(name))
+
+    def _take(self, name: str, then=None) -> Outcome | Claimed | None:
         path = self.config.inbox / name
         shown = printable_name(name)
         self.activity.context = f"checking {shown}"
@@ -296,7 +346,7 @@ class WatchDaemon:
         self.tracker.forget(name)
         if self.unmovable.attempts(name, current):
             self.filer.guard_output("updating the unmovable list", lambda: self.unmovable.forget(name))
-        return self.filer.process_claimed(name)
+        return (then or self.filer.process_claimed)(name)
 
     def skip(self, name: str, signature: tuple, reason: str | None) -> Outcome:
         """An entry that could not be taken out of the inbox: retried later, skipped after max_attempts."""
@@ -376,7 +426,13 @@ def run_watch(config: WatchConfig, log: EventLog | None = None, send=None) -> in
         except OSError as exc:
             log.error(f"cannot use the outbox {send.outbox}: {exc.strerror or exc}")
             return EXIT_STARTUP
-    daemon = WatchDaemon(config, classifier, log, output)
+    pool = None
+    if config.jobs > 1:
+        from edge_birads.parallel import ProcessClassifier, WorkerSettings
+
+        settings = WorkerSettings(str(classifier.model_path), config.threads, config.limits, want_map=False, daemon=True)
+        pool = ProcessClassifier(settings, config.jobs, persistent=True)
+    daemon = WatchDaemon(config, classifier, log, output, pool)
     daemon.locks = locks
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, daemon.request_stop)
@@ -398,6 +454,8 @@ def run_watch(config: WatchConfig, log: EventLog | None = None, send=None) -> in
     finally:
         if output is not None:
             output.stop()
+        if pool is not None:
+            pool.close()
         daemon.stop_source()
 
 

@@ -13,7 +13,7 @@ import errno
 import hashlib
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_birads.decode import BROKEN_LINK, decode_key
@@ -49,6 +49,17 @@ class Outcome:
     record: dict | None = None
     record_path: Path | None = None
     filed_as: Path | None = None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A claimed file whose bytes the model is to classify: what was read, and where its result goes."""
+
+    name: str
+    sha256: str
+    data: bytes = field(repr=False)
+    read_at: tuple  # (size, mtime, inode) when read: a file changed after that is not filed
+    slot: Path  # the free record slot in results/
 
 
 class UnreadableInput(Exception):
@@ -152,6 +163,15 @@ class Filer:
 
     def process_claimed(self, name: str) -> Outcome:
         """Classify the claimed entry of ``name`` (in the working folder) and file it: the seam of one file."""
+        claimed = self.prepare(name)
+        if isinstance(claimed, Outcome):
+            return claimed
+        return self.finish(claimed, self.classifier.classify_bytes(claimed.data, name))
+
+    def prepare(self, name: str, busy: frozenset[str] = frozenset()) -> Outcome | Claimed | None:
+        """Steps 2-4 up to the model run: an Outcome when the file is filed without running the model, else its
+        bytes and where its record goes (:class:`Claimed`), its attempt counted. None when its content is in
+        ``busy`` (being classified under another name): it waits in the working folder, to be a duplicate."""
         config = self.config
         assert self.claims.current == name
         work = self.claims.work_path(name)
@@ -202,22 +222,32 @@ class Filer:
             self.log.info(f"{shown}: same content as {printable_name(str(entry.get('first')))}; result copied, not re-run")
             return self.file_done(name, sha, result_slot.free, "duplicate", None, record)
 
-        # 4. Classify the bytes read above.
+        if sha in busy:
+            return None
+
+        # 4. Classify the bytes read above (here, or in a worker process with --jobs).
         self.activity.context = f"classifying {shown}"
         self.guard_output("writing the claim record", lambda: self.claims.classifying(sha))
-        result = self.classifier.classify_bytes(data, name)
-        if self.changed_since_read(work, read_at):
+        return Claimed(name, sha, data, read_at, result_slot.free)
+
+    def finish(self, claimed: Claimed, result) -> Outcome:
+        """Step 5 for a file the model ran on: its ``result`` written durably and the file into done/, or failed/."""
+        config, name, sha = self.config, claimed.name, claimed.sha256
+        shown = printable_name(name)
+        self.claims.take(name)
+        result_slot = claimed.slot
+        if self.changed_since_read(self.claims.work_path(name), claimed.read_at):
             return self.requeue(name, sha)
         if not result.ok:
             return self.quarantine(name, sha, result.error or "unknown error")
         record = result.to_dict()
         record.update(file=shown, sha256=sha, duplicate_of=None, processed_at=utc_now())
-        self.write_result(name, sha, result_slot.free, record)
+        self.write_result(name, sha, result_slot, record)
         self.log.info(
-            f"{shown}: {describe(record)} ({record['latency_ms']:.0f} ms) -> {printable_name(shown_path(result_slot.free, config.results))}"
+            f"{shown}: {describe(record)} ({record['latency_ms']:.0f} ms) -> {printable_name(shown_path(result_slot, config.results))}"
         )
         self.report(name, record)
-        return self.file_done(name, sha, result_slot.free, "classified", None, record)
+        return self.file_done(name, sha, result_slot, "classified", None, record)
 
     def changed_since_read(self, work: Path, read_at: tuple) -> bool:
         """A writer that still had the file open changed it after it was claimed (senders should rename)."""
@@ -230,7 +260,7 @@ class Filer:
     def requeue(self, name: str, sha: str) -> Outcome:
         """The claimed file changed under us: nothing recorded, it goes back to the inbox to settle."""
         shown = printable_name(name)
-        self.claims.uncount()
+        self.claims.uncount(name)
         if self.return_to_inbox():
             self.log.warning(f"{shown}: changed while being classified; result discarded, back in the inbox until complete")
             return Outcome(name, "requeued")
