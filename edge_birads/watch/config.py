@@ -241,13 +241,6 @@ def prepare_folders(config: WatchConfig) -> list[int]:
             raise StartupError(f"the {label} path {folder} is not a folder")
         _probe(label, folder)
     # Two daemons writing one results (or state) folder would overwrite each other's records.
-    limits = config.limits
-    if limits.max_pixels < 1:
-        raise ConfigError(f"max-pixels must be at least 1, not {limits.max_pixels}")
-    if limits.max_file_bytes <= 0:
-        raise ConfigError(f"max-file-mb must be more than 0, not {limits.max_file_bytes / 2**20:g}")
-    if limits.max_seconds < 0:
-        raise ConfigError(f"time-limit must be 0 (no limit) or more seconds, not {limits.max_seconds:g}")
     for label, folder in (("results", config.results), ("state", config.state)):
         fd = lock_folder(folder)
         if fd is None:
