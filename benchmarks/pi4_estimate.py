@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 
 from edge_birads.classifier import default_model_path
-from edge_birads.interpreter import find_interpreter_class
+from edge_birads.interpreter import make_interpreter
 
 REFERENCE = {
     "model": "MobileNet v1 1.0 224 quant",
@@ -42,9 +42,7 @@ ONE_THREAD_FACTOR = 3.0
 
 def count_macs(model_path: str) -> dict[str, float]:
     """Multiply-accumulates per inference of CONV_2D and FULLY_CONNECTED ops, from the graph."""
-    interpreter_class, _ = find_interpreter_class()
-    interpreter = interpreter_class(model_path=model_path)
-    interpreter.allocate_tensors()
+    interpreter, _ = make_interpreter(model_path)
     shapes = {t["index"]: [int(d) for d in t["shape"]] for t in interpreter.get_tensor_details()}
     macs = {"conv": 0.0, "dense": 0.0}
     for op in interpreter._get_ops_details():

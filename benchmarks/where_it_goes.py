@@ -38,17 +38,12 @@ from edge_birads.card import load_card
 from edge_birads.classifier import to_prediction
 from edge_birads.decode import read_file
 from edge_birads.preprocess import prepare
-from edge_birads.interpreter import quantize, tensor_quantization
+from edge_birads.interpreter import make_interpreter, model_tensors, run_image
 card = load_card(model); mark("card + sha256")
-kwargs = {} if xnnpack else {"experimental_op_resolver_type": litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
-interp = litert.Interpreter(model_path=model, num_threads=1, **kwargs)
-interp.allocate_tensors(); mark("interpreter + allocate")
-inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+interp, _ = make_interpreter(model, 1, delegates=xnnpack); mark("interpreter + allocate")
+tensors = model_tensors(interp, len(card.labels))
 def run(tensor):
-    scale, zp = tensor_quantization(inp)
-    interp.set_tensor(inp["index"], quantize(tensor.reshape(inp["shape"]), scale, zp, inp["dtype"]) if scale else tensor.reshape(inp["shape"]))
-    interp.invoke()
-    return interp.get_tensor(out["index"])
+    return run_image(interp, tensor, tensors, with_map=False)
 x = prepare(read_file(image), card.preprocessing); mark("decode + preprocess")
 run(x); mark("first inference")
 times = []

@@ -24,7 +24,8 @@ import numpy as np
 
 from convert.lesion_data import PreparedPool
 from convert.metrics import threshold_for_sensitivity
-from convert.train_lesion import TrainConfig, collect_cv, fold_split
+from convert.split import FoldProtocol, fold_split
+from convert.train_lesion import collect_cv
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -44,7 +45,7 @@ def combine(val_scores: list[np.ndarray], test_scores: list[np.ndarray]) -> tupl
     return squash(val_z), squash(test_z)
 
 
-def member_outputs(run: Path, pool: PreparedPool, folds: TrainConfig, fold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def member_outputs(run: Path, pool: PreparedPool, folds: FoldProtocol, fold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(val_idx, val P(malignant), test_idx, test P(malignant)) of one row's int8 fold model.
 
     Rows written before validation outputs were kept get them now by running
@@ -59,18 +60,18 @@ def member_outputs(run: Path, pool: PreparedPool, folds: TrainConfig, fold: int)
     else:
         cache = run / f"fold{fold}_int8_val.npy"
         if not cache.exists():
-            from convert.lesion_export import Int8Runner, run_int8
+            from convert.lesion_export import run_int8
 
-            np.save(cache, run_int8(Int8Runner((run / f"fold{fold}.tflite").read_bytes()), pool, val_idx))
+            np.save(cache, run_int8((run / f"fold{fold}.tflite").read_bytes(), pool, val_idx))
         val_probs = np.load(cache)
     return val_idx, val_probs[:, 2], test_idx, saved["probs"][:, 2]
 
 
-def ensemble_cv(members: dict[str, tuple[Path, PreparedPool, TrainConfig]], out_dir: Path, sensitivity: float = 0.9) -> dict:
+def ensemble_cv(members: dict[str, tuple[Path, PreparedPool, FoldProtocol]], out_dir: Path, protocol: FoldProtocol = FoldProtocol()) -> dict:
     """Write the ensemble's fold{k}_int8.npz files and return its out-of-fold metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps({"members": list(members), "combination": "mean of validation-standardised logits"}, indent=1))
-    folds = TrainConfig()
+    folds = protocol
     pool = next(iter(members.values()))[1]  # every member's pool holds the same images in the same order
     for fold in range(folds.folds):
         outputs = {}
@@ -82,7 +83,7 @@ def ensemble_cv(members: dict[str, tuple[Path, PreparedPool, TrainConfig]], out_
         (val_idx, _, test_idx, _), *_ = outputs.values()
         val, test = combine([o[1] for o in outputs.values()], [o[3] for o in outputs.values()])
         val_malignant = np.array([pool.items[i].label == 2 for i in val_idx])
-        threshold = threshold_for_sensitivity(val_malignant, val, sensitivity)
+        threshold = threshold_for_sensitivity(val_malignant, val, protocol.referral_sensitivity)
         np.savez(out_dir / f"fold{fold}_int8.npz", test_idx=test_idx, probs=test[:, None], threshold=threshold, val_idx=val_idx,
                  val_probs=val[:, None])
     return collect_cv(pool, out_dir, folds, suffix="_int8")  # {} while no fold of every member has finished

@@ -8,7 +8,6 @@ runs it (the float Keras figures are reported beside them, labelled).
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 from dataclasses import dataclass
@@ -17,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from convert import export
+from convert.export import ParityError
 from convert.metrics import evaluate_probabilities, sensitivity_specificity, threshold_for_sensitivity
 from convert.train import RunData, TrainConfig
-from edge_birads import DISCLAIMER
-from edge_birads.card import CARD_SCHEMA_VERSION, card_path_for, decision_rule, load_card, parse_card, sha256_of
+from edge_birads.card import decision_rule, new_card, write_card  # noqa: F401 (write_card: convert.cli imports it from here)
 
 log = logging.getLogger("convert.evaluate")
 
@@ -30,8 +29,11 @@ REFERRAL_RULE = (
 )
 
 
-class ParityError(RuntimeError):
-    """The int8 model disagrees with the float model beyond the configured limits."""
+#: The paper CNN starts from random weights (convert.models.build_paper_cnn).
+PAPER_INITIALISATION = {
+    "source": "random: Glorot-uniform kernels seeded from the configuration's seed (one offset per layer), zero biases; "
+    "no pretrained weights",
+}
 
 
 @dataclass(frozen=True)
@@ -118,11 +120,7 @@ def convert_model(
     )
     if problems and not allow_new_ops:
         raise ParityError(f"ops too new for tflite-runtime 2.14: {', '.join(problems)}")
-    if not result.ok(min_agreement, max_diff):
-        raise ParityError(
-            f"poor int8 parity: top-1 agreement {result.decisive_agreement:.3f} on images without near-ties (need >= {min_agreement}), "
-            f"{diff_quantile:g} quantile of the largest probability difference {result.quantile_abs_prob_diff:.4f} (need <= {max_diff})"
-        )
+    export.parity_gate(result, min_agreement, max_diff)
     return conversion
 
 
@@ -196,13 +194,12 @@ def build_card(
     training_seconds: float | None = None,
     keras_config: dict | None = None,
 ) -> dict:
-    """Assemble the model card (every field of card_example.json, plus what else was measured).
+    """The paper CNN's card (edge_birads.card.new_card: every section of the schema, plus what else was measured).
 
     ``keras_config`` (``json.loads(model.to_json())``) lets the benchmark rebuild the same network in
     TensorFlow as its float baseline without shipping float weights.
     """
     tflite_path = Path(tflite_path)
-    model = export.TfliteModel(tflite_path)
     malignant = data.malignant_labels()[0]
     synthetic = any(r.source == "synthetic" for r in data.records)
     split_doc = {
@@ -225,17 +222,23 @@ def build_card(
     )
     if synthetic:
         description += " TRAINED ON SYNTHETIC IMAGES: a pipeline check, meaningless on mammograms."
-    card = {
-        "schema_version": CARD_SCHEMA_VERSION,
-        "name": name or tflite_path.stem,
-        "description": description,
-        "labels": list(data.labels),
-        "malignant_label": malignant,
-        "input": model.input_spec.__dict__,
-        "output": model.output_spec.__dict__,
-        "preprocessing": data.spec.to_dict(),
-        "referral": {**evaluation["referral"], "decision_rule": decision_rule(malignant, evaluation["referral"]["threshold"])},
-        "training": {
+    metrics = {
+        "note": "int8 TFLite outputs on the internal patient-level TEST split (patients never seen in training "
+        "or threshold choice); per source and pooled; AUC CI: percentile bootstrap over images, 1000 resamples",
+        "test": evaluation["test"],
+        "validation": evaluation["validation"],
+    }
+    if "test_keras_float32" in evaluation:
+        metrics["test_keras_float32"] = evaluation["test_keras_float32"]
+    return new_card(
+        tflite_path,
+        name=name or tflite_path.stem,
+        description=description,
+        labels=list(data.labels),
+        malignant_label=malignant,
+        preprocessing=data.spec.to_dict(),
+        referral=evaluation["referral"],
+        training={
             "command": command,
             "config": config.to_dict(),
             "seed": config.seed,
@@ -254,37 +257,19 @@ def build_card(
             "batch_size": config.batch_size,
             "training_seconds": training_seconds,
         },
-        "metrics": {
-            "note": "int8 TFLite outputs on the internal patient-level TEST split (patients never seen in training "
-            "or threshold choice); per source and pooled; AUC CI: percentile bootstrap over images, 1000 resamples",
-            "test": evaluation["test"],
-            "validation": evaluation["validation"],
-        },
-        "parity": conversion.get("parity"),
-        "conversion": {
+        metrics=metrics,
+        cross_validation=None,
+        initialisation=PAPER_INITIALISATION,
+        versions=versions(),
+        parity=conversion.get("parity"),
+        conversion={
             "n_representative": conversion.get("n_representative"),
             "op_versions": conversion.get("op_versions"),
             "tflite_runtime_2_14_problems": conversion.get("tflite_runtime_2_14_problems"),
             "batch_size_fixed": 1,
         },
-        "sha256": sha256_of(tflite_path),
-        "size_bytes": tflite_path.stat().st_size,
-        "versions": versions(),
-        "intended_use": DISCLAIMER,
-        "keras_config": keras_config,
-    }
-    if "test_keras_float32" in evaluation:
-        card["metrics"]["test_keras_float32"] = evaluation["test_keras_float32"]
-    return card
-
-
-def write_card(card: dict, tflite_path: str | Path) -> Path:
-    """Write ``name.json`` beside ``name.tflite`` and check the runtime accepts it."""
-    parse_card(card, "new card")
-    path = card_path_for(tflite_path)
-    path.write_text(json.dumps(card, indent=1, sort_keys=False) + "\n", encoding="utf-8")
-    load_card(tflite_path, path)  # the runtime's own check, sha256 included
-    return path
+        keras_config=keras_config,
+    )
 
 
 def _fmt(value) -> str:

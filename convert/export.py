@@ -10,10 +10,11 @@ whose kernels stop at certain versions (FULLY_CONNECTED at 9, for example).
 A model using a newer version loads on LiteRT but fails there, so the
 conversion reports every op's version and refuses what 2.14 cannot run.
 
-The int8 model is run here exactly as the runtime runs it (LiteRT, input
-quantized with the model's own scale / zero point, output dequantized with
-int64 widening, then renormalised), so parity and metrics measure what
-ships.
+Every int8 model is run by the runtime's own code (edge_birads.interpreter:
+input quantized with the model's own scale / zero point, output dequantized
+with int64 widening, then renormalised), so parity, the card's metrics and the
+cross-validation measure what ships. There is one converter
+(:func:`to_tflite_int8`) and one parity gate (:func:`parity_gate`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from edge_birads.interpreter import batch_probabilities, make_interpreter, model_tensors, tensor_spec
 
 #: Highest builtin-op versions tflite-runtime 2.14 registers (tensorflow/lite/kernels/register.cc
 #: at v2.14.0) for the ops these CNNs use. Checked by loading our models in tflite-runtime 2.14.
@@ -135,14 +138,6 @@ def tflite_214_problems(versions: dict[str, int]) -> list[str]:
 # --------------------------------------------------------------------------- running TFLite
 
 
-def _interpreter_class():
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # pragma: no cover - depends on the install
-        from tensorflow.lite import Interpreter
-    return Interpreter
-
-
 @dataclass(frozen=True)
 class TensorSpecInfo:
     shape: list[int]
@@ -152,60 +147,35 @@ class TensorSpecInfo:
 
 
 class TfliteModel:
-    """A TFLite model run one image at a time, the way the runtime runs it."""
+    """A TFLite file or flatbuffer loaded into the runtime's interpreter; ``predict`` is the runtime's
+    :func:`edge_birads.interpreter.batch_probabilities`. No arithmetic of its own."""
 
     def __init__(self, model: str | Path | bytes, threads: int = 1) -> None:
-        Interpreter = _interpreter_class()
-        if isinstance(model, (bytes, bytearray)):
-            self.interpreter = Interpreter(model_content=bytes(model), num_threads=threads)
-        else:
-            self.interpreter = Interpreter(model_path=str(model), num_threads=threads)
-        self.interpreter.allocate_tensors()
-        self._in = self.interpreter.get_input_details()[0]
-        # The probabilities: a model may also output a (1, rows, cols, 1) lesion map (edge_birads.classifier.find_outputs).
-        self._out = next(d for d in self.interpreter.get_output_details() if len(d["shape"]) <= 2)
-
-    @staticmethod
-    def _spec(detail: dict) -> TensorSpecInfo:
-        scale, zero_point = detail.get("quantization", (0.0, 0))
-        return TensorSpecInfo([int(v) for v in detail["shape"]], np.dtype(detail["dtype"]).name, float(scale), int(zero_point))
+        self.interpreter, self.runtime = make_interpreter(model, threads)
+        self.tensors = model_tensors(self.interpreter)
 
     @property
     def input_spec(self) -> TensorSpecInfo:
-        return self._spec(self._in)
+        return TensorSpecInfo(**tensor_spec(self.tensors.input))
 
     @property
     def output_spec(self) -> TensorSpecInfo:
-        return self._spec(self._out)
+        return TensorSpecInfo(**tensor_spec(self.tensors.probabilities))
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
+    def predict(self, images: np.ndarray, renormalised: bool = True) -> np.ndarray:
         """Probabilities (N, n_classes) for preprocessed images (N, H, W, 1) in [0, 1]."""
-        in_dtype = np.dtype(self._in["dtype"])
-        in_scale, in_zero = self._in.get("quantization", (0.0, 0))
-        out_scale, out_zero = self._out.get("quantization", (0.0, 0))
-        rows = []
-        for image in np.asarray(images, np.float32):
-            x = image[None, ...]
-            if in_dtype != np.float32:
-                info = np.iinfo(in_dtype)
-                x = np.clip(np.round(x / np.float32(in_scale)) + int(in_zero), info.min, info.max).astype(in_dtype)
-            self.interpreter.set_tensor(self._in["index"], x)
-            self.interpreter.invoke()
-            y = self.interpreter.get_tensor(self._out["index"]).reshape(-1)
-            if np.dtype(self._out["dtype"]) != np.float32:
-                y = (y.astype(np.int64) - int(out_zero)).astype(np.float64) * float(out_scale)
-            rows.append(renormalise(np.asarray(y, np.float64)))
-        return np.stack(rows) if rows else np.zeros((0, self.output_spec.shape[-1]))
-
-
-def renormalise(probabilities: np.ndarray) -> np.ndarray:
-    """Clip at 0 and rescale to sum 1, as the runtime does (uniform if all zero)."""
-    p = np.clip(probabilities, 0.0, None)
-    total = p.sum()
-    return p / total if total > 0 else np.full(len(p), 1.0 / len(p))
+        return batch_probabilities(self.interpreter, images, renormalised=renormalised)
 
 
 # --------------------------------------------------------------------------- parity
+
+#: The parity gate's defaults (python -m convert convert: --min-agreement, --max-diff).
+MIN_AGREEMENT = 0.95
+MAX_DIFF = 0.1
+
+
+class ParityError(RuntimeError):
+    """The int8 model disagrees with the float model beyond the configured limits."""
 
 
 @dataclass(frozen=True)
@@ -265,6 +235,21 @@ def parity(reference: np.ndarray, candidate: np.ndarray, tie_margin: float = 0.0
         quantile_abs_prob_diff=float(np.quantile(diff.max(axis=1), diff_quantile)),
         n_images=int(len(reference)),
     )
+
+
+def parity_gate(result: Parity, min_agreement: float = MIN_AGREEMENT, max_diff: float = MAX_DIFF, where: str = "") -> Parity:
+    """The one parity gate: ``result`` when the int8 model follows the float one, else ParityError saying why.
+
+    ``result`` is a :class:`Parity` or its ``to_dict()`` (as saved by a cross-validation run).
+    """
+    if isinstance(result, dict):
+        result = Parity(**{name: result[name] for name in Parity.__dataclass_fields__})
+    if not result.ok(min_agreement, max_diff):
+        raise ParityError(
+            f"{where}poor int8 parity: top-1 agreement {result.decisive_agreement:.3f} on images without near-ties (need >= {min_agreement}), "
+            f"{result.diff_quantile:g} quantile of the largest probability difference {result.quantile_abs_prob_diff:.4f} (need <= {max_diff})"
+        )
+    return result
 
 
 def keras_predict(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:

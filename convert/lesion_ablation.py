@@ -1,76 +1,41 @@
-"""The ablation: the paper's CNN and the lesion FCN, named configurations x patient-level cross-validated metrics.
+"""The ablation: every row of the one registry (convert.rows) x patient-level cross-validated, int8-scored metrics.
 
-    python -m convert.lesion_ablation run --root RUNS [--configs NAME,...] [--folds 0,1,2,3,4]
-    python -m convert.lesion_ablation collect --root RUNS
-    python -m convert.lesion_ablation card --root RUNS --configs paper-focal \
+    python -m convert ablation run --root RUNS [--configs NAME,...] [--only 0,1,2,3,4]
+    python -m convert ablation collect --root RUNS
+    python -m convert ablation card --root RUNS --configs paper-focal \
         --card edge_birads/models/default.json   # the recipe's CV figures into the bundled model's card
-    python -m convert.lesion_ablation table --root RUNS --doc docs/ablation.md
+    python -m convert ablation table --root RUNS --doc docs/ablation.md
+    python -m convert ablation pooling --config fcn-512x256-normal3-mined --out RUNS/fcn-512x256-normal3-mined
 
 ``collect`` re-derives every finished row's metrics from its saved per-fold
 predictions (no training: for when a metric is added or changed).
-``run`` trains what is missing (finished folds are kept, so it resumes), then
-converts each fold's model to int8 and evaluates that; ensemble rows combine
+``run`` trains what is missing through the one cross-validation runner
+(``convert.recipes.run_cv``: finished folds are kept, so it resumes), each
+fold's model converted to int8 and scored as int8; ensemble rows combine
 their members' finished folds (no training). ``table`` prints the Markdown
 table of whatever has finished, saying how many folds each row has, and with
 ``--doc`` also writes it between the markers of that page.
-Each configuration lives in ROOT/NAME (the same layout as
-``python -m convert.train_lesion cv``). The paper's configurations
-(``convert.paper_cv``) run through the same folds, validation patients and
-int8 scoring as the FCN rows, so the rows compare like with like.
+Each row lives in ROOT/NAME. Every recipe runs through the same folds
+(``convert.split.FoldProtocol``), validation patients and int8 scoring, so
+the rows compare like with like. ``python -m convert.lesion_ablation ARGS``
+is the same as ``python -m convert ablation ARGS``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 
-from convert.train_lesion import CBIS, MIAS, TrainConfig, int8_cv, run_cv
+from convert.recipes import config_for, get_recipe, run_cv
+from convert.rows import ROWS, rows_of
+from convert.split import FoldProtocol
+from convert.train_lesion import CBIS, MIAS
 
-# The paper's whole-image CNN: row name -> (convert.train config, what it tests).
-PAPER_ABLATIONS: dict[str, tuple[str, str]] = {
-    "paper-focal": ("paper", "the paper's CNN and recipe as bundled: 224x224 whole image, focal loss (gamma 2, alpha 0.25), Adam, 20 epochs"),
-    "paper-ce": ("paper-ce", "the paper's baseline: as above with plain cross-entropy"),
-    "paper-weighted": ("paper-weighted", "focal loss with balanced class weights"),
-    "paper-oversample": ("paper-oversample", "focal loss, minority classes oversampled to the majority count, rotation +-20 degrees"),
-    "paper-aug": ("paper-aug", "the abstract's augmentation: focal loss, rotation +-20 degrees, CLAHE (clip 2.0) in preprocessing"),
-    "paper-gap": ("gap", "beyond the paper: global-average-pooling head instead of Flatten + Dense (11 M -> 0.1 M parameters), "
-                  "breast crop before resizing, class weights, rotation +-20 degrees"),
-}
-
-# The lesion FCN: row name -> (convert.train_lesion TrainConfig overrides, what it tests)
-ABLATIONS: dict[str, tuple[dict, str]] = {
-    "fcn-512x512-balanced": (
-        {"height": 512, "width": 512, "normal_weight_ratio": 1.0, "mine_from": 0},
-        "square 512x512 breast crop (anatomy stretched ~2x horizontally), normal/benign/malignant locations equally weighted, no mining",
-    ),
-    "fcn-512x256-normal3-mined": (
-        {"height": 512, "width": 256, "normal_weight_ratio": 3.0, "mine_from": 3},
-        "512x256 (H x W) crop, roughly isotropic for both sources, half the compute; normal locations weighted 3x; "
-        "hard negatives (top-3 false-positive locations per training image) mined from epoch 3",
-    ),
-    "fcn-512x256-normal3-mined-w32": (
-        {"height": 512, "width": 256, "normal_weight_ratio": 3.0, "mine_from": 3, "fcn_width": 32},
-        "as above with twice the channels (32-64-128-128-256-256; ~4x the multiply-adds): is the FCN capacity-bound?",
-    ),
-}
-# Out-of-fold ensembles of finished rows (convert.ensemble_cv): row name -> (member rows, what it tests)
-ENSEMBLES: dict[str, tuple[tuple[str, ...], str]] = {
-    "ensemble-paper-focal+fcn": (
-        ("paper-focal", "fcn-512x256-normal3-mined"),
-        "mean of the two int8 models' validation-standardised malignancy logits, no retraining (a measurement, not a loadable model)",
-    ),
-}
-
-SHIPPED = "fcn-512x256-normal3-mined"
-
-
-def config_for(name: str) -> TrainConfig:
-    overrides, _ = ABLATIONS[name]
-    return replace(TrainConfig(), **overrides)
+# Views of the one registry (convert.rows.ROWS) by recipe: the rows of this table.
+PAPER_ABLATIONS = {name: row for name, row in rows_of("ablation").items() if row.recipe == "paper-cnn"}
+ABLATIONS = {name: row for name, row in rows_of("ablation").items() if row.recipe == "lesion-fcn"}
+ENSEMBLES = {name: row for name, row in rows_of("ablation").items() if row.members}
 
 
 def fmt(value, digits: int = 2) -> str:
@@ -110,9 +75,7 @@ def table(root: Path) -> str:
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     notes = []
-    rows = {name: what for name, (_, what) in PAPER_ABLATIONS.items()} | {name: what for name, (_, what) in ABLATIONS.items()}
-    rows |= {name: what for name, (_, what) in ENSEMBLES.items()}
-    for name, what in rows.items():
+    for name, what in ((name, row.description) for name, row in rows_of("ablation").items()):
         cells = row_for(name, root)
         if cells is None:
             cells = [name, "not run"] + ["-"] * (len(header) - 2)
@@ -121,54 +84,27 @@ def table(root: Path) -> str:
     return "\n".join(lines + [""] + notes) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m convert.lesion_ablation", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["run", "collect", "card", "table"])
-    parser.add_argument("--card", type=Path, help="card: the model card (JSON) whose recipe is the --configs row")
-    parser.add_argument("--doc", type=Path, help="table: also write the table between the ablation-table markers of this Markdown file")
-    parser.add_argument("--root", type=Path, required=True)
-    parser.add_argument("--configs", default=",".join(list(PAPER_ABLATIONS) + list(ABLATIONS) + list(ENSEMBLES)))
-    parser.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
-    parser.add_argument("--no-int8", action="store_true", help="skip the int8 conversion and evaluation")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.command == "run":
-        only = None if args.folds is None else [int(f) for f in args.folds.split(",")]
-        for name in args.configs.split(","):
-            if name in PAPER_ABLATIONS:
-                from convert.paper_cv import run_paper_cv
-                from convert.train import get_config
+def run(names: list[str], root: Path, only_folds: list[int] | None = None, protocol: FoldProtocol = FoldProtocol()) -> None:
+    """Train what is missing of each named row through the one runner (resumable); ensemble rows combine their members."""
+    for name in names:
+        if name in ENSEMBLES:
+            run_ensemble(name, root)
+        else:
+            run_cv(ROWS[name].recipe, config_for(name), root / name, protocol, only_folds)
 
-                run_paper_cv(get_config(PAPER_ABLATIONS[name][0]), args.root / name, TrainConfig(), only)
-                continue
-            if name in ENSEMBLES:
-                run_ensemble(name, args.root)
-                continue
-            if name not in ABLATIONS:
-                parser.error(f"unknown configuration {name!r}; choose from {', '.join(list(PAPER_ABLATIONS) + list(ABLATIONS) + list(ENSEMBLES))}")
-            cfg = config_for(name)
-            run_cv(cfg, args.root / name, only)
-            if not args.no_int8:
-                int8_cv(cfg, args.root / name)
-    if args.command == "collect":
-        for name in args.configs.split(","):
-            if (args.root / name).is_dir():
-                collect(name, args.root / name)
-    if args.command == "card":
-        if args.card is None or args.configs not in PAPER_ABLATIONS:
-            parser.error("card needs --card PATH and one paper configuration in --configs")
-        try:
-            add_to_card(args.card, args.configs, args.root)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        print(f"{args.card}: metrics.recipe_cross_validation from {args.root / args.configs}")
-        return 0
-    text = table(args.root)
-    if args.doc is not None:
-        write_between_markers(args.doc, text)
-    print(text, end="")
-    return 0
+
+def check_rows(names: list[str]) -> list[str]:
+    unknown = [name for name in names if name not in ROWS]
+    if unknown:
+        raise ValueError(f"unknown configuration {unknown[0]!r}; choose from {', '.join(rows_of('ablation'))}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m convert.lesion_ablation ARGS`` = ``python -m convert ablation ARGS`` (kept: tests and old notes call it)."""
+    from convert.cli import run_click
+
+    return run_click(["ablation", *(sys.argv[1:] if argv is None else argv)])
 
 
 START, END = "<!-- ablation-table:start -->", "<!-- ablation-table:end -->"
@@ -223,25 +159,21 @@ def add_to_card(card_path: Path, name: str, root: Path) -> None:
     card = json.loads(card_path.read_text())
     recipe = card.get("training", {}).get("config", {})
     recipe = recipe.get("name") if isinstance(recipe, dict) else recipe
-    if recipe != PAPER_ABLATIONS[name][0]:
-        raise ValueError(f"{card_path} was trained with config {recipe!r}, not {PAPER_ABLATIONS[name][0]!r} (row {name})")
+    if name not in PAPER_ABLATIONS:
+        raise ValueError(f"{name!r} is not a paper-CNN row of the ablation; choose from {', '.join(PAPER_ABLATIONS)}")
+    expected = config_for(name).name
+    if recipe != expected:
+        raise ValueError(f"{card_path} was trained with config {recipe!r}, not {expected!r} (row {name})")
     card.setdefault("metrics", {})["recipe_cross_validation"] = recipe_section(name, root)
     card_path.write_text(json.dumps(card, indent=1) + "\n")
 
 
 def row_pool(name: str):
-    """(preprocessed pool, fold config) of a paper or FCN row: the images its models take, and its folds."""
+    """(preprocessed pool, fold protocol) of a row: the images its models take, and its folds."""
     from convert.lesion_data import load_pool
     from convert.train_lesion import DEFAULT_CACHE
 
-    if name in PAPER_ABLATIONS:
-        from convert.train import get_config
-
-        folds, spec = TrainConfig(), get_config(PAPER_ABLATIONS[name][0]).preprocess_spec()
-    else:
-        folds = config_for(name)
-        spec = folds.spec()
-    return load_pool(spec, DEFAULT_CACHE), folds
+    return load_pool(get_recipe(ROWS[name].recipe).spec(config_for(name)), DEFAULT_CACHE), FoldProtocol()
 
 
 def run_ensemble(name: str, root: Path) -> dict:
@@ -249,7 +181,7 @@ def run_ensemble(name: str, root: Path) -> dict:
     from convert.ensemble_cv import ensemble_cv
 
     members = {}
-    for member in ENSEMBLES[name][0]:
+    for member in ENSEMBLES[name].members:
         pool, folds = row_pool(member)
         members[member] = (root / member, pool, folds)
     return ensemble_cv(members, root / name)
@@ -263,7 +195,7 @@ def collect(name: str, run: Path) -> None:
         run_ensemble(name, run.parent)
         return
     pool, folds = row_pool(name)
-    if name in PAPER_ABLATIONS:
+    if ROWS[name].recipe != "lesion-fcn":  # FCN rows run by int8_cv keep its parity file (with op versions), not re-derivable
         from convert.paper_cv import write_parity
 
         write_parity(run, folds.folds)

@@ -117,6 +117,11 @@ def load_cbis(root: Path | None = None) -> list[AnnotatedImage]:
     return [annotated(r) for r in data.load_cbis_masses(None if root is None else Path(root) / "cbis-ddsm-mass")]
 
 
+# The pool's data sources: each a loader (root or None for the shared data) -> AnnotatedImage records, in this order.
+# Adding a data source is one loader here; every per-source figure follows the pool (PreparedPool.sources).
+LOADERS = (load_mias, load_cbis)
+
+
 def map_lesion(lesion: Lesion, box: tuple[int, int, int, int], out_shape: tuple[int, int]) -> Lesion:
     """Map a lesion from original pixels through the crop ``box`` (top, bottom, left, right) and resize.
 
@@ -230,24 +235,40 @@ class PreparedPool:
     def float_image(self, index: int) -> np.ndarray:
         return self.images[index].astype(np.float32) / 255.0
 
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The pool's data sources, in the order their images come (every per-source figure is reported in this order)."""
+        return tuple(dict.fromkeys(item.source for item in self.items))
+
 
 def cache_name(spec: PreprocessSpec) -> str:
     clahe = "none" if not spec.clahe_clip_limit else f"{spec.clahe_clip_limit:g}"
     return f"pool_{spec.height}x{spec.width}_{spec.interpolation}_crop{int(spec.crop_to_breast)}_clahe{clahe}.npz"
 
 
+def items_digest(items: list[AnnotatedImage]) -> str:
+    """Which images a pool holds, in order (source, patient, file): the cache's key besides the preprocessing."""
+    import hashlib
+
+    text = "\n".join(f"{it.source}|{it.patient_id}|{getattr(it.path, 'name', '')}" for it in items)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def load_pool(spec: PreprocessSpec, cache_dir: Path | None, root: Path | None = None) -> PreparedPool:
-    """Preprocess mini-MIAS and CBIS-DDSM masses through prepare(), cached as one .npz in ``cache_dir``.
+    """Preprocess every source of ``LOADERS`` through prepare(), cached as one .npz in ``cache_dir``.
 
     The prepared values of 8-bit images are k/255 exactly (INTER_AREA and CLAHE
     work on uint8), so storing uint8 loses nothing; this is checked per image.
     """
-    items = load_mias(root) + load_cbis(root)
+    items = [item for loader in LOADERS for item in loader(root)]
+    digest = items_digest(items)
     path = None if cache_dir is None else Path(cache_dir) / cache_name(spec)
     if path is not None and path.exists():
         data = np.load(path, allow_pickle=False)
-        lesions = decode_lesions(data["lesions"], data["lesion_index"], len(items))
-        return PreparedPool(spec=spec, images=data["images"], items=items, lesions=lesions)
+        # The cache holds these images (older caches carry no digest: their image count must match); else it is rebuilt.
+        if str(data["items"]) == digest if "items" in data.files else len(data["images"]) == len(items):
+            lesions = decode_lesions(data["lesions"], data["lesion_index"], len(items))
+            return PreparedPool(spec=spec, images=data["images"], items=items, lesions=lesions)
     images = np.zeros((len(items), spec.height, spec.width), dtype=np.uint8)
     lesions = []
     for index, item in enumerate(items):
@@ -261,7 +282,7 @@ def load_pool(spec: PreprocessSpec, cache_dir: Path | None, root: Path | None = 
         path.parent.mkdir(parents=True, exist_ok=True)
         flat, index_of = encode_lesions(lesions)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, images=images, lesions=flat, lesion_index=index_of)
+        np.savez(tmp, images=images, lesions=flat, lesion_index=index_of, items=np.array(digest))
         os.replace(tmp, path)
     return PreparedPool(spec=spec, images=images, items=items, lesions=lesions)
 

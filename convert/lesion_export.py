@@ -1,11 +1,12 @@
 """Full-integer int8 TFLite export of the lesion whole-image model, with a parity check.
 
-Why a separate module: the whole-image model is the FCN plus a pooling head,
-exported with batch size 1 fixed (fixed shapes keep the graph to plain
-CONV/DEPTHWISE/POOL/FULLY_CONNECTED/SOFTMAX ops that tflite-runtime 2.14 can
-load). Input and output are int8, calibrated with representative images from
-the training patients; parity is measured on held-out patients, and the int8
-model's own outputs are what the model card's metrics describe.
+The whole-image model is the FCN plus a pooling head, converted by the one
+converter (convert.export.to_tflite_int8: batch size 1 fixed, which keeps the
+graph to plain CONV/DEPTHWISE/POOL/FULLY_CONNECTED/SOFTMAX ops that
+tflite-runtime 2.14 can load). Input and output are int8, calibrated with
+representative images from the training patients; parity is measured on
+held-out patients, and the int8 model's own outputs, run by the runtime's
+code, are what the model card's metrics describe.
 """
 
 from __future__ import annotations
@@ -13,59 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from convert.evaluate import versions
-from edge_birads import DISCLAIMER
-
-
-def convert_int8(model, representative: np.ndarray) -> bytes:
-    """Keras model with a fixed [1, H, W, 1] input -> int8-in/int8-out TFLite flatbuffer."""
-    import tensorflow as tf
-
-    shape = tuple(int(d) for d in model.inputs[0].shape)
-    if shape[0] != 1:
-        raise ValueError(f"export needs batch size 1 fixed, got input shape {shape}")
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-
-    def samples():
-        for image in representative:
-            yield [image[None].astype(np.float32)]
-
-    converter.representative_dataset = samples
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    return converter.convert()
-
-
-class Int8Runner:
-    """Runs an int8 .tflite on float [0, 1] images and returns float probabilities."""
-
-    def __init__(self, model_bytes: bytes, threads: int = 1) -> None:
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError:  # pragma: no cover - fallback when LiteRT is absent
-            from tensorflow.lite import Interpreter
-        self.interpreter = Interpreter(model_content=model_bytes, num_threads=threads)
-        self.interpreter.allocate_tensors()
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-
-    def quantization(self) -> dict:
-        (in_scale, in_zero), (out_scale, out_zero) = self.input["quantization"], self.output["quantization"]
-        return {
-            "input": {"shape": [int(d) for d in self.input["shape"]], "dtype": "int8", "scale": float(in_scale), "zero_point": int(in_zero)},
-            "output": {"shape": [int(d) for d in self.output["shape"]], "dtype": "int8", "scale": float(out_scale), "zero_point": int(out_zero)},
-        }
-
-    def __call__(self, image01: np.ndarray) -> np.ndarray:
-        scale, zero = self.input["quantization"]
-        q = np.clip(np.round(image01 / scale + zero), -128, 127).astype(np.int8)
-        self.interpreter.set_tensor(self.input["index"], q.reshape(self.input["shape"]))
-        self.interpreter.invoke()
-        out_scale, out_zero = self.output["quantization"]
-        raw = self.interpreter.get_tensor(self.output["index"]).astype(np.float32)
-        return ((raw - out_zero) * out_scale).reshape(-1)
+from edge_birads.interpreter import batch_probabilities, make_interpreter
 
 
 def representative_images(pool, indices, count: int, seed: int) -> np.ndarray:
@@ -85,21 +34,15 @@ def whole_image_keras(fcn, pool, head: tuple[np.ndarray, np.ndarray], smooth: in
     return model
 
 
-def run_int8(runner: Int8Runner, pool, indices) -> np.ndarray:
-    return np.stack([runner(pool.images[i].astype(np.float32)[..., None] / 255.0) for i in indices]) if len(indices) else np.zeros((0, 3))
+def run_int8(flatbuffer: bytes, pool, indices) -> np.ndarray:
+    """Probabilities (N, 3) of pool images through the runtime's own batch function, dequantized and not
+    renormalised (the lesion rows' archived figures were computed so; an int8 softmax sums to 1 within a step)."""
+    images = (pool.images[i].astype(np.float32)[..., None] / 255.0 for i in indices)
+    return batch_probabilities(make_interpreter(flatbuffer)[0], images, renormalised=False)
 
 
 def keras_probs(model, pool, indices, batch: int = 1) -> np.ndarray:
     return np.stack([np.asarray(model(pool.images[i : i + 1].astype(np.float32)[..., None] / 255.0, training=False))[0] for i in indices])
-
-
-def op_names(model_bytes: bytes) -> set[str]:
-    """Builtin ops of the flatbuffer (read before tensors are allocated, so no DELEGATE node hides them)."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # pragma: no cover
-        from tensorflow.lite import Interpreter
-    return {op["op_name"] for op in Interpreter(model_content=model_bytes)._get_ops_details()}
 
 
 def split_summary(pool, indices) -> dict:
@@ -111,6 +54,21 @@ def split_summary(pool, indices) -> dict:
             source: {label: sum(1 for it in chosen if it.source == source and it.label == k) for k, label in enumerate(("BI-RADS 1", "BI-RADS 2-3", "BI-RADS 4-5"))}
             for source in sorted({it.source for it in pool.items})
         },
+    }
+
+
+def data_summary(pool) -> dict:
+    """Images and patients of the pool, per source: counted from the data, never typed."""
+    sources = sorted({it.source for it in pool.items})
+    return {
+        "images": len(pool.items),
+        "patients": len({(it.source, it.patient_id) for it in pool.items}),
+        "sources": {
+            source: {"images": sum(it.source == source for it in pool.items),
+                     "patients": len({it.patient_id for it in pool.items if it.source == source})}
+            for source in sources
+        },
+        "label_mapping": "normal -> BI-RADS 1, benign -> BI-RADS 2-3, malignant -> BI-RADS 4-5 (pathology)",
     }
 
 
@@ -129,37 +87,36 @@ def build_card(
     command: str,
     best_epoch: int,
 ) -> dict:
-    """The model card (the fields of card_example.json) for a lesion-FCN export."""
-    from pathlib import Path
+    """The model card of a lesion-FCN export (edge_birads.card.new_card: every section of the schema)."""
+    from edge_birads.card import new_card
 
-    from edge_birads.card import CARD_SCHEMA_VERSION, decision_rule, sha256_of
-
-    tflite_path = Path(tflite_path)
-    runner = Int8Runner(tflite_path.read_bytes())
-    quant = runner.quantization()
-    return {
-        "schema_version": CARD_SCHEMA_VERSION,
-        "name": name,
-        "description": (
+    labels = ["BI-RADS 1", "BI-RADS 2-3", "BI-RADS 4-5"]
+    cross_validation = None if cv_metrics is None else {
+        "note": "5 models of the same recipe, each on its own held-out fold, pooled out-of-fold, with per-fold mean and sd; "
+        "int8 outputs",
+        "folds": cv_metrics.get("folds_done", config.get("folds")),
+        "out_of_fold": cv_metrics,
+    }
+    return new_card(
+        tflite_path,
+        name=name,
+        description=(
             "Lesion FCN: a 38k-parameter fully convolutional network trained on lesion patches (mini-MIAS lesion "
             "centres/radii, CBIS-DDSM mass boxes) against normal-tissue patches and mined false positives, applied to "
             "the whole preprocessed image; per-location log-odds are soft-max-pooled (2x2 mean, global max) and a "
             "2->3 calibrated head gives the 3 labels. Full-integer int8."
         ),
-        "labels": ["BI-RADS 1", "BI-RADS 2-3", "BI-RADS 4-5"],
-        "malignant_label": "BI-RADS 4-5",
-        "input": quant["input"],
-        "output": quant["output"],
-        "preprocessing": pool.spec.to_dict(),
-        "referral": {**referral, "decision_rule": decision_rule("BI-RADS 4-5", referral["threshold"])},
-        "training": {
+        labels=labels,
+        malignant_label=labels[2],
+        preprocessing=pool.spec.to_dict(),
+        referral=referral,
+        training={
             "command": command,
             "config": config,
             "seed": config.get("seed"),
             "best_epoch": best_epoch,
             "data": {
-                "sources": {"mini-mias": "242 images, 121 patients (../shared/data/mini-mias)", "cbis-ddsm-mass": "1231 images, 691 patients (../shared/data/cbis-ddsm-mass)"},
-                "label_mapping": "normal -> BI-RADS 1, benign -> BI-RADS 2-3, malignant -> BI-RADS 4-5 (pathology)",
+                **data_summary(pool),
                 "annotations": "mini-MIAS lesion centres and radii (origin bottom-left, row = 1023 - y); CBIS-DDSM mass boxes; "
                 "mapped through the breast crop and resize of edge_birads.preprocess.prepare",
             },
@@ -170,21 +127,17 @@ def build_card(
             "optimizer": f"AdamW lr {config.get('learning_rate')} cosine decay, weight decay {config.get('weight_decay')}",
             "epochs": config.get("epochs"),
         },
-        "metrics": {
-            "note": "int8 TFLite outputs. 'test': this exact model on its held-out test patients (fold 0 of a 5-fold "
-            "patient-level split: never seen in training, epoch choice, head calibration or threshold choice). "
-            "'cross_validation': 5 models of the same recipe, each on its own held-out fold, pooled out-of-fold, "
-            "with per-fold mean and sd. Per source; CIs are 95% patient-level bootstrap (2000 resamples). "
+        metrics={
+            "note": "int8 TFLite outputs. 'test': this exact model on its held-out test patients (never seen in training, "
+            "epoch choice, head calibration or threshold choice). 'recipe_cross_validation': models of the same recipe, "
+            "each on its own held-out fold. Per source; CIs are 95% patient-level bootstrap (2000 resamples). "
             "mini-MIAS: malignant vs rest (normal + benign); CBIS-DDSM: malignant vs benign (no normals).",
             "test": test_metrics,
-            "cross_validation": cv_metrics,
         },
-        "parity": parity_result,
-        "conversion": {"batch_size_fixed": 1, "n_representative": 100, "op_versions": parity_result.get("op_versions"),
-                       "tflite_runtime_2_14_problems": parity_result.get("tflite_runtime_2_14_problems")},
-        "sha256": sha256_of(tflite_path),
-        "size_bytes": tflite_path.stat().st_size,
-        "versions": versions(),
-        "intended_use": DISCLAIMER,
-    }
-
+        cross_validation=cross_validation,
+        initialisation={"source": "random: Keras default initialisers, seeded from the configuration's seed; no pretrained weights"},
+        versions=versions(),
+        parity=parity_result,
+        conversion={"batch_size_fixed": 1, "n_representative": 100, "op_versions": parity_result.get("op_versions"),
+                    "tflite_runtime_2_14_problems": parity_result.get("tflite_runtime_2_14_problems")},
+    )

@@ -1,45 +1,38 @@
-"""The paper's whole-image CNN cross-validated on the lesion FCN's own patient folds.
+"""The paper's whole-image CNN as a recipe, and the fold step's shared parts (scoring, parity, resumable folds).
 
-Why: the ablation table must compare like with like. The lesion FCN is scored
-on 5 patient-level folds (``convert.train_lesion.patient_folds``) with int8
-outputs, a validation-chosen referral threshold and per-source AUCs; the
-paper's configurations (focal loss, cross-entropy, class weights,
-oversampling, augmentation, GAP head) go through exactly the same folds,
-validation patients, int8 conversion and metrics here, so a row of one can be
-read against a row of the other fold by fold.
+Why: the ablation table must compare like with like. Every recipe is scored
+on the same patient folds (``convert.split.FoldProtocol``) with int8 outputs,
+a validation-chosen referral threshold and per-source AUCs; the paper's
+configurations (focal loss, cross-entropy, class weights, oversampling,
+augmentation, GAP head) go through exactly the same folds, validation
+patients, int8 conversion and metrics as the lesion FCN and the pretrained
+recipe (``convert.recipes.run_cv``), so a row of one can be read against a
+row of another fold by fold.
 
 Each configuration trains as the paper did: whole image at its input size,
-a fixed number of epochs (no epoch selection), Adam. Per fold it writes
-``fold{k}.npz`` (float Keras) and ``fold{k}_int8.npz`` (the int8 TFLite the
-runtime would run, threshold re-chosen on its own validation outputs) in the
-same layout as the lesion CV, so ``collect_cv`` and the ablation table read
-both alike.
+a fixed number of epochs (no epoch selection), Adam. Per fold the runner
+writes ``fold{k}.npz`` (float Keras) and ``fold{k}_int8.npz`` (the int8
+TFLite the runtime would run, threshold re-chosen on its own validation
+outputs), so ``collect_cv`` and the ablation table read every row alike.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from convert.data import GROUP_LABELS, MALIGNANT_LABEL
-from convert.lesion_data import PreparedPool, load_pool
+from convert.lesion_data import PreparedPool
 from convert.metrics import threshold_for_sensitivity
 from convert.train import TrainConfig as PaperConfig
 from convert.train import make_batches, validation_callback
-from convert.train_lesion import (
-    DEFAULT_CACHE,
-    TrainConfig,
-    collect_cv,
-    fold_split,
-    headline,
-    run_log,
-    setup_tensorflow,
-    summarise,
-)
+from convert.recipes import Fitted, KerasRecipe
+from convert.split import FoldProtocol
+from convert.train_lesion import headline, summarise
+from edge_birads.preprocess import PreprocessSpec
 
 # Representative images for int8 calibration, drawn from the fold's training patients.
 REPRESENTATIVE = 200
@@ -77,7 +70,38 @@ def score_fold(pool: PreparedPool, fold: int, val_idx, test_idx, predictors: dic
         log(json.dumps({"fold": fold, "model": suffix.strip("_") or "float", "threshold": threshold, "test": headline(metrics)}))
 
 
-def run_folds(out_dir: Path, folds: TrainConfig, only_folds: list[int] | None, log, run_one) -> None:
+class PaperRecipe(KerasRecipe):
+    """The paper's CNN as a recipe: whole image at its input size, a fixed number of epochs (no epoch selection), Adam."""
+
+    name = "paper-cnn"
+    config_key = "paper_config"
+    config_type = PaperConfig
+
+    def spec(self, cfg: PaperConfig) -> PreprocessSpec:
+        return cfg.preprocess_spec()
+
+    def build(self, cfg: PaperConfig, seed: int):
+        from convert.models import build_paper_cnn, compile_model
+
+        model = build_paper_cnn(3, cfg.image_size, head=cfg.head, seed=seed)
+        compile_model(model, cfg.loss, cfg.learning_rate, cfg.focal_gamma, cfg.focal_alpha)
+        return model
+
+    def fit(self, cfg: PaperConfig, pool: PreparedPool, train_idx, val_idx, seed: int, log, prefix: Path) -> Fitted:
+        model = self.build(cfg, seed)
+        # Progress: loss, validation recall per class and malignant AUC per epoch (logged and kept in the history).
+        epochs: list[dict] = []
+        report = validation_callback(fold_images(pool, val_idx), fold_labels(pool, val_idx), GROUP_LABELS, (MALIGNANT_LABEL,), epochs)
+        batches = make_batches(fold_images(pool, train_idx), fold_labels(pool, train_idx), 3, replace(cfg, seed=seed))
+        model.fit(batches, epochs=cfg.epochs, verbose=0, callbacks=[report])
+        return Fitted(model, {"epochs": epochs})
+
+
+RECIPE = PaperRecipe()
+run_fold = RECIPE.run_fold  # one fold of a paper configuration: (cfg, pool, protocol, fold, out_dir, log)
+
+
+def run_folds(out_dir: Path, folds: FoldProtocol, only_folds: list[int] | None, log, run_one) -> None:
     """``run_one(fold)`` for every fold asked for whose int8 outputs are not written yet (so a run resumes)."""
     for fold in range(folds.folds):
         if only_folds is not None and fold not in only_folds:
@@ -86,51 +110,6 @@ def run_folds(out_dir: Path, folds: TrainConfig, only_folds: list[int] | None, l
             log(f"fold {fold}: done already")
             continue
         run_one(fold)
-
-
-def run_fold(cfg: PaperConfig, pool: PreparedPool, fold_cfg: TrainConfig, fold: int, out_dir: Path, log) -> None:
-    """Train one fold's paper CNN, score float and int8 on its test patients, write both .npz files."""
-    from convert.export import TfliteModel, keras_predict, to_tflite_int8
-    from convert.models import build_paper_cnn, compile_model
-
-    started = time.perf_counter()
-    train_idx, val_idx, test_idx = fold_split(pool, fold_cfg, fold)
-    seed = cfg.seed + fold
-    setup_tensorflow(seed, cfg.threads)
-    x_tr, y_tr = fold_images(pool, train_idx), fold_labels(pool, train_idx)
-    model = build_paper_cnn(3, cfg.image_size, head=cfg.head, seed=seed)
-    compile_model(model, cfg.loss, cfg.learning_rate, cfg.focal_gamma, cfg.focal_alpha)
-    log(f"fold {fold}: train {train_idx.size} images, validation {val_idx.size}, test {test_idx.size}")
-    # Progress: loss, validation recall per class and malignant AUC per epoch (logged and kept in the history).
-    epochs: list[dict] = []
-    x_val = fold_images(pool, val_idx)
-    report = validation_callback(x_val, fold_labels(pool, val_idx), GROUP_LABELS, (MALIGNANT_LABEL,), epochs)
-    model.fit(make_batches(x_tr, y_tr, 3, replace(cfg, seed=seed)), epochs=cfg.epochs, verbose=0, callbacks=[report])
-    trained = time.perf_counter() - started
-
-    int8 = to_tflite_int8(model, representative(pool, train_idx, seed))
-    (out_dir / f"fold{fold}_int8.tflite").write_bytes(int8)
-    runner = TfliteModel(int8)
-    predictors = {"": lambda x: keras_predict(model, x), "_int8": runner.predict}
-    score_fold(pool, fold, val_idx, test_idx, predictors, fold_cfg.referral_sensitivity, out_dir, log)
-    (out_dir / f"fold{fold}_history.json").write_text(json.dumps({"epochs": epochs, "training_seconds": round(trained, 1)}, indent=1))
-    log(f"fold {fold}: done in {time.perf_counter() - started:.0f} s (training {trained:.0f} s)")
-
-
-def run_paper_cv(cfg: PaperConfig, out_dir: Path, fold_cfg: TrainConfig, only_folds: list[int] | None = None) -> dict:
-    """Cross-validate a paper-CNN configuration on ``fold_cfg``'s patient folds; resumable (finished folds are kept).
-
-    Returns the int8 models' out-of-fold metrics (``collect_cv``); the float
-    ones are written beside them as metrics.json.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps({"paper_config": asdict(cfg), "folds": asdict(fold_cfg)}, indent=1))
-    pool = load_pool(cfg.preprocess_spec(), DEFAULT_CACHE)
-    with run_log(out_dir) as log:
-        run_folds(out_dir, fold_cfg, only_folds, log, lambda fold: run_fold(cfg, pool, fold_cfg, fold, out_dir, log))
-    write_parity(out_dir, fold_cfg.folds)
-    collect_cv(pool, out_dir, fold_cfg)
-    return collect_cv(pool, out_dir, fold_cfg, suffix="_int8")
 
 
 def write_parity(out_dir: Path, folds: int) -> dict:

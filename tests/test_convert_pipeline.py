@@ -22,7 +22,7 @@ from edge_birads.card import decision_rule, load_card  # noqa: E402
 from edge_birads.errors import ModelError  # noqa: E402
 from edge_birads.preprocess import PreprocessSpec  # noqa: E402
 
-# Every top-level field of the card layout the runtime and README rely on (card_example.json).
+# Top-level fields of the card layout the runtime and README rely on (edge_birads.card.SECTIONS; edge_birads/models/default.json is a complete card).
 CARD_FIELDS = {
     "schema_version", "name", "description", "labels", "malignant_label", "input", "output", "preprocessing",
     "referral", "training", "metrics", "parity", "sha256", "versions", "intended_use",

@@ -35,20 +35,18 @@ def test_whole_image_model_is_fcn_maps_soft_max_pooled(tiny):
 
 
 def test_int8_export_runs_with_int8_io_and_plain_ops(tiny):
-    from convert.export import op_versions, parity, tflite_214_problems
-    from convert.lesion_export import Int8Runner, convert_int8, op_names
+    from convert.export import TfliteModel, op_versions, parity, tflite_214_problems, to_tflite_int8
 
     _, model = tiny
     rng = np.random.default_rng(1)
     images = rng.random((12, 128, 64, 1), dtype=np.float32)
-    flatbuffer = convert_int8(model, images[:8])
-    runner = Int8Runner(flatbuffer)
-    spec = runner.quantization()
-    assert spec["input"]["shape"] == [1, 128, 64, 1] and spec["input"]["dtype"] == "int8"
-    assert spec["output"]["shape"] == [1, 3]
-    ops = op_names(flatbuffer)
+    flatbuffer = to_tflite_int8(model, images[:8])
+    int8 = TfliteModel(flatbuffer)
+    assert int8.input_spec.shape == [1, 128, 64, 1] and int8.input_spec.dtype == "int8"
+    assert int8.output_spec.shape == [1, 3] and int8.output_spec.dtype == "int8"
+    ops = set(op_versions(flatbuffer))
     assert ops <= {"CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "FULLY_CONNECTED", "SOFTMAX"}
-    int8_probs = np.stack([runner(image) for image in images[8:]])
+    int8_probs = int8.predict(images[8:], renormalised=False)
     float_probs = np.stack([np.asarray(model(image[None]))[0] for image in images[8:]])
     assert np.allclose(int8_probs.sum(axis=1), 1.0, atol=0.02)
     assert parity(float_probs, int8_probs).max_abs_prob_diff < 0.05

@@ -187,6 +187,8 @@ def test_export_ships_a_fold_model_with_its_map_and_a_card_the_runtime_loads(sma
     hits = card["metrics"]["lesion_map_hits"]
     assert hits["n_images"] == sum(1 for i in test_idx if pool.items[i].label == 2 and pool.items[i].source == "cbis-ddsm-mass")
     assert 0 < hits["chance"] < 1
+    assert card["description"].startswith("torchvision MobileNetV2 (width 1.0) (ImageNet, to block 13) fine-tuned on whole mammograms (cbis-ddsm-mass, mini-mias) at 64x64 (breast crop)")
+    assert "in the frame of the breast crop resized" in card["output"]["lesion_map"]["meaning"]
 
 
 def test_info_names_the_initialisation_and_the_map_hits():
@@ -363,3 +365,16 @@ def test_the_lesion_map_unfolds_the_standardisation(standardised_small):
     )
     relative = np.log(probs[0, 2]) - 0.5 * (np.log(probs[0, 0]) + np.log(probs[0, 1]))
     assert float(lesion_map.mean()) == pytest.approx(float(relative), abs=1e-3)
+
+
+def test_int8_layer_errors_follow_each_tensor_and_grow_where_the_int8_model_departs(pretrained_small):
+    """The per-tensor int8 error probe: one row per named tensor, the input side nearly exact, deeper tensors noisier."""
+    from convert.pretrained_experiments import int8_layer_errors
+
+    pool = synthetic_pool(n=40)
+    rows = int8_layer_errors(pretrained_small, pool, np.arange(30), np.arange(30, 40), seed=0,
+                             names=("grey_to_imagenet", "features_1_conv_2", "features_13_add"))
+    assert [r["tensor"] for r in rows] == ["grey_to_imagenet", "features_1_conv_2", "features_13_add"]
+    assert rows[0]["relative_error"] < 0.02  # the folded grey-to-RGB convolution of exact int8 pixels
+    assert rows[-1]["relative_error"] > rows[0]["relative_error"]
+    assert all(r["int8_scale"] > 0 and r["float_std"] > 0 for r in rows)

@@ -34,3 +34,11 @@ def test_every_archived_figure_re_derives_from_the_archived_predictions(shared_d
         for name in ("metrics_int8.json", "metrics.json"):
             if (row / name).exists():
                 assert json.loads((copy / name).read_text()) == json.loads((row / name).read_text()), (row.name, name)
+
+
+def test_the_page_holds_the_int8_layer_table_the_archive_generates():
+    from convert.pretrained_experiments import INT8_TABLE_END, INT8_TABLE_START, int8_layers_table
+
+    page = (REPO / "docs" / "ablation.md").read_text(encoding="utf-8")
+    between = page.split(INT8_TABLE_START, 1)[1].split(INT8_TABLE_END, 1)[0]
+    assert between == "\n" + int8_layers_table(RESULTS / "int8-layers" / "int8_layers.json")
