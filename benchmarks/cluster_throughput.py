@@ -15,7 +15,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from edge_birads.bench import SAMPLES, child_env
+from edge_birads.bench import SAMPLES
+from edge_birads.bench_child import child_env
 from edge_birads.bench_inputs import linked_folder, time_classify, with_speedups
 
 

@@ -2,6 +2,7 @@
 
     python benchmarks/daemon_throughput.py                # 5,000 synthetic 256x256 PNGs, inotify
     python benchmarks/daemon_throughput.py --poll --n 2000 --size 512
+    python benchmarks/daemon_throughput.py --n 400 --size 1024 --jobs 2   # watch --jobs 2 (RSS: daemon + workers)
 
 Writes N synthetic mammogram-like PNGs (unique content, so every one is a model run) into a fresh inbox,
 starts the daemon as a child process, samples its RSS from /proc (psutil) every 0.1 s until every image
@@ -67,6 +68,7 @@ def main() -> int:
         "--stream", action="store_true", help="deliver the images while the daemon runs (50 every 0.2 s) instead of before"
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=1, help="watch --jobs: worker processes classifying [1]")
     parser.add_argument("--model", default=None, help="a .tflite with its card; default: the bundled model")
     parser.add_argument("--workdir", default=None, help="where to make the folders [a temporary folder]")
     parser.add_argument("--keep", action="store_true", help="keep the folders afterwards")
@@ -104,6 +106,8 @@ def main() -> int:
         "1",
         "--threads",
         str(args.threads),
+        "--jobs",
+        str(args.jobs),
     ]
     if args.stream:
         cmd.append("--inotify")
@@ -132,6 +136,11 @@ def main() -> int:
             if proc.poll() is not None:
                 raise SystemExit(f"the daemon exited with {proc.returncode}; log: {log_path}")
             rss = process.memory_info().rss
+            for child in process.children(recursive=True):  # --jobs: the worker processes (and their resource tracker)
+                try:
+                    rss += child.memory_info().rss
+                except psutil.Error:
+                    pass
             status = read_status(status_path)
             if status is not None:
                 counts = status["counts"]
@@ -165,6 +174,7 @@ def main() -> int:
         "mode": "poll" if args.poll else "inotify",
         "delivery": "streamed, 50 every 0.2 s" if args.stream else "all in the inbox before start",
         "threads": args.threads,
+        "jobs": args.jobs,
         "results": len(records),
         "failures": len(list((work / "failed").glob("*.reason.json"))) if (work / "failed").exists() else 0,
         "exit_code_after_sigterm": code,
@@ -187,7 +197,7 @@ def main() -> int:
     }
     print(
         f"edge-birads watch: {args.n} images ({args.size}x{args.size} PNG, {figures['input_mib']} MiB), {figures['mode']}, "
-        f"threads {args.threads}, {figures['delivery']}"
+        f"threads {args.threads}, jobs {args.jobs}, {figures['delivery']}"
     )
     print(f"  records: {figures['results']} results, {figures['failures']} failures; exit code after SIGTERM: {code}")
     print(

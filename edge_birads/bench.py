@@ -1,59 +1,37 @@
 """``edge-birads bench``: latency, cold start and peak memory, side by side with the paper.
 
-Every engine runs in a fresh child process (:mod:`edge_birads.bench_worker`), one
+Every engine runs in a fresh child process (:mod:`edge_birads.bench_child`), one
 after the other, so its peak RSS and cold start are those of a fresh classify
-process and one engine cannot inflate another's figures. This module (the
-parent) never imports TensorFlow: it only asks whether it is installed.
+process and one engine cannot inflate another's figures.
 
 Engines:
 1. the int8 TFLite model through the lean runtime (what ``classify`` runs);
-2. a float32 TFLite of the same network (``--float-model``, or converted from
-   the card's ``keras_config`` when TensorFlow is installed);
-3. the float Keras model run in TensorFlow, the paper's kind of deployment
+2. and 3. the float baseline (:mod:`edge_birads.bench_baseline`): a float32 TFLite
+   of the same network and the float Keras model, the paper's kind of deployment
    and the baseline of the ratios.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import platform
-import shutil
-import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from edge_birads import DISCLAIMER, __version__
+from edge_birads.bench_baseline import BASELINE, DISTRIBUTIONS, FLOAT32, float_engines
+from edge_birads.bench_child import EngineResult, child_env, engine_from_child, run_child
 from edge_birads.progress import Progress
 
 # The paper's reported figures (see /work/shared/paper): per-inference time and RAM.
 PAPER = {"seconds_per_image": 0.12, "rss_mb": 127.0, "baseline_rss_mb": 450.0}
-STAGES = ("decode", "preprocess", "inference", "total")
 SAMPLES = Path(__file__).resolve().parent / "samples"  # package data: installed with the package
 SYNTHETIC_SIDE = 1024
-NO_TENSORFLOW = "TensorFlow is not installed (pip install 'edge-birads[train]')"
-
-
-@dataclass
-class EngineResult:
-    """One engine's figures, or why it was skipped."""
-
-    name: str
-    status: str  # "ok" or "skipped"
-    reason: str | None = None
-    model: str | None = None
-    runtime: str | None = None
-    cold_start_s: float | None = None
-    peak_rss_mib: float | None = None
-    rss_anon_mib: float | None = None  # at the end of the run; see bench_worker.rss_split_mib
-    rss_file_mib: float | None = None
-    timings_ms: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,25 +47,6 @@ class BenchSettings:
     cold_repeats: int = 5
     jobs: int = 1  # --jobs scaling measured for 1..jobs
     scaling_images: int = 64
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile of a non-empty list (numpy's default method)."""
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100.0
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def summarize(samples_ms: list[float]) -> dict[str, float]:
-    """p50 / p95 / max (and min: on a shared machine the least-disturbed run) of one stage's times."""
-    return {
-        "min": round(min(samples_ms), 3),
-        "p50": round(percentile(samples_ms, 50), 3),
-        "p95": round(percentile(samples_ms, 95), 3),
-        "max": round(max(samples_ms), 3),
-    }
 
 
 def synthetic_mammogram(path: Path, side: int = SYNTHETIC_SIDE, seed: int = 0) -> Path:
@@ -129,132 +88,21 @@ def images_in(folder: Path) -> list[Path]:
     return [path for path in iter_input_files([str(folder)], recursive=True) if path.is_file()]
 
 
-def tensorflow_installed() -> bool:
-    """Whether TensorFlow is importable, without importing it here."""
-    try:
-        return importlib.util.find_spec("tensorflow") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def child_env() -> dict[str, str]:
-    """Environment for the children: quiet TensorFlow logs, and this very edge_birads importable."""
-    env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    root = str(Path(__file__).resolve().parent.parent)
-    if not any(part in ("site-packages", "dist-packages") for part in Path(root).parts):
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
-def run_child(job: dict, progress: Progress | None = None, label: str = "") -> tuple[dict | None, float | None, str | None]:
-    """Run one worker job in a fresh process: (result, cold start seconds, error reason)."""
-    with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as stderr:
-        started = time.perf_counter()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "edge_birads.bench_worker", json.dumps(job)],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env=child_env(),
-        )
-        cold = result = error = None
-        assert process.stdout is not None
-        for line in process.stdout:
-            tag, _, payload = line.rstrip("\n").partition(" ")
-            if tag == "first":
-                cold = time.perf_counter() - started
-            elif tag == "progress" and progress is not None:
-                progress.update(label, int(payload), job.get("n", 0))
-            elif tag == "result":
-                result = json.loads(payload)
-            elif tag == "error":
-                error = payload
-        status = process.wait()
-        if result is None and error is None:
-            stderr.seek(0)
-            lines = [line.strip() for line in stderr.read().splitlines() if line.strip()]
-            error = f"worker exited with status {status}" + (f": {lines[-1]}" if lines else "")
-    return result, cold, error
-
-
-def engine_from_child(name: str, job: dict, progress: Progress) -> EngineResult:
-    result, cold, error = run_child(job, progress, name)
-    if result is None:
-        return EngineResult(name, "skipped", reason=error, model=job.get("model"))
-    return EngineResult(
-        name,
-        "ok",
-        model=job["model"],
-        runtime=result.get("runtime"),
-        cold_start_s=None if cold is None else round(cold, 3),
-        peak_rss_mib=result["peak_rss_mib"],
-        rss_anon_mib=result.get("rss_end", {}).get("anon_mib"),
-        rss_file_mib=result.get("rss_end", {}).get("file_mib"),
-        timings_ms={stage: summarize(result["samples_ms"][stage]) for stage in STAGES},
-    )
-
-
-def float_model_with_card(float_model: Path, int8_model: Path, scratch: Path) -> Path:
-    """A user's float32 .tflite, with a card: its own beside it, else the int8 card with its sha256."""
-    from edge_birads.card import card_path_for, sha256_of
-
-    if card_path_for(float_model).is_file():
-        return float_model
-    data = json.loads(card_path_for(int8_model).read_text(encoding="utf-8"))
-    data["sha256"] = sha256_of(float_model)
-    linked = scratch / "user-float32.tflite"
-    shutil.copyfile(float_model, linked)
-    card_path_for(linked).write_text(json.dumps(data), encoding="utf-8")
-    return linked
-
-
 def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, Any]:
     """Run every engine in turn and return the report as one JSON-able dict."""
-    from edge_birads.card import card_path_for, load_card
+    from edge_birads.card import load_card
 
     card = load_card(settings.model)
-    notes: list[str] = []
     base_job = {
         "images": [str(path) for path in settings.images],
         "n": settings.n,
         "warmup": settings.warmup,
         "threads": settings.threads,
     }
-    has_tf = tensorflow_installed()
-    has_config = "keras_config" in card.extra
-    prepared: dict | None = None
-    prepare_error = None
-    engines: list[EngineResult] = []
     with tempfile.TemporaryDirectory(prefix="edge-birads-bench-") as scratch:
-        if has_tf and has_config:
-            prepared, _, prepare_error = run_child(
-                {"kind": "prepare", "model": str(settings.model), "card": str(card_path_for(settings.model)),
-                 "out_dir": scratch, "threads": settings.threads}
-            )
-            if prepared:
-                notes.append(f"float engines: Keras model rebuilt from the card's keras_config with {prepared['weights']}"
-                             + (f" ({prepared['weights_note']})" if prepared.get("weights_note") else ""))
-
-        engines.append(engine_from_child("int8 TFLite", dict(base_job, kind="tflite", model=str(settings.model)), progress))
-
-        if settings.float_model is not None:
-            float_path = float_model_with_card(settings.float_model, settings.model, Path(scratch))
-            engines.append(engine_from_child("float32 TFLite", dict(base_job, kind="tflite", model=str(float_path)), progress))
-            engines[-1].model = str(settings.float_model)
-        elif prepared:
-            engines.append(engine_from_child("float32 TFLite", dict(base_job, kind="tflite", model=prepared["float_model"]), progress))
-            engines[-1].model = "converted from keras_config (temporary)"
-        else:
-            engines.append(EngineResult("float32 TFLite", "skipped", reason=_float_skip_reason(has_tf, has_config, prepare_error)))
-
-        if prepared:
-            keras_job = dict(base_job, kind="keras", model=prepared["keras_model"], card_model=str(settings.model))
-            engines.append(engine_from_child("Keras (TensorFlow)", keras_job, progress))
-            engines[-1].model = "rebuilt from keras_config (temporary)"
-        else:
-            engines.append(EngineResult("Keras (TensorFlow)", "skipped", reason=_float_skip_reason(has_tf, has_config, prepare_error)))
-
+        engines = [engine_from_child("int8 TFLite", dict(base_job, kind="tflite", model=str(settings.model)), progress)]
+        float_engines_run, notes = float_engines(settings.model, settings.float_model, card, base_job, scratch, settings.threads, progress)
+        engines += float_engines_run
         inputs, scaling = measure_input_kinds(settings, Path(scratch), progress)
 
     return {
@@ -298,14 +146,6 @@ def measure_input_kinds(settings: BenchSettings, scratch: Path, progress: Progre
     return rows, scaling
 
 
-def _float_skip_reason(has_tf: bool, has_config: bool, prepare_error: str | None) -> str:
-    if not has_tf:
-        return NO_TENSORFLOW
-    if not has_config:
-        return "the model card has no keras_config to rebuild the float network from (or pass --float-model)"
-    return f"could not rebuild and convert the float model: {prepare_error}"
-
-
 def _ok(engines: list[EngineResult], name: str) -> EngineResult | None:
     return next((engine for engine in engines if engine.name == name and engine.status == "ok"), None)
 
@@ -320,7 +160,7 @@ def ratios(engines: list[EngineResult]) -> dict[str, float | None]:
     """Baseline (Keras) / int8 and float32 TFLite / int8: time, memory, cold start."""
     int8 = _ok(engines, "int8 TFLite")
     out: dict[str, float | None] = {}
-    for key, other in (("baseline_over_int8", _ok(engines, "Keras (TensorFlow)")), ("float32_over_int8", _ok(engines, "float32 TFLite"))):
+    for key, other in (("baseline_over_int8", _ok(engines, BASELINE)), ("float32_over_int8", _ok(engines, FLOAT32))):
         if int8 is None or other is None:
             out.update({f"{key}_{m}": None for m in ("p50_total", "p50_inference", "peak_rss", "cold_start")})
             continue
@@ -341,7 +181,7 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     versions = {}
-    for dist in ("numpy", "opencv-python-headless", "ai-edge-litert", "tflite-runtime", "tensorflow", "keras"):
+    for dist in ("numpy", "opencv-python-headless", "ai-edge-litert", "tflite-runtime", *DISTRIBUTIONS):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -397,7 +237,7 @@ def format_table(report: dict[str, Any]) -> str:
             f"{_fmt(engine['peak_rss_mib'], 1):>10}{_fmt(engine.get('rss_anon_mib'), 1):>7}{_fmt(engine['cold_start_s'], 3):>12}"
         )
     engines = {engine["name"]: engine for engine in report["engines"] if engine["status"] == "ok"}
-    int8, keras = engines.get("int8 TFLite"), engines.get("Keras (TensorFlow)")
+    int8, keras = engines.get("int8 TFLite"), engines.get(BASELINE)
     r = report["ratios"]
     paper = report["paper"]
 
@@ -442,7 +282,7 @@ def bench_command(model: str | None, images_dir: str | None, n: int, warmup: int
 
     from edge_birads.card import load_card
     from edge_birads.classifier import default_model_path
-    from edge_birads.cli import EXIT_INTERRUPTED, ModelLoadError, NoImagesError
+    from edge_birads.cli_shared import EXIT_INTERRUPTED, ModelLoadError, NoImagesError
     from edge_birads.errors import ModelError
     from edge_birads.inputs import no_images_message
 

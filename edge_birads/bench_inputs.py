@@ -78,7 +78,7 @@ def large_jpeg(source: Path, target: Path, size: tuple[int, int] = JPEG_SIZE) ->
 
 def describe(path: Path) -> str:
     """'PNG 1024x1024', 'DICOM 2864x4432 16-bit RLE Lossless', 'JPEG 3000x5000' (header only, nothing decoded)."""
-    from edge_birads.decode import header_dimensions, is_dicom_bytes
+    from edge_birads.headers import header_dimensions, is_dicom_bytes
 
     with open(path, "rb") as handle:
         head = handle.read(1 << 16)
@@ -95,7 +95,7 @@ def describe(path: Path) -> str:
 def measure_inputs(model: Path, inputs: list[tuple[Path, str]], n: int, warmup: int, threads: int, repeats: int,
                    run_child, child_env, progress=None) -> list[dict[str, Any]]:
     """Steady-state per-image figures and cold whole-process figures, for each (file, where it came from)."""
-    from edge_birads.bench import summarize
+    from edge_birads.bench_child import timing_stats
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="edge-birads-inputs-") as scratch:
@@ -113,7 +113,7 @@ def measure_inputs(model: Path, inputs: list[tuple[Path, str]], n: int, warmup: 
             rss = [peak for _, peak, _ in runs if peak is not None]
             rows.append({
                 "input": label, "file": str(path), "source": source, "status": "ok",
-                "steady_ms": {stage: summarize(result["samples_ms"][stage]) for stage in ("decode", "preprocess", "inference", "total")},
+                "steady_ms": {stage: timing_stats(result["samples_ms"][stage]) for stage in ("decode", "preprocess", "inference", "total")},
                 "cold_process_s": {"median": round(statistics.median(walls), 3), "min": round(min(walls), 3)},
                 "cold_process_peak_rss_mib": {"median": round(statistics.median(rss), 1), "min": round(min(rss), 1)} if rss else None,
                 "repeats": repeats,

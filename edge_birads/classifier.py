@@ -93,10 +93,6 @@ class Classifier:
         """Class probabilities and, when the model has one, its (rows, cols) lesion map, from one invocation."""
         return run_image(self.interpreter, tensor, self._tensors)
 
-    def classify_image(self, image: np.ndarray) -> Prediction:
-        """Classify a decoded 2-D grayscale image."""
-        return to_prediction(self.predict(prepare(image, self.card.preprocessing)), self.card)
-
     def classify_file(self, path: str | Path) -> Result:
         """Classify one file; a bad file becomes a Result with ``error`` set, never an exception."""
         return self._classify_path(path, want_map=False)[0]

@@ -14,7 +14,6 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -22,26 +21,12 @@ import click
 from edge_birads import DISCLAIMER, __version__
 from edge_birads.breasts import per_breast as per_breast_results
 from edge_birads.breasts import view_of
+from edge_birads.cli_shared import EXIT_INTERRUPTED, ModelLoadError, NoImagesError, decode_limit_options, limits_from
 from edge_birads.errors import ModelError
 from edge_birads.heatmap import HeatmapWriter
 from edge_birads.limits import DEFAULT_LIMITS
 from edge_birads.output import FORMATS, TableWriter, csv_header, csv_line, jsonl_line, rule_summary
 from edge_birads.progress import Progress
-
-
-class ModelLoadError(click.ClickException):
-    """A model that cannot be loaded: exit code 1 with a one-line message."""
-
-    exit_code = 1
-
-
-class NoImagesError(click.ClickException):
-    """Nothing to classify or time in the paths given: exit code 1, as for a file that failed."""
-
-    exit_code = 1
-
-
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
 
 
 def load_classifier(model: str | None, threads: int, limits=None):
@@ -68,12 +53,7 @@ def cli() -> None:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format.")
 @click.option("--model", type=click.Path(dir_okay=False), default=None, help="A .tflite model with its card (.json) beside it. Default: the bundled model.")
 @click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True, help="Interpreter threads.")
-@click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_LIMITS.max_pixels, show_default=True, envvar="EDGE_BIRADS_MAX_PIXELS",
-              help="Refuse images with more pixels (checked from the header, before decoding). Env: EDGE_BIRADS_MAX_PIXELS.")
-@click.option("--max-file-mb", type=click.FloatRange(0, min_open=True), default=DEFAULT_LIMITS.max_file_bytes / 2**20, show_default=True,
-              envvar="EDGE_BIRADS_MAX_FILE_MB", help="Refuse larger files without reading them. Env: EDGE_BIRADS_MAX_FILE_MB.")
-@click.option("--time-limit", type=click.FloatRange(0), default=DEFAULT_LIMITS.max_seconds, show_default=True, envvar="EDGE_BIRADS_TIME_LIMIT",
-              help="Seconds allowed to decode and preprocess one file (0: no limit). Env: EDGE_BIRADS_TIME_LIMIT.")
+@decode_limit_options()
 @click.option("--heatmap", "heatmap_dir", type=click.Path(file_okay=False), default=None,
               help="Also write one PNG per image into this folder: the image with the model's lesion map overlaid "
               "(needs a model with a lesion map).")
@@ -121,7 +101,7 @@ def classify(
         files = list(iter_input_files(list(paths), recursive=recursive))
         if not files:
             raise NoImagesError(no_images_message(paths, recursive))
-        limits = replace(DEFAULT_LIMITS, max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 2**20), max_seconds=time_limit)
+        limits = limits_from(max_pixels, max_file_mb, time_limit)
         classifier = load_classifier(model, threads, limits)
         card = classifier.card
         heatmaps = None
@@ -241,7 +221,7 @@ def _cluster_results(classifier, files: list, scheduler: str, batch_size: int):
 @click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None, help="Folder of images (read recursively). Default: the two sample mammograms installed with edge-birads.")
 @click.option("--n", type=click.IntRange(1), default=100, show_default=True, help="Timed images per engine (the images repeat).")
 @click.option("--warmup", type=click.IntRange(0), default=10, show_default=True, help="Untimed images per engine after the first.")
-@click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True, help="Interpreter (and TensorFlow) threads.")
+@click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True, help="Interpreter threads (the float baseline's too).")
 @click.option("--float-model", type=click.Path(exists=True, dir_okay=False), default=None, help="A float32 .tflite of the same network (from convert).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True, help="Output format.")
 @click.option("--dicom", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -322,6 +302,6 @@ def main() -> None:
     cli(prog_name="edge-birads")
 
 
-from edge_birads.watch_cli import watch  # the daemon's logic lives in edge_birads/watch*.py
+from edge_birads.watch.cli import watch  # the daemon lives in edge_birads/watch/
 
 cli.add_command(watch)

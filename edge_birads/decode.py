@@ -8,7 +8,6 @@ that claims a huge image cannot exhaust memory.
 
 from __future__ import annotations
 
-import os
 import stat
 import struct
 import zlib
@@ -18,20 +17,15 @@ import cv2
 import numpy as np
 
 from edge_birads.errors import InputError
+from edge_birads.headers import DICOM_MAGIC_OFFSET, header_dimensions, is_dicom_bytes, jpeg_frame
 from edge_birads.limits import DEFAULT_LIMITS, DecodeLimits, check_file_size, check_size  # noqa: F401 - re-exported
 from edge_birads.quiet import captured_stderr
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm", ".pnm", ".ppm", ".bmp", ".dcm", ".dicom"})
 DICOM_SUFFIXES = (".dcm", ".dicom")
-DICOM_MAGIC_OFFSET = 128
 BROKEN_LINK = "broken symbolic link (its target does not exist)"
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 UNREADABLE = "not a readable image (unknown format, or truncated or corrupt)"
-
-
-def is_dicom_bytes(head: bytes) -> bool:
-    """True when the file carries the DICM preamble magic."""
-    return len(head) >= DICOM_MAGIC_OFFSET + 4 and head[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM"
 
 
 def read_file(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS, for_model: bool = False) -> np.ndarray:
@@ -106,7 +100,7 @@ def decode_key(name: str | Path) -> str:
 
 
 def _decode_dicom(data: bytes, limits: DecodeLimits, for_model: bool) -> np.ndarray:
-    from edge_birads.dicom import decode_dicom
+    from edge_birads.dicom import decode_dicom  # imports pydicom's helpers: only for a DICOM
 
     return decode_dicom(data, limits, for_model)
 
@@ -193,59 +187,6 @@ def to_gray(image: np.ndarray, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndar
     return image
 
 
-def header_dimensions(data: bytes) -> tuple[int, int] | None:
-    """Width and height read from a PNG, JPEG, TIFF, BMP or PNM header, if present.
-
-    Used to refuse decompression bombs before OpenCV allocates their pixels.
-    Returns None for formats (or damaged headers) it does not parse; the
-    decoded image is then checked against the same limit after decoding.
-    """
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
-        width, height = struct.unpack(">II", data[16:24])
-        return width, height
-    if data[:2] == b"\xff\xd8":
-        return jpeg_dimensions(data)
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return _tiff_dimensions(data)
-    if data[:2] == b"BM" and len(data) >= 26:
-        width, height = struct.unpack("<ii", data[18:26])
-        return abs(width), abs(height)
-    if len(data) >= 2 and data[0:1] == b"P" and data[1:2] in b"123456":
-        return _pnm_dimensions(data)
-    return None
-
-
-def jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
-    found = _jpeg_frame(data)
-    return None if found is None else found[1:]
-
-
-def _jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
-    """(offset, width, height) of the first frame header (SOFn), walking the segments."""
-    offset = 2
-    length = len(data)
-    while offset + 4 <= length:
-        if data[offset] != 0xFF:
-            return None
-        marker = data[offset + 1]
-        if marker == 0xFF:
-            offset += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            offset += 2
-            continue
-        segment = struct.unpack(">H", data[offset + 2 : offset + 4])[0]
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7):  # F7: JPEG-LS
-            if offset + 9 > length:
-                return None
-            height, width = struct.unpack(">HH", data[offset + 5 : offset + 9])
-            return offset, width, height
-        if marker == 0xDA or segment < 2:
-            return None  # image data before any frame header, or a bogus segment length
-        offset += 2 + segment
-    return None
-
-
 def check_jpeg_scans(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> None:
     """Refuse a JPEG with more scans than ``limits.max_jpeg_scans``, before libjpeg sees it.
 
@@ -307,7 +248,7 @@ def jpeg_scan_count(data: bytes, stop_after: int | None = None) -> int:
 
 def _jpeg_is_complete(data: bytes) -> bool:
     """True when an end-of-image marker follows the frame header (the entropy data cannot hold one)."""
-    frame = _jpeg_frame(data)
+    frame = jpeg_frame(data)
     return frame is not None and data.rfind(b"\xff\xd9") > frame[0]
 
 
@@ -333,48 +274,6 @@ def _check_png_chunks(data: bytes) -> None:
     raise InputError("truncated PNG (the file ends before its IEND chunk)")
 
 
-def _tiff_dimensions(data: bytes) -> tuple[int, int] | None:
-    """ImageWidth and ImageLength from the first IFD of a classic (not Big) TIFF."""
-    order = "<" if data[:2] == b"II" else ">"
-    if len(data) < 8:
-        return None
-    ifd = struct.unpack(order + "I", data[4:8])[0]
-    if ifd + 2 > len(data):
-        return None
-    count = struct.unpack(order + "H", data[ifd : ifd + 2])[0]
-    found = {}
-    for index in range(count):
-        entry = ifd + 2 + 12 * index
-        if entry + 12 > len(data):
-            return None
-        tag, kind, number = struct.unpack(order + "HHI", data[entry : entry + 8])
-        if tag in (256, 257) and number == 1 and kind in (3, 4):
-            value = struct.unpack(order + ("H" if kind == 3 else "I"), data[entry + 8 : entry + (10 if kind == 3 else 12)])[0]
-            found[tag] = value
-    if 256 in found and 257 in found:
-        return found[256], found[257]
-    return None
-
-
-def _pnm_dimensions(data: bytes) -> tuple[int, int] | None:
-    tokens: list[int] = []
-    text = data[2:256].split(b"\n")
-    for line in text:
-        line = line.split(b"#")[0]
-        for token in line.split():
-            if not token.isdigit():
-                return None
-            tokens.append(int(token))
-            if len(tokens) == 2:
-                return tokens[0], tokens[1]
-    return None
-
-
 def is_candidate_image(path: Path) -> bool:
     """True for files classify should try: a known suffix, or no suffix (DICOM often has none)."""
     return path.suffix.lower() in IMAGE_SUFFIXES or path.suffix == ""
-
-
-def file_identity(path: str | Path) -> str:
-    """A stable printable name for results (the path as given)."""
-    return os.fspath(path)

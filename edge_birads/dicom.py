@@ -21,8 +21,8 @@ import warnings
 
 import numpy as np
 
-from edge_birads.decode import DICOM_MAGIC_OFFSET, is_dicom_bytes, jpeg_dimensions
 from edge_birads.errors import InputError
+from edge_birads.headers import DICOM_MAGIC_OFFSET, is_dicom_bytes, jpeg_dimensions
 from edge_birads.limits import check_size
 from edge_birads.quiet import captured_stderr
 

@@ -189,15 +189,6 @@ def slot_names(name: str, sha256: str | None) -> Iterator[str]:
         counter += 1
 
 
-def free_name(folder: Path, name: str, sha256: str | None) -> Path:
-    """The first slot name not present in ``folder``."""
-    for slot in slot_names(name, sha256):
-        candidate = folder / slot
-        if not os.path.lexists(candidate):
-            return candidate
-    raise AssertionError("unreachable: slot_names is infinite")
-
-
 def sweep_temporaries(folder: Path, recursive: bool = False) -> int:
     """Remove temporary files a killed process left behind (in sub-folders too if ``recursive``); return how many."""
     removed = 0

@@ -61,12 +61,32 @@ class WorkerSettings:
     threads: int = 1
     limits: DecodeLimits = DEFAULT_LIMITS
     want_map: bool = False
+    daemon: bool = False  # a worker of `watch`: SIGTERM (systemd stops the whole unit) is the parent's to handle
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when its parent dies (a SIGKILL, the OOM killer): an orphaned worker
+    would otherwise wait for work forever, holding its model in memory. Elsewhere a no-op."""
+    parent = multiprocessing.parent_process()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent is not None and os.getppid() != parent.pid:  # the parent died before the line above
+        os._exit(1)
 
 
 def _start_worker(settings: WorkerSettings) -> None:
-    """Pool initializer: ignore Ctrl-C (the parent handles it), one OpenCV thread, the model loaded once."""
+    """Pool initializer: ignore Ctrl-C (the parent handles it), die with the parent, one OpenCV thread, the model
+    loaded once."""
     global _classifier
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    if settings.daemon:  # the daemon finishes its batch, then closes the pool
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     import cv2
 
     cv2.setNumThreads(1)  # N workers on N cores: OpenCV's own thread pool would only oversubscribe them
@@ -88,12 +108,25 @@ def _classify_in_worker(path: str) -> tuple[Result, LesionMap | None]:
     return classifier.classify_file(path), None
 
 
+def classify_bytes_in_worker(item: tuple[bytes, str]) -> tuple[Result, None]:
+    """The daemon's task: a file's bytes, read and hashed by the parent, and its name."""
+    classifier, _ = _classifier
+    data, name = item
+    return classifier.classify_bytes(data, name), None
+
+
+def item_name(item) -> str:
+    """The name a file that killed its worker is reported under: a path, or the name of a (bytes, name) item."""
+    return printable_name(item[1] if isinstance(item, tuple) else item)
+
+
 class ProcessClassifier:
     """Classify many files in ``jobs`` worker processes; ``run`` yields (Result, LesionMap | None) in input order."""
 
-    def __init__(self, settings: WorkerSettings, jobs: int) -> None:
+    def __init__(self, settings: WorkerSettings, jobs: int, persistent: bool = False) -> None:
         self.settings = settings
         self.jobs = jobs
+        self.persistent = persistent  # keep the workers (and their models) between runs, until close()
         self.pool: ProcessPoolExecutor | None = None
         self.restarts = 0
 
@@ -107,10 +140,11 @@ class ProcessClassifier:
             )
         return self.pool
 
-    def run(self, files: Sequence[str | Path], failure, task=None) -> Iterator[tuple[Result, LesionMap | None]]:
+    def run(self, files: Sequence, failure, task=None, name=item_name) -> Iterator[tuple[Result, LesionMap | None]]:
         """Results in input order; ``failure(name, reason)`` makes the row of a file that killed its worker.
 
-        ``task(path)`` runs in the worker (default: the worker's Classifier on the file).
+        ``task(item)`` runs in the worker (default: the worker's Classifier on the file at that path);
+        ``name(item)`` is what a file that killed its worker is reported as.
         """
         self.task = task or _classify_in_worker
         waiting: deque[int] = deque(range(len(files)))  # not yet yielded, in input order
@@ -133,7 +167,7 @@ class ProcessClassifier:
                     # Which file killed the worker is unknown: each file in flight is tried again, alone.
                     self._restart()
                     if head in suspects:  # it was alone: it is the one
-                        outcome = (failure(printable_name(files[head]), WORKER_DIED), None)
+                        outcome = (failure(name(files[head]), WORKER_DIED), None)
                     else:
                         suspects = set(running)
                         running.clear()
@@ -146,17 +180,22 @@ class ProcessClassifier:
         finally:
             for future in running.values():
                 future.cancel()
-            self.close()
+            if not self.persistent:
+                self.close()
 
-    def _submit(self, path: str | Path) -> Future:
+    def _submit(self, item) -> Future:
+        argument = os.fspath(item) if isinstance(item, (str, os.PathLike)) else item
         if self.pool is not None:
-            return self.pool.submit(self.task, os.fspath(path))
+            try:
+                return self.pool.submit(self.task, argument)
+            except BrokenProcessPool:  # a worker died while idle (a pool kept open between runs): new workers
+                self._restart()
         # The first submit starts the workers. SIGINT is ignored meanwhile so they start with it ignored (an ignored
         # signal stays ignored across exec): a terminal's Ctrl-C, sent to the whole process group, then reaches only
         # this process, never a worker still importing (a traceback) or mid-file.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
         try:
-            return self._pool().submit(self.task, os.fspath(path))
+            return self._pool().submit(self.task, argument)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)

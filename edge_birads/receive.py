@@ -2,7 +2,7 @@
 
 A modality or a PACS sends images with C-STORE; each instance is written into
 the inbox the way the daemon expects a hand-over (see
-:mod:`edge_birads.watch_inbox`): under a dot-name the daemon ignores, fsynced,
+:mod:`edge_birads.watch.inbox`): under a dot-name the daemon ignores, fsynced,
 renamed to ``<SOP Instance UID>.dcm`` and the folder fsynced, and only then is
 the C-STORE answered with Success. So:
 
@@ -40,10 +40,10 @@ from pathlib import Path
 
 from edge_birads.dicom import MAMMOGRAPHY_MODALITIES
 from edge_birads.durable import _unlink_quietly, write_bytes_atomic
-from edge_birads.watch_log import EventLog
+from edge_birads.watch.log import EventLog
 
 SECTION = "receive"
-TMP_PREFIX = ".edge-birads-receive-"  # a dotfile: the daemon never tracks it (watch_inbox.is_ignored)
+TMP_PREFIX = ".edge-birads-receive-"  # a dotfile: the daemon never tracks it (edge_birads.watch.inbox.is_ignored)
 DEFAULT_AE_TITLE = "EDGEBIRADS"
 DEFAULT_PORT = 11112
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edge_birads import DISCLAIMER, bench
+from edge_birads import DISCLAIMER, bench, bench_baseline, bench_child
 from edge_birads.card import card_path_for
 from edge_birads.classifier import default_model_path
 from edge_birads.cli import cli
@@ -78,7 +78,7 @@ def test_json_report_has_every_key_and_engine(json_report):
 
 
 def test_keras_baseline_runs_when_tensorflow_is_installed(json_report):
-    if not bench.tensorflow_installed():
+    if not bench_baseline.tensorflow_installed():
         pytest.skip("TensorFlow not installed: the Keras baseline is listed as skipped (covered below)")
     engines = {engine["name"]: engine for engine in json_report["engines"]}
     if "keras_config" not in json.loads(card_path_for(default_model_path()).read_text()):
@@ -97,7 +97,7 @@ def test_table_lists_every_engine_and_the_paper(tmp_path):
     assert len(int8_rows) == 1 and len(int8_rows[0].split()) == 2 + 9, int8_rows
     for name in ENGINES[1:]:
         assert any(line.startswith(name) and "skipped:" in line for line in lines), name
-    reason = "keras_config" if bench.tensorflow_installed() else bench.NO_TENSORFLOW
+    reason = "keras_config" if bench_baseline.tensorflow_installed() else bench_baseline.NO_TENSORFLOW
     assert any(reason in line for line in lines if line.startswith("float32 TFLite"))
     assert any(line.startswith("paper, lightweight CNN (per inference)") and "120 ms" in line and "127 MB" in line for line in lines)
     assert any(line.startswith("paper, baseline") and "450 MB" in line for line in lines)
@@ -110,7 +110,7 @@ def test_table_lists_every_engine_and_the_paper(tmp_path):
 
 
 def test_without_tensorflow_the_float_engines_are_skipped_with_the_reason(tmp_path, monkeypatch, example_pngs):
-    monkeypatch.setattr(bench, "tensorflow_installed", lambda: False)
+    monkeypatch.setattr(bench_baseline, "tensorflow_installed", lambda: False)
     images = tmp_path / "images"
     images.mkdir()
     shutil.copyfile(example_pngs[0], images / example_pngs[0].name)
@@ -121,7 +121,7 @@ def test_without_tensorflow_the_float_engines_are_skipped_with_the_reason(tmp_pa
     check_ok_engine(report["engines"][0])
     for engine in report["engines"][1:]:
         assert engine["status"] == "skipped"
-        assert engine["reason"] == bench.NO_TENSORFLOW
+        assert engine["reason"] == bench_baseline.NO_TENSORFLOW
     assert report["ratios"]["baseline_over_int8_p50_total"] is None
 
 
@@ -132,8 +132,8 @@ def test_an_image_folder_without_images_fails_as_classify_does(tmp_path):
 
 
 def test_percentiles_match_hand_computed_values():
-    assert bench.summarize([4.0, 1.0, 3.0, 2.0, 5.0]) == {"min": 1.0, "p50": 3.0, "p95": 4.8, "max": 5.0}
-    assert bench.percentile([7.0], 95) == 7.0
+    assert bench_child.timing_stats([4.0, 1.0, 3.0, 2.0, 5.0]) == {"min": 1.0, "p50": 3.0, "p95": 4.8, "max": 5.0}
+    assert bench_child.percentile([7.0], 95) == 7.0
 
 
 def test_synthetic_image_is_a_1024_png_that_the_runtime_reads(tmp_path):
@@ -150,7 +150,7 @@ def test_float_model_without_a_card_borrows_the_int8_card(tmp_path, monkeypatch)
     Any TFLite with the same input and output runs this path; the bundled model stands in for a
     float32 file here so the test needs no TensorFlow.
     """
-    monkeypatch.setattr(bench, "tensorflow_installed", lambda: False)
+    monkeypatch.setattr(bench_baseline, "tensorflow_installed", lambda: False)
     other = tmp_path / "other.tflite"
     shutil.copyfile(default_model_path(), other)
     result = run("--n", "2", "--warmup", "0", "--float-model", str(other), "--format", "json")
@@ -209,10 +209,10 @@ def test_ctrl_c_exits_130_as_classify_does(monkeypatch):
     assert result.stderr == "interrupted: no report (every engine's figures are needed for the comparison).\n"
 
 
-def made_up_engine(name: str, total_p50: float, inference_p50: float, rss: float, cold: float) -> bench.EngineResult:
+def made_up_engine(name: str, total_p50: float, inference_p50: float, rss: float, cold: float) -> bench_child.EngineResult:
     stages = {"decode": 1.0, "preprocess": 1.0, "inference": inference_p50, "total": total_p50}
     timings = {stage: {"min": p50, "p50": p50, "p95": p50, "max": p50} for stage, p50 in stages.items()}
-    return bench.EngineResult(name, "ok", peak_rss_mib=rss, rss_anon_mib=rss / 2, cold_start_s=cold, timings_ms=timings)
+    return bench_child.EngineResult(name, "ok", peak_rss_mib=rss, rss_anon_mib=rss / 2, cold_start_s=cold, timings_ms=timings)
 
 
 def test_ratios_are_the_other_engine_over_int8_from_made_up_timings():

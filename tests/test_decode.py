@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_birads.decode import DecodeLimits, decode_bytes, header_dimensions, read_file
+from edge_birads.decode import DecodeLimits, decode_bytes, read_file
+from edge_birads.headers import header_dimensions
 from edge_birads.errors import InputError
 
 

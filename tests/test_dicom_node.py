@@ -23,10 +23,10 @@ from pynetdicom import AE, evt  # noqa: E402
 from edge_birads.card import load_card  # noqa: E402
 from edge_birads.classifier import default_model_path  # noqa: E402
 from edge_birads.cli import cli  # noqa: E402
-from edge_birads.outbox import Destination, SendConfig, SrOutput  # noqa: E402
+from edge_birads.watch.outbox import Destination, SendConfig, SrOutput  # noqa: E402
 from edge_birads.receive import STORAGE_CLASSES, ReceiveConfig, Receiver  # noqa: E402
 from edge_birads.sr import build_report, read_source, report_uids  # noqa: E402
-from edge_birads.watch_log import EventLog  # noqa: E402
+from edge_birads.watch.log import EventLog  # noqa: E402
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -480,7 +480,7 @@ def test_a_daemon_that_died_after_the_result_still_files_the_report(tmp_path: Pa
 
 
 def test_send_settings_come_from_the_config_file_and_the_command_line_wins(tmp_path: Path):
-    from edge_birads.outbox import SendConfigError, build_send_config
+    from edge_birads.watch.outbox import SendConfigError, build_send_config
 
     config = tmp_path / "watch.conf"
     config.write_text("[send]\ndestination = PACS@10.0.0.5:104\ncalling_ae_title = PI1\nretry_max_seconds = 30\n")

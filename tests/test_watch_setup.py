@@ -202,7 +202,7 @@ def test_nothing_reaches_stderr_outside_the_log_format(tmp_path: Path) -> None:
     runner = tmp_path / "runner.py"
     runner.write_text(
         "import logging, sys, threading\n"
-        "import edge_birads.watch as watch\n"
+        "import edge_birads.watch.daemon as watch\n"
         "original = watch.WatchDaemon.shutdown\n"
         "def shutdown(self):\n"
         "    t = threading.Thread(target=lambda: logging.getLogger('watchdog.observers.inotify').error("

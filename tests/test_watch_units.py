@@ -10,11 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from edge_birads.cli import cli
-from edge_birads.durable import TMP_PREFIX, free_name, sweep_temporaries, write_json_atomic
-from edge_birads.watch_config import ConfigError, build_config
-from edge_birads.watch_inbox import InboxTracker, is_ignored
-from edge_birads.watch_log import EventLog
-from edge_birads.watch_state import ClaimMarker, ContentIndex, find_record
+from edge_birads.durable import TMP_PREFIX, sweep_temporaries, write_json_atomic
+from edge_birads.watch.config import ConfigError, build_config
+from edge_birads.watch.filing import file_into
+from edge_birads.watch.inbox import InboxTracker, is_ignored
+from edge_birads.watch.log import EventLog
+from edge_birads.watch.state import ClaimMarker, ContentIndex, find_record
 
 
 def test_config_file_values_are_typed_and_command_line_wins(tmp_path: Path) -> None:
@@ -106,7 +107,9 @@ def test_record_slots_are_found_again_by_name_and_content(tmp_path: Path) -> Non
     assert find_record(tmp_path, "x.png", sha_b, ".json").found == other.free
     (tmp_path / "y").write_bytes(b"")
     (tmp_path / "y.bbbbbbbbbbbb").write_bytes(b"")
-    assert free_name(tmp_path, "y", sha_b) == tmp_path / "y.bbbbbbbbbbbb.1"
+    (tmp_path / "incoming").write_bytes(b"y")  # an input filed under the first free slot, never over a file
+    assert file_into(tmp_path / "incoming", tmp_path, "y", sha_b) == tmp_path / "y.bbbbbbbbbbbb.1"
+    assert (tmp_path / "y.bbbbbbbbbbbb.1").read_bytes() == b"y" and (tmp_path / "y").read_bytes() == b""
 
 
 def test_very_long_names_keep_derived_names_under_255_bytes(tmp_path: Path) -> None:
@@ -145,11 +148,25 @@ def test_claim_marker_counts_deaths_on_the_same_content(tmp_path: Path) -> None:
     assert second.attempts_before("f" * 64) == 1 and second.attempts_before("e" * 64) == 0
     second.classifying("f" * 64)
     second.uncount()  # this run stops for a reason that is not the file's
-    assert ClaimMarker(tmp_path).record.attempts == 1
+    assert ClaimMarker(tmp_path).records["p.png"].attempts == 1
     second.take("q.png")  # another file: its own count
     assert second.attempts_before("f" * 64) == 0
-    second.clear()  # filed: nothing in flight
-    assert ClaimMarker(tmp_path).record is None and second.work_path("s/x.png") == tmp_path / "work" / "s" / "x.png"
+    second.classifying("e" * 64)  # with --jobs, several files are in flight at once
+    assert {name: r.attempts for name, r in ClaimMarker(tmp_path).records.items()} == {"p.png": 1, "q.png": 1}
+    second.uncount("q.png")  # only q.png's run is taken back (it changed while being classified)
+    assert {name: r.attempts for name, r in ClaimMarker(tmp_path).records.items()} == {"p.png": 1, "q.png": 0}
+    second.clear()  # q.png filed
+    second.take("p.png")
+    second.clear()  # p.png filed: nothing in flight
+    assert ClaimMarker(tmp_path).records == {} and not (tmp_path / "claim.json").exists()
+    assert second.work_path("s/x.png") == tmp_path / "work" / "s" / "x.png"
+
+
+def test_claim_marker_reads_the_single_record_of_earlier_versions(tmp_path: Path) -> None:
+    (tmp_path / "claim.json").write_text(json.dumps({"name": "p.png", "sha256": "f" * 64, "attempts": 2, "pid": 1}))
+    marker = ClaimMarker(tmp_path)
+    marker.take("p.png")
+    assert marker.attempts_before("f" * 64) == 2
 
 
 def test_log_lines_are_single_lines_with_journald_priorities(tmp_path: Path) -> None:

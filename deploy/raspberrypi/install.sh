@@ -166,10 +166,10 @@ fi
 # Writable for the service: the four folders of the config as it is now (an edited config may point elsewhere).
 readwrite=$("$VENV/bin/python" - "$CONFIG" <<'EOF'
 import sys
-from edge_birads.watch_config import build_config
+from edge_birads.watch.config import build_config
 config = build_config({}, sys.argv[1])
 folders = []
-from edge_birads.outbox import build_send_config
+from edge_birads.watch.outbox import build_send_config
 send = build_send_config({}, sys.argv[1], config.state)
 extra = [send.outbox] if send is not None else []
 for folder in (config.inbox, config.results, config.done, config.failed, config.state, config.status_file.parent, *extra):

@@ -1,10 +1,12 @@
-"""The ``edge-birads watch`` command: options in, exit code out; the work is in :mod:`edge_birads.watch`."""
+"""The ``edge-birads watch`` command: options in, exit code out; the work is in :mod:`edge_birads.watch.daemon`."""
 
 from __future__ import annotations
 
 import sys
 
 import click
+
+from edge_birads.cli_shared import decode_limit_options
 
 
 @click.command("watch")
@@ -67,6 +69,15 @@ import click
 )
 @click.option("--threads", type=click.IntRange(1, 64), default=None, help="Interpreter threads.  [default: 1]")
 @click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Worker processes, each with its own interpreter, classifying the bytes the daemon read and hashed "
+    "(as classify --jobs); claims, records and moves stay in the daemon.  [default: 1]",
+)
+@decode_limit_options(config_file=True)
+@click.option(
     "--max-attempts",
     type=click.IntRange(1, 1000),
     default=None,
@@ -101,9 +112,9 @@ def watch(inbox, config_file, sr_outbox, send_to, send_as, send_retry_max, **opt
     With --sr-outbox or --send-to (or a [send] section in --config), each
     classified DICOM also gets a DICOM SR in the outbox, sent exactly once.
     """
-    from edge_birads.outbox import SendConfigError, build_send_config
-    from edge_birads.watch import run_watch
-    from edge_birads.watch_config import ConfigError, build_config
+    from edge_birads.watch.outbox import SendConfigError, build_send_config
+    from edge_birads.watch.daemon import run_watch
+    from edge_birads.watch.config import ConfigError, build_config
 
     try:
         config = build_config({"inbox": inbox, **options}, config_file)

@@ -13,9 +13,11 @@ never reads DICOM patient tags into anything it prints.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
+import warnings
 
 PRIORITY = {"error": 3, "warning": 4, "info": 6}
 
@@ -77,3 +79,31 @@ class EventLog:
 
     def error(self, message: str) -> None:
         self("error", message)
+
+
+class LibraryLogHandler(logging.Handler):
+    """Library log records and Python warnings (watchdog's, numpy's) as lines of the daemon's log, not raw stderr."""
+
+    def __init__(self, log: EventLog) -> None:
+        super().__init__(logging.WARNING)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a library's malformed log call must not stop the daemon
+            message = str(record.msg)
+        if record.name == "py.warnings":  # "path:line: Category: text\n  source line"
+            message = message.strip().splitlines()[0]
+        level = "error" if record.levelno >= logging.ERROR else "warning"
+        self.log(level, f"{record.name}: {message}")
+
+
+def route_library_output(log: EventLog) -> None:
+    """Send library logging and warnings through ``log``; without this, Python's last-resort handler
+    prints them raw on stderr (watchdog's inotify thread on stop, numpy RuntimeWarnings)."""
+    logging.captureWarnings(True)
+    root = logging.getLogger()
+    root.handlers[:] = [LibraryLogHandler(log)]
+    root.setLevel(logging.WARNING)
+    warnings.simplefilter("default")

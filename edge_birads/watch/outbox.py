@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_birads.durable import fsync_dir, sweep_temporaries, write_bytes_atomic, write_json_atomic
-from edge_birads.watch_log import EventLog
+from edge_birads.watch.log import EventLog
 
 SECTION = "send"
 DEFAULT_CALLING_AE = "EDGEBIRADS"

@@ -9,9 +9,9 @@ leaves enough to resume without redoing, losing or double-reporting a file:
 * a content index (one small JSON file per sha256) lists every name a
   content was reported under, with the first prediction, so a copy under a
   new name is answered from the index instead of a second model run;
-* a claim marker names the one file taken out of the inbox into the
-  daemon's working folder, so a restart finishes it, and counts the runs that
-  died classifying it, so a file that kills the process every time (a decoder
+* the working folder holds the files taken out of the inbox, so a restart
+  finishes them, and a claim marker counts the runs that died classifying
+  each, so a file that kills the process every time (a decoder
   crash, an OOM kill) is quarantined after a few attempts instead of
   restarting the service forever;
 * files that could not be taken out of the inbox are counted, so one that can
@@ -119,33 +119,44 @@ class Attempt:
 
 
 class ClaimMarker:
-    """The one entry taken out of the inbox (``STATE/work/<its relative path>``) and ``STATE/claim.json``.
+    """The entries taken out of the inbox (``STATE/work/<their relative paths>``) and ``STATE/claim.json``.
 
     The daemon takes a file out of the inbox by an atomic rename into its
     working folder before reading it, so a sender that re-sends the same name
     meanwhile makes a new arrival instead of changing what is being
     classified. The entry keeps its relative path there, so after a crash or
     power cut the working folder alone says what was claimed and from where;
-    nothing has to be written before the rename. ``claim.json`` is written
-    just before the model runs (name, sha256, attempt count) and removed once
-    the file is filed: it catches a file that kills the process every time.
-    It is replaced atomically but not fsynced: it has to survive a kill,
-    which keeps the page cache; a power cut loses at most one count.
+    nothing has to be written before the rename. ``claim.json`` lists each file
+    the model is about to run on (name, sha256, attempt count; one at a time,
+    or one per file in flight with ``--jobs``), written just before the model
+    runs and the entry removed once the file is filed: it catches a file that
+    kills the process every time. It is replaced atomically but not fsynced: it
+    has to survive a kill, which keeps the page cache; a power cut loses at most
+    one count.
+
+    ``current`` is the entry being handled now; the methods without a name act on it.
     """
 
     def __init__(self, state: Path) -> None:
         self.path = state / "claim.json"
         self.work = state / "work"
-        self.current: str | None = None  # the name claimed now
-        self.counted = False  # whether this run counted an attempt on it
-        self.record: Attempt | None = None
-        record = read_json(self.path)
-        if record and isinstance(record.get("name"), str) and isinstance(record.get("sha256"), str):
-            try:
-                self.record = Attempt(record["name"], record["sha256"], int(record.get("attempts", 1)))
-            except (TypeError, ValueError):
-                self.record = None
-        self._on_disk = self.record is not None
+        self.current: str | None = None  # the name handled now
+        self.counted: set[str] = set()  # names whose attempt this run counted
+        self.records: dict[str, Attempt] = {}
+        data = read_json(self.path) or {}
+        entries = data.get("claims") if isinstance(data.get("claims"), list) else [data]  # one record: the older format
+        for entry in entries:
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("sha256"), str):
+                try:
+                    self.records[entry["name"]] = Attempt(entry["name"], entry["sha256"], int(entry.get("attempts", 1)))
+                except (TypeError, ValueError):
+                    continue
+        self._on_disk = self.path.exists()
+
+    @property
+    def record(self) -> Attempt | None:
+        """The attempt record of the current entry, if any."""
+        return self.records.get(self.current) if self.current is not None else None
 
     def work_path(self, name: str | None = None) -> Path:
         name = name or self.current
@@ -153,45 +164,69 @@ class ClaimMarker:
         return self.work / name
 
     def take(self, name: str) -> None:
-        """``name`` is (about to be) in the working folder."""
-        self.current, self.counted = name, False
+        """``name`` is (about to be) in the working folder, and handled now."""
+        self.current = name
 
     def attempts_before(self, sha256: str) -> int:
         """How many runs died while classifying these bytes under the current name."""
         record = self.record
-        return record.attempts if record is not None and record.name == self.current and record.sha256 == sha256 else 0
+        return record.attempts if record is not None and record.sha256 == sha256 else 0
 
     def classifying(self, sha256: str) -> None:
         """About to run the model on these bytes: one more attempt, should this run die."""
         assert self.current is not None
-        self._write(Attempt(self.current, sha256, self.attempts_before(sha256) + 1))
-        self.counted = True
+        self.records[self.current] = Attempt(self.current, sha256, self.attempts_before(sha256) + 1)
+        self.counted.add(self.current)
+        self._save()
 
-    def uncount(self) -> None:
-        """The run stops for a reason that is not the file's (an output error): take back its attempt."""
-        record = self.record
-        if self.counted and record is not None:
-            self._write(Attempt(record.name, record.sha256, record.attempts - 1))
-            self.counted = False
+    def uncount(self, name: str | None = None) -> None:
+        """The run stops for a reason that is not the file's (an output error): take back the attempt this run
+        counted on ``name``, or on every file in flight."""
+        names = [name] if name is not None else sorted(self.counted)
+        changed = False
+        for each in names:
+            record = self.records.get(each)
+            if each in self.counted and record is not None:
+                self.records[each] = Attempt(record.name, record.sha256, record.attempts - 1)
+                changed = True
+            self.counted.discard(each)
+        if changed:
+            self._save()
 
     def returned(self) -> None:
-        """The claimed file went back to the inbox; its attempt count stays, for when it is claimed again."""
-        self.current, self.counted = None, False
+        """The current file went back to the inbox; its attempt count stays, for when it is claimed again."""
+        if self.current is not None:
+            self.counted.discard(self.current)
+        self.current = None
 
     def clear(self) -> None:
-        """The claimed file is filed away (done/ or failed/): it did not kill us."""
-        self.current, self.counted, self.record = None, False, None
-        if self._on_disk:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-            self._on_disk = False
+        """The current file is filed away (done/ or failed/): it did not kill us."""
+        name, self.current = self.current, None
+        if name is not None:
+            self.counted.discard(name)
+            if self.records.pop(name, None) is not None:
+                self._save()
 
-    def _write(self, record: Attempt) -> None:
-        data = {"name": record.name, "sha256": record.sha256, "attempts": record.attempts, "pid": os.getpid()}
-        write_json_atomic(self.path, data, durable=False)
-        self.record, self._on_disk = record, True
+    def forget(self, name: str) -> None:
+        """Drop the record of a file that is neither claimed nor waiting in the inbox any more."""
+        if self.records.pop(name, None) is not None:
+            self._save()
+
+    def _save(self) -> None:
+        if not self.records:
+            if self._on_disk:
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+                self._on_disk = False
+            return
+        claims = [
+            {"name": record.name, "sha256": record.sha256, "attempts": record.attempts, "pid": os.getpid()}
+            for record in self.records.values()
+        ]
+        write_json_atomic(self.path, {"claims": claims}, durable=False)
+        self._on_disk = True
 
 
 class UnmovableFiles:

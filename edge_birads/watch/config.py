@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_birads.durable import TMP_PREFIX
+from edge_birads.cli_shared import limits_from
+from edge_birads.limits import DEFAULT_LIMITS, DecodeLimits
 
 SECTION = "watch"
 DEFAULT_STABLE_SECONDS = 3.0
@@ -51,6 +53,8 @@ class WatchConfig:
     threads: int = 1
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     heartbeat_seconds: float = DEFAULT_HEARTBEAT
+    jobs: int = 1  # worker processes classifying (each with its own interpreter); 1: in the daemon's own process
+    limits: DecodeLimits = DEFAULT_LIMITS  # max_pixels, max_file_mb, time_limit: the same as classify's options
 
 
 # key in the file -> (type, help); the same names as the long options, with "_" for "-".
@@ -67,8 +71,12 @@ FILE_KEYS = {
     "close_write": "bool",
     "model": "path",
     "threads": "int",
+    "jobs": "int",
     "max_attempts": "int",
     "heartbeat_seconds": "float",
+    "max_pixels": "int",
+    "max_file_mb": "float",
+    "time_limit": "float",
 }
 
 
@@ -142,8 +150,10 @@ def build_config(options: dict, config_file: str | Path | None = None) -> WatchC
         close_write=bool(merged.get("close_write", True)),
         model=_absolute(merged["model"]) if merged.get("model") else None,
         threads=int(merged.get("threads", 1)),
+        jobs=int(merged.get("jobs", 1)),
         max_attempts=int(merged.get("max_attempts", DEFAULT_MAX_ATTEMPTS)),
         heartbeat_seconds=float(merged.get("heartbeat_seconds", DEFAULT_HEARTBEAT)),
+        limits=limits_from(merged.get("max_pixels"), merged.get("max_file_mb"), merged.get("time_limit")),
     )
     _check_values(config)
     return config
@@ -168,8 +178,17 @@ def _check_values(config: WatchConfig) -> None:
         raise ConfigError(f"heartbeat-seconds must be between 0.1 and 3600, not {config.heartbeat_seconds}")
     if not 1 <= config.threads <= 64:
         raise ConfigError(f"threads must be between 1 and 64, not {config.threads}")
+    if not 1 <= config.jobs <= 64:
+        raise ConfigError(f"jobs must be between 1 and 64, not {config.jobs}")
     if not 1 <= config.max_attempts <= 1000:
         raise ConfigError(f"max-attempts must be between 1 and 1000, not {config.max_attempts}")
+    limits = config.limits
+    if limits.max_pixels < 1:
+        raise ConfigError(f"max-pixels must be at least 1, not {limits.max_pixels}")
+    if limits.max_file_bytes <= 0:
+        raise ConfigError(f"max-file-mb must be more than 0, not {limits.max_file_bytes / 2**20:g}")
+    if limits.max_seconds < 0:
+        raise ConfigError(f"time-limit must be 0 (no limit) or more seconds, not {limits.max_seconds:g}")
     for label, folder in (("results", config.results), ("done", config.done), ("failed", config.failed), ("state", config.state)):
         if folder == config.inbox:
             raise ConfigError(f"the {label} folder must not be the inbox itself ({folder})")
