@@ -31,7 +31,7 @@ class EngineResult:
     runtime: str | None = None
     cold_start_s: float | None = None
     peak_rss_mib: float | None = None
-    rss_anon_mib: float | None = None  # at the end of the run; see bench_worker.rss_split_mib
+    rss_anon_mib: float | None = None  # at the end of the run; see bench_protocol.rss_split_mib
     rss_file_mib: float | None = None
     timings_ms: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -64,12 +64,16 @@ def child_env() -> dict[str, str]:
     return env
 
 
+# The float baseline's jobs run from the one module that knows the training framework; the rest from the lean worker.
+WORKER_MODULES = {"keras": "edge_birads.bench_baseline", "prepare": "edge_birads.bench_baseline"}
+
+
 def run_child(job: dict, progress: Progress | None = None, label: str = "") -> tuple[dict | None, float | None, str | None]:
     """Run one worker job in a fresh process: (result, cold start seconds, error reason)."""
     with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as stderr:
         started = time.perf_counter()
         process = subprocess.Popen(
-            [sys.executable, "-m", "edge_birads.bench_worker", json.dumps(job)],
+            [sys.executable, "-m", WORKER_MODULES.get(job["kind"], "edge_birads.bench_worker"), json.dumps(job)],
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,

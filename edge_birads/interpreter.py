@@ -7,9 +7,8 @@ card's metrics, cross-validation) run a model through :func:`run_image` /
 
 Order of preference: LiteRT (``ai_edge_litert``, maintained, numpy 2, arm64
 wheels for Python 3.10-3.14), then ``tflite_runtime`` (the only choice on
-32-bit Raspberry Pi OS), then ``tensorflow.lite`` as a last resort. TensorFlow
-is only imported when neither lean runtime exists, and never before
-tflite_runtime: in one process that order makes tflite_runtime abort.
+32-bit Raspberry Pi OS). The runtime never falls back on the training
+framework's own interpreter: it is not a dependency of the runtime.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from edge_birads.quiet import captured_stderr
 # journald log that is noise. Only this exact announcement is dropped; anything else is passed on.
 DELEGATE_NOTICE = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
 
-INTERPRETER_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
+INTERPRETER_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
 
 
 def find_interpreter_class() -> tuple[type, str]:

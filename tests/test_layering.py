@@ -97,11 +97,29 @@ def test_no_import_cycles_in_the_runtime() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]], "the cycle finder finds one"
 
 
-# Still mentioning it, pending their owners' consolidation (the int8 runner and the bench worker's baseline jobs).
-NOT_YET_MOVED = {"interpreter.py", "bench_worker.py"}
+FRAMEWORKS = ("tensorflow", "keras", "tf_keras")
 
 
-def test_only_the_bench_baseline_mentions_the_training_framework() -> None:
-    mentions = {path.name for path in PACKAGE.rglob("*.py") if "tensorflow" in path.read_text(encoding="utf-8").lower()}
-    assert "bench_baseline.py" in mentions
-    assert mentions - NOT_YET_MOVED == {"bench_baseline.py"}
+def framework_uses(path: Path) -> list[str]:
+    """Imports of the training framework in a module, and module paths of it named in strings (importlib, find_spec)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names = []
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                names = [node.module] if node.module and node.level == 0 else []
+            found += [name for name in names if name.split(".")[0] in FRAMEWORKS]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):  # a module path for importlib (not a job named "keras")
+            if node.value == "tensorflow" or node.value.startswith(tuple(f"{f}." for f in FRAMEWORKS)):
+                found.append(node.value)
+    return found
+
+
+def test_only_the_bench_baseline_uses_the_training_framework(tmp_path) -> None:
+    users = {path.name for path in PACKAGE.rglob("*.py") if framework_uses(path)}
+    assert users == {"bench_baseline.py"}, users
+    probe = tmp_path / "probe.py"
+    probe.write_text('import os\nMODULES = ("ai_edge_litert.interpreter", "tensorflow.lite")\n', encoding="utf-8")
+    assert framework_uses(probe) == ["tensorflow.lite"], "the check sees a module named in a string"

@@ -125,7 +125,7 @@ def test_dequantize_per_channel_along_an_axis():
 
 def test_the_bench_reads_the_bundled_models_weights_per_channel_through_the_one_dequantize():
     """The float baseline of `edge-birads bench` is rebuilt from these: every weighted op, each kernel scaled per output channel."""
-    from edge_birads.bench_worker import int8_weights_as_float
+    from edge_birads.bench_baseline import int8_weights_as_float
 
     weights = int8_weights_as_float(str(default_model_path()))
     assert [kernel.shape for kernel, _ in weights] == [(32, 3, 3, 1), (64, 3, 3, 32), (128, 3, 3, 64), (128, 86528), (3, 128)]
