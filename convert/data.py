@@ -482,7 +482,7 @@ def load_images(records: list[Record], spec: PreprocessSpec) -> tuple[np.ndarray
     return np.stack(arrays).astype(np.float32, copy=False), kept
 
 
-def summarize(records: list[Record]) -> dict:
+def data_counts(records: list[Record]) -> dict:
     """Counts per source and label, and patients per source (for the model card)."""
     per_source: dict[str, dict] = {}
     for source in sorted({r.source for r in records}):

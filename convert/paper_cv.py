@@ -31,7 +31,7 @@ from convert.train import TrainConfig as PaperConfig
 from convert.train import make_batches, validation_callback
 from convert.recipes import Fitted, KerasRecipe
 from convert.split import FoldProtocol
-from convert.train_lesion import headline, summarise
+from convert.train_lesion import headline, pool_metrics
 from edge_birads.preprocess import PreprocessSpec
 
 # Representative images for int8 calibration, drawn from the fold's training patients.
@@ -66,7 +66,7 @@ def score_fold(pool: PreparedPool, fold: int, val_idx, test_idx, predictors: dic
         p_val, p_test = predict(x_val), predict(x_test)
         threshold = threshold_for_sensitivity(val_mal, p_val[:, 2], referral_sensitivity)
         np.savez(out_dir / f"fold{fold}{suffix}.npz", test_idx=test_idx, probs=p_test, threshold=threshold, val_idx=val_idx, val_probs=p_val)
-        metrics = summarise(pool, test_idx, p_test, p_test[:, 2] >= threshold)
+        metrics = pool_metrics(pool, test_idx, p_test, p_test[:, 2] >= threshold)
         log(json.dumps({"fold": fold, "model": suffix.strip("_") or "float", "threshold": threshold, "test": headline(metrics)}))
 
 

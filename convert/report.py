@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from convert import export
-from convert.data import GROUP_LABELS, PAPER_TO_GROUP, Record, load_images, load_sources, summarize
+from convert.data import GROUP_LABELS, PAPER_TO_GROUP, Record, load_images, load_sources, data_counts
 from convert.metrics import evaluate_probabilities
 from edge_birads import DISCLAIMER
 from edge_birads.card import load_card
@@ -127,7 +127,7 @@ def make_report(model_path: str | Path, data_spec: str, out_dir: str | Path, run
         "model": str(model_path),
         "model_sha256": card.sha256,
         "scope": scope,
-        "data": summarize(kept),
+        "data": data_counts(kept),
         "pooled": evaluate_probabilities(probs, y, labels, (card.malignant_label,), card.referral_threshold),
     }
     for source in sorted({r.source for r in kept}):

@@ -26,7 +26,7 @@ from convert.data import (
     load_images,
     load_sources,
     subset_by_patient,
-    summarize,
+    data_counts,
 )
 from convert.metrics import roc_auc
 from convert.split import Split, split_by_patient
@@ -159,7 +159,7 @@ def prepare_run_data(config: TrainConfig, synthetic_dir: Path | None = None) -> 
     images, kept = load_images(records, spec)
     log.info("read and preprocessed %d images in %.1f s", len(kept), time.perf_counter() - started)
     split = split_by_patient(kept, seed=config.seed, test_fraction=config.test_fraction, val_fraction=config.val_fraction)
-    return RunData(kept, images, labels_for(kept), split, spec, summarize(kept))
+    return RunData(kept, images, labels_for(kept), split, spec, data_counts(kept))
 
 
 def load_run_data(run_dir: str | Path) -> RunData:
@@ -177,7 +177,7 @@ def load_run_data(run_dir: str | Path) -> RunData:
         tuple(i for i, p in enumerate(parts) if p == "test"),
         int(doc["seed"]),
     )
-    return RunData(records, images, tuple(doc["labels"]), split, spec, summarize(records))
+    return RunData(records, images, tuple(doc["labels"]), split, spec, data_counts(records))
 
 
 # --------------------------------------------------------------------------- batches

@@ -369,7 +369,7 @@ class LesionRecipe(KerasRecipe):
 RECIPE = LesionRecipe()
 
 
-def summarise(pool: PreparedPool, indices, probs, flags, seed: int = 0) -> dict:
+def pool_metrics(pool: PreparedPool, indices, probs, flags, seed: int = 0) -> dict:
     labels = np.array([pool.items[i].label for i in indices])
     sources = np.array([pool.items[i].source for i in indices])
     patients = np.array([f"{pool.items[i].source}/{pool.items[i].patient_id}" for i in indices])
@@ -399,7 +399,7 @@ def run_log(out_dir: Path):
 
 
 def headline(metrics: dict) -> dict:
-    """The AUC and referral figures of ``summarise`` output, per source: what a fold's log line shows."""
+    """The AUC and referral figures of ``pool_metrics`` output, per source: what a fold's log line shows."""
     return {source: {k: v for k, v in m.items() if k.startswith(("auc", "referral"))} for source, m in metrics.items()}
 
 
@@ -434,7 +434,7 @@ def cv_fold(cfg: TrainConfig, pool: PreparedPool, folds: np.ndarray, fold: int, 
         kernel=run["head"][0], bias=run["head"][1],
     )
     (out_dir / f"fold{fold}_history.json").write_text(json.dumps(run["history"], indent=1))
-    fold_metrics = summarise(pool, test_idx, probs, probs[:, 2] >= run["threshold"])
+    fold_metrics = pool_metrics(pool, test_idx, probs, probs[:, 2] >= run["threshold"])
     log(json.dumps({"fold": fold, "best_epoch": run["best_epoch"], "threshold": run["threshold"], "test": headline(fold_metrics)}))
 
 
@@ -454,11 +454,11 @@ def collect_cv(pool: PreparedPool, out_dir: Path, cfg: TrainConfig, suffix: str 
         indices.append(idx)
         probs.append(p)
         flags.append(f)
-        per_fold.append(summarise(pool, idx, p, f))
+        per_fold.append(pool_metrics(pool, idx, p, f))
     if not indices:
         return {}
     indices, probs, flags = np.concatenate(indices), np.concatenate(probs), np.concatenate(flags)
-    result = {"pooled_out_of_fold": summarise(pool, indices, probs, flags), "folds_done": len(per_fold)}
+    result = {"pooled_out_of_fold": pool_metrics(pool, indices, probs, flags), "folds_done": len(per_fold)}
     result["mias_malignant_by_finding"] = by_finding(pool, indices, probs, flags)
     result["per_breast"] = breast_summary(pool, indices, probs)
     spread = {}
@@ -595,7 +595,7 @@ def export_fold(cfg: TrainConfig, run_dir: Path, fold: int, out_path: Path, comm
     train_idx, val_idx, test_idx = fold_split(pool, cfg.protocol(), fold)
     probs = int8["probs"]
     flags = probs[:, 2] >= float(int8["threshold"])
-    test_metrics = summarise(pool, test_idx, probs, flags)
+    test_metrics = pool_metrics(pool, test_idx, probs, flags)
     parities = json.loads((run_dir / "parity_int8.json").read_text())
     gate = parities[str(fold)]
     if gate.get("tflite_runtime_2_14_problems"):

@@ -209,9 +209,9 @@ def test_an_unknown_row_or_an_ensemble_has_no_configuration():
 
 
 def test_sources_come_from_the_pool(monkeypatch):
-    """A third source is reported beside the others without naming it anywhere (summarise, collect_cv, breasts)."""
+    """A third source is reported beside the others without naming it anywhere (pool_metrics, collect_cv, breasts)."""
     from convert.lesion_data import AnnotatedImage
-    from convert.train_lesion import summarise
+    from convert.train_lesion import pool_metrics
 
     pool = synthetic_pool(12)
     extra = [AnnotatedImage(path=None, patient_id=f"q{p}", source="new-source", label=p % 3) for p in range(12)]
@@ -219,7 +219,7 @@ def test_sources_come_from_the_pool(monkeypatch):
     pool.images = np.concatenate([pool.images, np.zeros((12, 16, 16), np.uint8)])
     assert pool.sources == ("cbis-ddsm-mass", "mini-mias", "new-source")
     probs = np.tile([0.2, 0.3, 0.5], (len(pool.items), 1))
-    metrics = summarise(pool, np.arange(len(pool.items)), probs, probs[:, 2] >= 0.5)
+    metrics = pool_metrics(pool, np.arange(len(pool.items)), probs, probs[:, 2] >= 0.5)
     assert list(metrics) == ["cbis-ddsm-mass", "mini-mias", "new-source"] and metrics["new-source"]["n_images"] == 12
 
 
