@@ -24,6 +24,7 @@ from pathlib import Path
 
 from edge_birads.bench_inputs import fresh_process
 
+
 def measure(body: str, scratch: Path) -> tuple[float, float]:
     """(wall seconds, peak RSS MiB) of one fresh `python -c BODY` (edge_birads.bench_inputs.fresh_process)."""
     wall, rss, status = fresh_process(body, scratch)

@@ -9,8 +9,8 @@ Their predictions are meaningless; the cards say so. Needs TensorFlow ([train]).
 
 writes paper-cnn.tflite/.json (Flatten -> Dense 128 head, ~11.2 M parameters)
 and paper-cnn-gap.tflite/.json (GlobalAveragePooling -> Dense 128, ~0.1 M).
-The network and the int8 conversion are convert/'s own (convert.models,
-convert.export): full-integer int8 in/out, batch size fixed to 1; the
+The network and the int8 conversion are convert/'s own (convert.models.paper_cnn,
+convert.evaluation.export): full-integer int8 in/out, batch size fixed to 1; the
 representative data are random [0, 1] images.
 """
 
@@ -44,8 +44,8 @@ def main() -> None:
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    from convert.export import to_tflite_int8
-    from convert.models import build_paper_cnn
+    from convert.evaluation.export import to_tflite_int8
+    from convert.models.paper_cnn import build_paper_cnn
 
     representative = np.random.default_rng(args.seed).random((50, 224, 224, 1), dtype=np.float32)
     for name, head in (("paper-cnn", "flatten"), ("paper-cnn-gap", "gap")):

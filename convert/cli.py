@@ -8,7 +8,7 @@ Examples (from the repository root)::
     python -m convert evaluate --run runs/paper --model runs/paper/paper.tflite
     python -m convert build --config ci --out runs/ci/ci      # a tiny pipeline check (CI)
     python -m convert report --model edge_birads/models/default.tflite --data mias --run runs/default --out runs/report
-    python -m convert cv --config paper-gap --out runs/cv-gap   # any row of convert.rows, through the one runner
+    python -m convert cv --config paper-gap --out runs/cv-gap   # any row of convert.training.rows, through the one runner
     python -m convert ablation table --root RUNS --doc docs/ablation.md
 
 Exit codes: 0 success, 1 failed parity / conversion check, 2 usage or data errors.
@@ -75,7 +75,7 @@ def _folds(text: str | None) -> list[int] | None:
 def training_options(command):
     for option in reversed([
         click.option("--config", "config_name", default="paper", show_default=True,
-                     help="a named configuration of convert.rows (paper, paper-ce, gap, ci, fcn-512x256-normal3-mined, mnv2-512, ...)"),
+                     help="a named configuration of convert.training.rows (paper, paper-ce, gap, ci, fcn-512x256-normal3-mined, mnv2-512, ...)"),
         click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="override a field of the configuration (patch.size=...)"),
         click.option("--data", help="paper CNN: auto | mias,cbis | synthetic | cbis-dicom | paper:PATH (default: the config's)"),
         click.option("--epochs", type=int, help="training epochs (default: the config's)"),
@@ -107,8 +107,8 @@ def _configuration(config_name: str, settings, **options):
     """(recipe name, configuration) of a row, with ``--set`` settings and the explicit training options on top."""
     from dataclasses import fields, replace
 
-    from convert.recipes import config_for
-    from convert.rows import ROWS
+    from convert.training.recipes import config_for
+    from convert.training.rows import ROWS
 
     cfg = config_for(config_name, settings)
     given = {key: value for key, value in options.items() if value is not None}
@@ -145,15 +145,15 @@ def cli() -> None:
 @click.pass_context
 def train(ctx, config_name, settings, out, **options) -> None:
     """Train a paper-CNN configuration on a hold-out split into a run directory."""
-    from convert.train import train as train_run
+    from convert.training.train import train as train_run
 
     train_run(_paper_configuration(config_name, settings, **options), out, command=_command_line(ctx))
     log.info("run written to %s", out)
 
 
 def _load_run(run_dir: Path):
-    from convert.models import load_model
-    from convert.train import TrainConfig, configure_tensorflow, load_run_data
+    from convert.models.paper_cnn import load_model
+    from convert.training.train import TrainConfig, configure_tensorflow, load_run_data
 
     config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     configure_tensorflow(config.threads, config.seed)
@@ -166,7 +166,7 @@ def float_path_for(int8_path: Path, run_dir: Path) -> Path:
 
 
 def _convert_or_exit(ctx, model, data, int8_path: Path, work: Path, seed: int, options: dict):
-    from convert.evaluate import ParityError, convert_model
+    from convert.evaluation.evaluate import ParityError, convert_model
 
     try:
         return convert_model(
@@ -200,8 +200,8 @@ def convert_command(ctx, run_dir, out, **options) -> None:
 @click.pass_context
 def evaluate(ctx, run_dir, model, no_keras) -> None:
     """Metrics of a .tflite on the run's test patients, and its model card."""
-    from convert.evaluate import build_card, evaluate_model, summary_markdown, write_card
-    from convert.models import describe
+    from convert.evaluation.evaluate import build_card, evaluate_model, summary_markdown, write_card
+    from convert.models.paper_cnn import describe
 
     run_dir = Path(run_dir)
     config, keras_model, data = _load_run(run_dir)
@@ -247,23 +247,23 @@ def build(ctx, config_name, settings, out, work, fold, **options) -> None:
     work = Path(work) if work else Path("runs") / int8_path.stem
     command = _command_line(ctx)
     if recipe == "lesion-fcn":
-        from convert.train_lesion import export_fold, int8_cv, run_cv
+        from convert.training.train_lesion import export_fold, int8_cv, run_cv
 
         run_cv(cfg, work)
         int8_cv(cfg, work)
         click.echo(json.dumps(export_fold(cfg, work, fold, int8_path.with_suffix(""), command), indent=1))
         return
     if recipe == "pretrained":
-        from convert import pretrained
-        from convert.recipes import run_cv
+        from convert.training import pretrained
+        from convert.training.recipes import run_cv
 
         run_cv("pretrained", cfg, work)
         card = pretrained.export_fold(cfg, work, fold, int8_path, config_name, command)
         click.echo(json.dumps({"model": str(int8_path), "sha256": card["sha256"], "threshold": card["referral"]["threshold"]}, indent=1))
         return
-    from convert.evaluate import build_card, evaluate_model, summary_markdown, write_card
-    from convert.models import describe
-    from convert.train import train as train_run
+    from convert.evaluation.evaluate import build_card, evaluate_model, summary_markdown, write_card
+    from convert.models.paper_cnn import describe
+    from convert.training.train import train as train_run
 
     started = time.perf_counter()
     model, data = train_run(cfg, work, command=command)
@@ -291,7 +291,7 @@ def build(ctx, config_name, settings, out, work, fold, **options) -> None:
 @click.option("--all", "all_images", is_flag=True, help="with --run: report every image, training ones included")
 def report(model, data, out, run_dir, all_images) -> None:
     """Evaluation report (Markdown, JSON, PNGs) of a .tflite on any labelled set."""
-    from convert.report import make_report
+    from convert.evaluation.report import make_report
 
     result = make_report(model, data, out, run_dir, all_images)
     click.echo((Path(out) / "report.md").read_text())
@@ -305,10 +305,10 @@ def report(model, data, out, run_dir, all_images) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for the per-fold predictions, int8 models, log.jsonl and metrics*.json")
 def cv(config_name, settings, folds, only, out, **options) -> None:
     """k-fold cross-validation by patient of any configuration (the ablation's folds, int8-scored)."""
-    from convert.paper_cv import describe_metrics
-    from convert.recipes import run_cv
-    from convert.rows import ROWS
-    from convert.split import FoldProtocol
+    from convert.data.split import FoldProtocol
+    from convert.training.paper_cv import describe_metrics
+    from convert.training.recipes import run_cv
+    from convert.training.rows import ROWS
 
     if ROWS.get(config_name) is not None and ROWS[config_name].members:
         raise UserError(f"{config_name!r} combines other rows: python -m convert ablation run --configs {config_name}")
@@ -325,8 +325,8 @@ def ablation() -> None:
 
 
 def _row_names(configs: str | None) -> list[str]:
-    from convert.lesion_ablation import check_rows
-    from convert.rows import rows_of
+    from convert.experiments.lesion_ablation import check_rows
+    from convert.training.rows import rows_of
 
     try:
         return check_rows(configs.split(",")) if configs else list(rows_of("ablation"))
@@ -340,7 +340,7 @@ def _row_names(configs: str | None) -> list[str]:
 @click.option("--only", help="comma-separated folds to run now (default: all; finished folds are kept)")
 def ablation_run(root, configs, only) -> None:
     """Train what is missing of each row (resumable; ensembles combine their members)."""
-    from convert.lesion_ablation import run
+    from convert.experiments.lesion_ablation import run
 
     names = _row_names(configs)
     run(names, Path(root), _folds(only))
@@ -351,7 +351,7 @@ def ablation_run(root, configs, only) -> None:
 @click.option("--configs", help="comma-separated rows (default: every row of the table)")
 def ablation_collect(root, configs) -> None:
     """Re-derive finished rows' metrics from their saved predictions (no training)."""
-    from convert.lesion_ablation import collect
+    from convert.experiments.lesion_ablation import collect
 
     for name in _row_names(configs):
         if (Path(root) / name).is_dir():
@@ -364,7 +364,7 @@ def ablation_collect(root, configs) -> None:
 @click.option("--card", "card_path", required=True, type=click.Path(exists=True, dir_okay=False), help="the model card (JSON) to add to")
 def ablation_card(root, configs, card_path) -> None:
     """Add a row's cross-validated figures to a model card."""
-    from convert.lesion_ablation import add_to_card
+    from convert.experiments.lesion_ablation import add_to_card
 
     add_to_card(Path(card_path), configs, Path(root))
     click.echo(f"{card_path}: metrics.recipe_cross_validation from {Path(root) / configs}")
@@ -375,7 +375,7 @@ def ablation_card(root, configs, card_path) -> None:
 @click.option("--doc", type=click.Path(exists=True, dir_okay=False), help="also write the table between the ablation-table markers of this page")
 def ablation_table(root, doc) -> None:
     """Print the Markdown table of the finished rows."""
-    from convert.lesion_ablation import table, write_between_markers
+    from convert.experiments.lesion_ablation import table, write_between_markers
 
     text = table(Path(root))
     if doc is not None:
@@ -389,7 +389,7 @@ def ablation_table(root, doc) -> None:
 @click.option("--out", required=True, type=click.Path(exists=True, file_okay=False), help="the row's run folder (its fold weights)")
 def ablation_pooling(config_name, settings, out) -> None:
     """A lesion-FCN row's fold models under other whole-image poolings."""
-    from convert.train_lesion import pooling_ablation
+    from convert.training.train_lesion import pooling_ablation
 
     recipe, cfg = _configuration(config_name, settings)
     if recipe != "lesion-fcn":
@@ -401,7 +401,7 @@ def ablation_pooling(config_name, settings, out) -> None:
 
 @cli.group(cls=Group, short_help="The pretrained trunk's rows: export, archive, experiments.")
 def pretrained() -> None:
-    """The ImageNet-initialised rows (convert/pretrained.py; cross-validate them with `cv --config ROW`)."""
+    """The ImageNet-initialised rows (convert/training/pretrained.py; cross-validate them with `cv --config ROW`)."""
 
 
 def _pretrained_row(config_name: str, settings=()):
@@ -416,7 +416,7 @@ RESULTS_OPTION = click.option("--results", type=click.Path(file_okay=False), def
 
 
 def _results(results: str | None) -> Path:
-    from convert.pretrained import RESULTS
+    from convert.training.pretrained import RESULTS
 
     return Path(results) if results else RESULTS
 
@@ -427,7 +427,7 @@ def _results(results: str | None) -> Path:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="scratch folder")
 def pretrained_time(config_name, settings, out) -> None:
     """Time batches of a frozen and of a fine-tune epoch on fold 0 (to plan a run)."""
-    from convert.pretrained import time_epochs
+    from convert.training.pretrained import time_epochs
 
     time_epochs(_pretrained_row(config_name, settings), Path(out))
 
@@ -442,7 +442,7 @@ def pretrained_time(config_name, settings, out) -> None:
 @click.pass_context
 def pretrained_export(ctx, config_name, settings, out, fold, model, results) -> None:
     """One fold's model as a shippable int8 TFLite with its lesion map and card (parity-gated)."""
-    from convert.pretrained import export_fold
+    from convert.training.pretrained import export_fold
 
     card = export_fold(_pretrained_row(config_name, settings), Path(out), fold, Path(model), config_name, _command_line(ctx), _results(results))
     click.echo(json.dumps({"model": str(model), "sha256": card["sha256"], "threshold": card["referral"]["threshold"],
@@ -456,7 +456,7 @@ def pretrained_export(ctx, config_name, settings, out, fold, model, results) -> 
 @RESULTS_OPTION
 def pretrained_archive(config_name, out, results) -> None:
     """Copy a run's small outputs (per-fold predictions, histories, metrics; no weights) into RESULTS/ROW."""
-    from convert.pretrained import archive
+    from convert.training.pretrained import archive
 
     _pretrained_row(config_name)
     click.echo("\n".join(archive(Path(out), _results(results) / config_name)))
@@ -467,8 +467,8 @@ def pretrained_archive(config_name, out, results) -> None:
 @RESULTS_OPTION
 def pretrained_collect(config_name, results) -> None:
     """Re-derive an archived row's metrics from its archived predictions."""
-    from convert.paper_cv import describe_metrics
-    from convert.pretrained import collect
+    from convert.training.paper_cv import describe_metrics
+    from convert.training.pretrained import collect
 
     _pretrained_row(config_name)
     click.echo(describe_metrics(collect(_results(results) / config_name)))
@@ -479,8 +479,8 @@ def pretrained_collect(config_name, results) -> None:
 @RESULTS_OPTION
 def pretrained_table(doc, results) -> None:
     """Print the pretrained rows' table from the archive."""
-    from convert.lesion_ablation import write_between_markers
-    from convert.pretrained import TABLE_END, TABLE_START, table
+    from convert.experiments.lesion_ablation import write_between_markers
+    from convert.training.pretrained import TABLE_END, TABLE_START, table
 
     text = table(_results(results))
     if doc is not None:
@@ -493,8 +493,8 @@ def pretrained_table(doc, results) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="the new row's run folder")
 def pretrained_flip(source, out) -> None:
     """A row's fold models with flip test-time augmentation inside the graph (no retraining)."""
-    from convert.paper_cv import describe_metrics
-    from convert.pretrained_experiments import flip_row
+    from convert.experiments.pretrained_experiments import flip_row
+    from convert.training.paper_cv import describe_metrics
 
     click.echo(describe_metrics(flip_row(Path(source), Path(out))))
 
@@ -504,8 +504,8 @@ def pretrained_flip(source, out) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="the new row's run folder")
 def pretrained_frozen_lr(config_name, out) -> None:
     """The floor: frozen ImageNet features + logistic regression through the ablation's folds."""
-    from convert.paper_cv import describe_metrics
-    from convert.pretrained_experiments import frozen_lr_row
+    from convert.experiments.pretrained_experiments import frozen_lr_row
+    from convert.training.paper_cv import describe_metrics
 
     click.echo(describe_metrics(frozen_lr_row(Path(out), _pretrained_row(config_name))))
 
@@ -515,8 +515,8 @@ def pretrained_frozen_lr(config_name, out) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="the new row's run folder")
 def pretrained_average(members, out) -> None:
     """The rank average of rows' out-of-fold scores (same folds)."""
-    from convert.paper_cv import describe_metrics
-    from convert.pretrained_experiments import average_row
+    from convert.experiments.pretrained_experiments import average_row
+    from convert.training.paper_cv import describe_metrics
 
     click.echo(describe_metrics(average_row([Path(m) for m in members.split(",")], Path(out))))
 
@@ -526,7 +526,7 @@ def pretrained_average(members, out) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="where int8_layers.json goes")
 def pretrained_int8_layers(source, out) -> None:
     """Where int8 departs from float, tensor by tensor (fold 0's model and its ImageNet start)."""
-    from convert.pretrained_experiments import int8_layers_row
+    from convert.experiments.pretrained_experiments import int8_layers_row
 
     int8_layers_row(Path(source), Path(out))
 
@@ -536,8 +536,8 @@ def pretrained_int8_layers(source, out) -> None:
 @RESULTS_OPTION
 def pretrained_int8_table(doc, results) -> None:
     """Print the archived int8-layers probe (RESULTS/int8-layers) as a table."""
-    from convert.lesion_ablation import write_between_markers
-    from convert.pretrained_experiments import INT8_TABLE_END, INT8_TABLE_START, int8_layers_table
+    from convert.experiments.lesion_ablation import write_between_markers
+    from convert.experiments.pretrained_experiments import INT8_TABLE_END, INT8_TABLE_START, int8_layers_table
 
     text = int8_layers_table(_results(results) / "int8-layers" / "int8_layers.json")
     if doc is not None:

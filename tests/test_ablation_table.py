@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from convert.lesion_ablation import ABLATIONS, PAPER_ABLATIONS, main, table
+from convert.experiments.lesion_ablation import ABLATIONS, PAPER_ABLATIONS, main, table
 
 
 def write_metrics(run, folds_done: int, mias_auc: float, cbis_auc: float) -> None:
@@ -54,7 +54,7 @@ def test_card_gets_the_recipe_cross_validation_and_info_shows_it(tmp_path):
     assert section["folds"] == 5 and section["per_source"]["mini-mias"]["auc_per_fold_mean"] == 0.56
     text = summarize(parse_card(data))
     assert "| mini-mias | 242 (39) | 0.550 (0.450-0.650) | 0.560 ± 0.070 | 50.0% | 90.0% | 25.0% |" in text
-    assert "package): `python -m convert.lesion_ablation run --root RUNS --configs paper-focal`." in text
+    assert "package): `python -m convert.experiments.lesion_ablation run --root RUNS --configs paper-focal`." in text
 
 
 def test_card_refuses_a_row_of_another_recipe(tmp_path, capsys):

@@ -7,9 +7,9 @@ import re
 
 import pytest
 from click.testing import CliRunner
+from test_bench import model_without_keras_config  # no float engines: only the int8 model runs, quickly
 
 from edge_birads.cli import cli
-from test_bench import model_without_keras_config  # no float engines: only the int8 model runs, quickly
 
 
 @pytest.fixture(scope="module")

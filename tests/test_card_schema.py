@@ -111,9 +111,9 @@ def test_a_recipe_without_cross_validation_says_so_and_info_shows_it(tmp_path):
 
 def synthetic_run_data(n: int = 30):
     """30 noise images of 30 patients at the bundled model's input size, labels in turn, split 10/10/10."""
-    from convert.data import GROUP_LABELS, Record
-    from convert.split import Split
-    from convert.train import RunData
+    from convert.data.sources import GROUP_LABELS, Record
+    from convert.data.split import Split
+    from convert.training.train import RunData
     from edge_birads.preprocess import PreprocessSpec
 
     rng = np.random.default_rng(0)
@@ -127,8 +127,8 @@ def synthetic_run_data(n: int = 30):
 def test_the_cards_metrics_are_computed_by_the_runtimes_own_int8_code(monkeypatch):
     """convert's evaluation runs the bundled model through edge_birads.interpreter, the code Classifier.predict runs:
     the same function objects, the same numbers, and a change to that code changes the card's metrics."""
-    pytest.importorskip("tensorflow", reason="convert.evaluate needs the [train] extra")
-    from convert import evaluate, export
+    pytest.importorskip("tensorflow", reason="convert.evaluation.evaluate needs the [train] extra")
+    from convert.evaluation import evaluate, export
     from edge_birads import classifier, interpreter
 
     assert classifier.run_image is interpreter.run_image
@@ -159,8 +159,8 @@ def test_the_lesion_card_counts_its_images_and_patients_from_the_data(tmp_path):
     pytest.importorskip("tensorflow", reason="convert needs the [train] extra")
     from pathlib import Path
 
-    from convert.lesion_data import AnnotatedImage, PreparedPool
-    from convert.lesion_export import build_card, split_summary
+    from convert.data.lesion_data import AnnotatedImage, PreparedPool
+    from convert.evaluation.lesion_export import build_card, split_summary
     from edge_birads.preprocess import PreprocessSpec
 
     sources = ["mini-mias"] * 5 + ["cbis-ddsm-mass"] * 9

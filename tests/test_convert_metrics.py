@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from convert.metrics import (
+from convert.evaluation.metrics import (
     bootstrap_auc_ci,
     confusion_matrix,
     evaluate_probabilities,
@@ -17,7 +17,7 @@ from convert.metrics import (
     sensitivity_specificity,
     threshold_for_sensitivity,
 )
-from convert.train import balanced_class_weights, epoch_order
+from convert.training.train import balanced_class_weights, epoch_order
 
 LABELS = ("A", "B", "C")
 
@@ -130,7 +130,7 @@ def test_balanced_class_weights_and_oversampling() -> None:
 
 def test_focal_loss_matches_the_formula() -> None:
     pytest.importorskip("tensorflow")
-    from convert.losses import FocalLoss, focal_loss_value
+    from convert.models.losses import FocalLoss, focal_loss_value
 
     y = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], np.float32)
     p = np.array([[0.2, 0.5, 0.3], [0.9, 0.05, 0.05]], np.float32)
@@ -162,7 +162,7 @@ def test_sensitivity_at_specificity_by_hand() -> None:
 
 def test_the_95_percent_interval_is_the_2_5_and_97_5_percent_quantiles_of_the_bootstrap_aucs() -> None:
     """Recomputed here from the resampler's own draws: a 90% interval reported as 95% would be too narrow."""
-    from convert.metrics import bootstrap_indices
+    from convert.evaluation.metrics import bootstrap_indices
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 150)

@@ -16,8 +16,9 @@ import pytest
 
 pytest.importorskip("tensorflow", reason="the [train] extra (tensorflow) is not installed")
 
-from convert import cli, export  # noqa: E402
-from convert import data as D  # noqa: E402
+from convert import cli  # noqa: E402
+from convert.data import sources as D  # noqa: E402
+from convert.evaluation import export  # noqa: E402
 from edge_birads.card import decision_rule, load_card  # noqa: E402
 from edge_birads.errors import ModelError  # noqa: E402
 from edge_birads.preprocess import PreprocessSpec  # noqa: E402
@@ -63,7 +64,7 @@ def test_build_writes_a_card_the_runtime_accepts(built) -> None:
         assert (work / name).is_file(), name
     history = json.loads((work / "history.json").read_text())
     assert len(history["epochs"]) == 2 and "val_malignant_auc" in history["epochs"][0]
-    from convert.train import TrainConfig, get_config
+    from convert.training.train import TrainConfig, get_config
 
     config = json.loads((work / "config.json").read_text())
     assert TrainConfig.from_dict(config) == get_config("ci")  # every field of the recipe that ran
@@ -96,8 +97,8 @@ def test_int8_graph_is_static_and_loadable_by_tflite_runtime_2_14(built) -> None
 
 def test_int8_and_float32_tflite_follow_the_keras_model(built) -> None:
     _, model_path, work = built
-    from convert.models import load_model
-    from convert.train import load_run_data
+    from convert.models.paper_cnn import load_model
+    from convert.training.train import load_run_data
 
     model = load_model(str(work / "model.keras"))
     data = load_run_data(work)
@@ -135,9 +136,9 @@ def test_referral_threshold_is_chosen_on_the_validation_patients_only(built) -> 
     """The threshold follows the validation images and nothing else: changing only the test images leaves it."""
     from dataclasses import replace
 
-    from convert.evaluate import evaluate_model
-    from convert.metrics import threshold_for_sensitivity
-    from convert.train import load_run_data
+    from convert.evaluation.evaluate import evaluate_model
+    from convert.evaluation.metrics import threshold_for_sensitivity
+    from convert.training.train import load_run_data
 
     _, model_path, work = built
     data = load_run_data(work)
@@ -192,7 +193,7 @@ def test_synthetic_fallback_builds_an_honestly_labelled_model(tmp_path: Path) ->
 
 
 def test_report_on_a_paper_style_class_folder_tree(built, tmp_path: Path) -> None:
-    from convert.data import make_synthetic
+    from convert.data.sources import make_synthetic
 
     _, model_path, _ = built
     tree = tmp_path / "tree"
@@ -269,7 +270,7 @@ def test_report_on_the_run_test_patients_plots_training_curves(built, tmp_path: 
     _, model_path, work = built
     data_spec = json.loads((work / "config.json").read_text())["data"]
     if data_spec == "auto":
-        from convert.data import data_root
+        from convert.data.sources import data_root
 
         data_spec = "mias,cbis" if (data_root() / "mini-mias" / "labels.csv").is_file() else "synthetic"
     if data_spec == "synthetic":
@@ -292,8 +293,8 @@ def test_report_on_the_run_test_patients_plots_training_curves(built, tmp_path: 
 )
 def test_cross_validation_by_patient_on_the_ablation_folds(tmp_path: Path, capsys) -> None:
     """One fold of a tiny recipe on the real pools: the same women as the ablation's fold 0, int8-scored per source."""
-    from convert.lesion_data import load_pool
-    from convert.train_lesion import DEFAULT_CACHE, TrainConfig, fold_split
+    from convert.data.lesion_data import load_pool
+    from convert.training.train_lesion import DEFAULT_CACHE, TrainConfig, fold_split
 
     args = ["cv", "--config", "ci", "--epochs", "1", "--folds", "5", "--only", "0", "--out", str(tmp_path)]
     assert cli.main(args) == 0

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convert import data as D
-from convert.split import kfold_by_patient, patient_strata, split_by_patient
+from convert.data import sources as D
+from convert.data.split import kfold_by_patient, patient_strata, split_by_patient
 
 
 def make_records(n_patients: int = 400, seed: int = 0) -> list[D.Record]:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from edge_birads.decode import DecodeLimits, decode_bytes, read_file
-from edge_birads.headers import header_dimensions
 from edge_birads.errors import InputError
+from edge_birads.headers import header_dimensions
 
 
 def encode(ext: str, image: np.ndarray) -> bytes:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_birads.watch.outbox import Destination, build_send_config
 from edge_birads.receive import build_receive_config
 from edge_birads.watch.config import build_config
+from edge_birads.watch.outbox import Destination, build_send_config
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy" / "raspberrypi"

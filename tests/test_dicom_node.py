@@ -23,10 +23,10 @@ from pynetdicom import AE, evt  # noqa: E402
 from edge_birads.card import load_card  # noqa: E402
 from edge_birads.classifier import default_model_path  # noqa: E402
 from edge_birads.cli import cli  # noqa: E402
-from edge_birads.watch.outbox import Destination, SendConfig, SrOutput  # noqa: E402
 from edge_birads.receive import STORAGE_CLASSES, ReceiveConfig, Receiver  # noqa: E402
 from edge_birads.sr import build_report, read_source, report_uids  # noqa: E402
 from edge_birads.watch.log import EventLog  # noqa: E402
+from edge_birads.watch.outbox import Destination, SendConfig, SrOutput  # noqa: E402
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
 CT = "1.2.840.10008.5.1.4.1.1.2"

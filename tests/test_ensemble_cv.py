@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convert.ensemble_cv import combine, ensemble_cv, logit
-from convert.lesion_data import AnnotatedImage, PreparedPool
-from convert.train_lesion import TrainConfig, fold_split
+from convert.data.lesion_data import AnnotatedImage, PreparedPool
+from convert.experiments.ensemble_cv import combine, ensemble_cv, logit
+from convert.training.train_lesion import TrainConfig, fold_split
 from edge_birads.preprocess import PreprocessSpec
 
 
@@ -56,7 +56,7 @@ def test_ensemble_of_two_rows_beats_each_when_their_errors_differ(tmp_path):
     saved = np.load(tmp_path / "ab" / "fold0_int8.npz")
     assert saved["probs"].shape == (saved["test_idx"].size, 1)
     assert "recall_per_class" not in result["pooled_out_of_fold"]["mini-mias"]
-    from convert.train_lesion import collect_cv
+    from convert.training.train_lesion import collect_cv
 
     single = collect_cv(pool, tmp_path / "a", folds, suffix="_int8")["pooled_out_of_fold"]["cbis-ddsm-mass"]["auc_malignant_vs_rest"]
     assert result["pooled_out_of_fold"]["cbis-ddsm-mass"]["auc_malignant_vs_rest"] > single

@@ -1,6 +1,6 @@
 """The fold protocol stands on its own, and draws exactly the folds the ablation drew before it did.
 
-The reference below is the fold code as it stood inside ``convert.train_lesion``
+The reference below is the fold code as it stood inside ``convert.training.train_lesion``
 (commit 5325756), copied verbatim: every archived row's predictions were made on
 those folds, so the protocol's must be the same patients, fold by fold.
 """
@@ -13,12 +13,12 @@ from dataclasses import fields
 import numpy as np
 import pytest
 
-from convert.lesion_data import AnnotatedImage, PreparedPool
-from convert.split import FoldProtocol, fold_split, kfold_by_patient
+from convert.data.lesion_data import AnnotatedImage, PreparedPool
+from convert.data.split import FoldProtocol, fold_split, kfold_by_patient
 from edge_birads.preprocess import PreprocessSpec
 
 
-# ---- the reference: convert/train_lesion.py at 5325756 (patient_folds, validation_split, fold_split)
+# ---- the reference: convert/training/train_lesion.py at 5325756 (patient_folds, validation_split, fold_split)
 def old_patient_folds(pool, k, seed):
     items = pool.items
     return kfold_by_patient([f"{it.source}/{it.patient_id}" for it in items], [it.source for it in items], [it.label for it in items], k, seed)
@@ -67,7 +67,7 @@ def test_the_protocol_is_four_frozen_fields_with_the_ablation_defaults():
     with pytest.raises(AttributeError):
         protocol.folds = 3  # frozen
     # the lesion FCN's own cross-validation (build of an FCN row) draws its folds through the protocol too
-    from convert.train_lesion import TrainConfig
+    from convert.training.train_lesion import TrainConfig
 
     assert TrainConfig(folds=3, seed=2, validation_fraction=0.25).protocol() == FoldProtocol(3, 2, 0.25, 0.9)
 
@@ -97,8 +97,8 @@ def fold_fingerprint(pool, protocol) -> str:
 
 
 def test_folds_are_the_old_ones_on_the_real_pool():
-    from convert.data import data_root
-    from convert.lesion_data import load_cbis, load_mias
+    from convert.data.lesion_data import load_cbis, load_mias
+    from convert.data.sources import data_root
 
     root = data_root()
     if not ((root / "mini-mias" / "labels.csv").is_file() and (root / "cbis-ddsm-mass" / "labels.csv").is_file()):
@@ -111,9 +111,9 @@ def test_folds_are_the_old_ones_on_the_real_pool():
 
 def test_archived_rows_were_scored_on_the_protocol_s_folds():
     """Every archived row's per-fold predictions (docs/results) hold exactly the protocol's test and validation images."""
-    from convert.data import data_root
-    from convert.lesion_data import load_cbis, load_mias
-    from convert.pretrained import RESULTS
+    from convert.data.lesion_data import load_cbis, load_mias
+    from convert.data.sources import data_root
+    from convert.training.pretrained import RESULTS
 
     root = data_root()
     if not ((root / "mini-mias" / "labels.csv").is_file() and (root / "cbis-ddsm-mass" / "labels.csv").is_file()):

@@ -25,7 +25,7 @@ def map_model(tmp_path_factory) -> Path:
     import keras
     from keras import layers
 
-    from convert.export import to_tflite_int8
+    from convert.evaluation.export import to_tflite_int8
 
     keras.utils.set_random_seed(0)
     image = keras.Input((SIZE, SIZE, 1))

@@ -6,8 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from convert.data import SOURCE_CBIS, SOURCE_MIAS, Record, parse_boxes, parse_mias_lesions
-from convert.lesion_data import (
+from convert.data.lesion_data import (
     AnnotatedImage,
     Lesion,
     PatchConfig,
@@ -26,7 +25,8 @@ from convert.lesion_data import (
     normal_centres,
     prepare_annotated,
 )
-from convert.train_lesion import auc, patient_folds
+from convert.data.sources import SOURCE_CBIS, SOURCE_MIAS, Record, parse_boxes, parse_mias_lesions
+from convert.training.train_lesion import auc, patient_folds
 from edge_birads.preprocess import PreprocessSpec
 
 
@@ -220,7 +220,7 @@ def test_auc_against_hand_computed():
 
 
 def test_hard_negatives_are_the_top_scoring_locations_away_from_lesions():
-    from convert.lesion_data import hard_negative_centres
+    from convert.data.lesion_data import hard_negative_centres
 
     cfg = PatchConfig(stride=16, margin_px=8.0, min_half_extent=4.0)
     maps = np.zeros((8, 8, 2), dtype=np.float32)
@@ -253,8 +253,8 @@ def _lesions_brighter_than_surroundings(items, spec) -> float:
 def test_real_annotations_land_on_the_lesions(source):
     """On the real pools, masses are denser than their surroundings: ~97% of mapped annotations are
     brighter than the ring around them (a wrong origin, e.g. MIAS y read top-down, gives ~60%)."""
-    from convert.data import data_root
-    from convert.lesion_data import load_cbis, load_mias
+    from convert.data.lesion_data import load_cbis, load_mias
+    from convert.data.sources import data_root
 
     folder = data_root() / source
     if not (folder / "labels.csv").exists():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convert.train_lesion import fit_head, head_probs
+from convert.training.train_lesion import fit_head, head_probs
 
 tf = pytest.importorskip("tensorflow", reason="the [train] extra (tensorflow) is not installed")
 
@@ -14,7 +14,7 @@ tf = pytest.importorskip("tensorflow", reason="the [train] extra (tensorflow) is
 def tiny():
     import keras
 
-    from convert.lesion_model import build_fcn, build_whole_image_model
+    from convert.models.lesion_model import build_fcn, build_whole_image_model
 
     keras.utils.set_random_seed(0)
     fcn = build_fcn(width=4)
@@ -35,7 +35,7 @@ def test_whole_image_model_is_fcn_maps_soft_max_pooled(tiny):
 
 
 def test_int8_export_runs_with_int8_io_and_plain_ops(tiny):
-    from convert.export import TfliteModel, op_versions, parity, tflite_214_problems, to_tflite_int8
+    from convert.evaluation.export import TfliteModel, op_versions, parity, tflite_214_problems, to_tflite_int8
 
     _, model = tiny
     rng = np.random.default_rng(1)
@@ -72,7 +72,7 @@ def test_fit_head_keeps_identity_with_one_class():
 
 def synthetic_lesion_pool():
     """24 patients x 2 views of synthetic breasts; benign and malignant images hold a blob of known place."""
-    from convert.lesion_data import AnnotatedImage, Lesion, PreparedPool
+    from convert.data.lesion_data import AnnotatedImage, Lesion, PreparedPool
     from edge_birads.preprocess import PreprocessSpec
 
     rng = np.random.default_rng(0)
@@ -96,8 +96,8 @@ def synthetic_lesion_pool():
 
 
 def synthetic_config(epochs: int = 5):
-    from convert.lesion_data import PatchConfig
-    from convert.train_lesion import TrainConfig
+    from convert.data.lesion_data import PatchConfig
+    from convert.training.train_lesion import TrainConfig
 
     patch = PatchConfig(size=48, per_lesion_mias=24, normal_per_mias_normal=16, normal_per_mias_lesion=6, margin_px=8.0)
     return TrainConfig(height=128, width=128, fcn_width=8, epochs=epochs, batch_size=16, learning_rate=3e-3, patch=patch, mine_from=3,
@@ -106,7 +106,7 @@ def synthetic_config(epochs: int = 5):
 
 def test_training_learns_synthetic_lesions():
     """A few epochs on synthetic breasts: images with a bright blob must outscore images without one."""
-    from convert.train_lesion import auc, image_scores, rest_logodds, train_and_calibrate
+    from convert.training.train_lesion import auc, image_scores, rest_logodds, train_and_calibrate
 
     pool, cfg = synthetic_lesion_pool(), synthetic_config()
     items = pool.items
@@ -119,7 +119,7 @@ def test_training_learns_synthetic_lesions():
 
 
 def test_a_cv_fold_writes_its_predictions_and_log_and_resumes(tmp_path):
-    from convert.train_lesion import collect_cv, cv_fold, fold_split, patient_folds, run_log
+    from convert.training.train_lesion import collect_cv, cv_fold, fold_split, patient_folds, run_log
 
     pool, cfg = synthetic_lesion_pool(), synthetic_config(epochs=1)
     folds = patient_folds(pool, cfg.folds, cfg.seed)

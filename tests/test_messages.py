@@ -8,11 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hostile_corpus as corpus
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import hostile_corpus as corpus
 from edge_birads.cli import cli
 
 REPO = Path(__file__).resolve().parent.parent

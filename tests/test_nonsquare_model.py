@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("tensorflow", reason="the [train] extra (tensorflow) builds the non-square test model")
 
-from convert.export import TfliteModel, to_tflite_int8  # noqa: E402
+from convert.evaluation.export import TfliteModel, to_tflite_int8  # noqa: E402
 from edge_birads.classifier import Classifier  # noqa: E402
 from edge_birads.errors import ModelError  # noqa: E402
 

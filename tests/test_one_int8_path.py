@@ -60,7 +60,7 @@ def map_model_bytes() -> bytes:
     import keras
     from keras import layers
 
-    from convert.export import to_tflite_int8
+    from convert.evaluation.export import to_tflite_int8
 
     keras.utils.set_random_seed(0)
     image = keras.Input((64, 64, 1))
@@ -88,7 +88,7 @@ def test_a_model_with_a_lesion_map_gives_both_per_image_as_the_classifier_does(m
         p, m = classifier.predict_with_map(image)
         assert np.array_equal(p, probabilities[i]) and np.array_equal(m, maps[i])
     assert float(np.ptp(maps)) > 0  # maps that differ: the comparison above is not 0 == 0
-    from convert.export import TfliteModel
+    from convert.evaluation.export import TfliteModel
 
     wrapped = TfliteModel(map_model_bytes)  # convert's handle picks the probabilities, not the map
     assert wrapped.output_spec.shape == [1, 3] and wrapped.input_spec.dtype == "int8"
@@ -97,7 +97,7 @@ def test_a_model_with_a_lesion_map_gives_both_per_image_as_the_classifier_does(m
 
 def test_the_parity_gate_is_one_function_for_fresh_and_saved_results():
     pytest.importorskip("tensorflow", reason="convert needs the [train] extra")
-    from convert.export import MAX_DIFF, MIN_AGREEMENT, ParityError, parity, parity_gate
+    from convert.evaluation.export import MAX_DIFF, MIN_AGREEMENT, ParityError, parity, parity_gate
 
     rng = np.random.default_rng(0)
     reference = rng.dirichlet([1, 1, 1], 200)
@@ -139,13 +139,13 @@ def test_the_bench_reads_the_bundled_models_weights_per_channel_through_the_one_
 
 
 def test_the_lesion_pipeline_scores_a_pool_with_the_classifiers_numbers_not_renormalised():
-    """convert.lesion_export.run_int8 (cross-validation and the lesion card): the runtime's outputs as they are, image by image
+    """convert.evaluation.lesion_export.run_int8 (cross-validation and the lesion card): the runtime's outputs as they are, image by image
     from the uint8 pool, as the lesion rows' archived figures were computed."""
     pytest.importorskip("tensorflow", reason="convert needs the [train] extra")
     from pathlib import Path
 
-    from convert.lesion_data import AnnotatedImage, PreparedPool
-    from convert.lesion_export import run_int8
+    from convert.data.lesion_data import AnnotatedImage, PreparedPool
+    from convert.evaluation.lesion_export import run_int8
     from edge_birads.preprocess import PreprocessSpec
 
     images = (noise_images(4, 224, seed=4)[..., 0] * 255).astype(np.uint8)

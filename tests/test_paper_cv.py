@@ -13,7 +13,7 @@ pytest.importorskip("tensorflow")
 
 def synthetic_pool(patients: int = 30, size: int = 32):
     """Two sources, two views per patient; malignant images are brighter (a signal one epoch can find)."""
-    from convert.lesion_data import AnnotatedImage, PreparedPool
+    from convert.data.lesion_data import AnnotatedImage, PreparedPool
     from edge_birads.preprocess import PreprocessSpec
 
     rng = np.random.default_rng(0)
@@ -28,15 +28,15 @@ def synthetic_pool(patients: int = 30, size: int = 32):
 
 
 def test_a_fold_is_scored_float_and_int8_on_the_lesion_folds(tmp_path, caplog):
-    from convert.paper_cv import run_fold
-    from convert.train import get_config
-    from convert.train_lesion import TrainConfig, collect_cv, fold_split
+    from convert.training.paper_cv import run_fold
+    from convert.training.train import get_config
+    from convert.training.train_lesion import TrainConfig, collect_cv, fold_split
 
     pool = synthetic_pool()
     folds = TrainConfig(folds=3, validation_fraction=0.25)
     cfg = get_config("paper", image_size=32, epochs=3, batch_size=8)
     messages: list[str] = []
-    caplog.set_level(logging.INFO, logger="convert.train")
+    caplog.set_level(logging.INFO, logger="convert.training.train")
     run_fold(cfg, pool, folds, 1, tmp_path, messages.append)
 
     train_idx, val_idx, test_idx = fold_split(pool, folds, 1)
@@ -59,12 +59,12 @@ def test_a_fold_is_scored_float_and_int8_on_the_lesion_folds(tmp_path, caplog):
     assert [e["epoch"] for e in epochs] == [1, 2, 3] and all("val_malignant_auc" in e and e["loss"] > 0 for e in epochs)
     assert any('"model": "int8"' in m for m in messages)
     # Progress, one line per epoch, with only the figures this fit has (no Keras validation loss: no "nan").
-    progress = [r.getMessage() for r in caplog.records if r.name == "convert.train"]
+    progress = [r.getMessage() for r in caplog.records if r.name == "convert.training.train"]
     assert [m.split(":")[0] for m in progress] == ["epoch 1", "epoch 2", "epoch 3"]
     assert all(" nan" not in m and " val acc " in m and "val malignant AUC" in m for m in progress)
     assert all(0.0 <= e["val_accuracy"] <= 1.0 and "val_loss" not in e for e in epochs)
 
-    from convert.paper_cv import write_parity
+    from convert.training.paper_cv import write_parity
 
     parity = write_parity(tmp_path, 3)
     assert list(parity) == ["1"] and parity["1"]["n_images"] == test_idx.size

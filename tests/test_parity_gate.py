@@ -1,6 +1,6 @@
 """The int8 parity gate's two halves on made-up probabilities: top-1 agreement and probability difference.
 
-No TensorFlow needed: ``convert.export.parity`` and ``Parity.ok`` are what ``convert_model`` gates on
+No TensorFlow needed: ``convert.evaluation.export.parity`` and ``Parity.ok`` are what ``convert_model`` gates on
 (the CLI's refusal on a real conversion is in test_convert_pipeline.py).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convert.export import parity
+from convert.evaluation.export import parity
 
 
 def decisive_rows(n: int) -> np.ndarray:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convert.lesion_data import AnnotatedImage, PreparedPool
-from convert.pretrained import PretrainedConfig, augment, build_model, class_weights, fit, set_trainable
+from convert.data.lesion_data import AnnotatedImage, PreparedPool
+from convert.training.pretrained import PretrainedConfig, augment, build_model, class_weights, fit, set_trainable
 from edge_birads.preprocess import PreprocessSpec
 
 SMALL = PretrainedConfig(height=64, width=64, batch_size=4, epochs=2, frozen_epochs=1)
@@ -51,7 +51,7 @@ def test_class_weights_balance_the_present_classes():
 @pytest.fixture(scope="module")
 def small_model():
     pytest.importorskip("tensorflow")
-    from convert.train_lesion import setup_tensorflow
+    from convert.training.train_lesion import setup_tensorflow
 
     setup_tensorflow(0)
     return build_model(SMALL, pretrained=False)
@@ -61,7 +61,7 @@ def small_model():
 def pretrained_small():
     """The recipe's network with the ImageNet trunk (a random trunk's block-13 features are ~1e-8: useless for map checks)."""
     pytest.importorskip("tensorflow")
-    from convert.trunks.sources import WeightsUnavailable
+    from convert.models.trunks.sources import WeightsUnavailable
 
     try:
         return build_model(SMALL, pretrained=True)
@@ -108,14 +108,14 @@ def test_fit_keeps_the_best_validation_epoch_and_reports_both_sources(pretrained
     probs = small_model.predict(pool.images[val][..., None].astype(np.float32) / 255, verbose=0)
     assert probs.shape == (6, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
     # The model left behind is the chosen epoch's: its validation AUCs are the ones that epoch logged.
-    from convert.pretrained import validation_aucs
+    from convert.training.pretrained import validation_aucs
 
     assert validation_aucs(probs, pool, val) == pytest.approx(best["val_auc"], nan_ok=True)
 
 
 def test_per_breast_scores_average_a_breasts_views_against_its_worst_label():
-    from convert.lesion_data import breast_of
-    from convert.train_lesion import breast_summary
+    from convert.data.lesion_data import breast_of
+    from convert.training.train_lesion import breast_summary
 
     names = ["00001_LEFT_CC", "00001_LEFT_MLO", "00001_RIGHT_CC", "00002_LEFT_CC", "00002_LEFT_MLO", "00003_RIGHT_MLO"]
     labels = [2, 2, 1, 1, 1, 2]
@@ -137,7 +137,7 @@ def test_per_breast_scores_average_a_breasts_views_against_its_worst_label():
 
 
 def test_the_lesion_map_averages_to_the_malignancy_logit_when_the_max_half_is_silent(pretrained_small):
-    from convert.pretrained import with_lesion_map
+    from convert.training.pretrained import with_lesion_map
 
     small_model = pretrained_small
     head = small_model.get_layer("head")
@@ -159,9 +159,9 @@ def test_export_ships_a_fold_model_with_its_map_and_a_card_the_runtime_loads(sma
     """A fold's weights -> int8 with the lesion map, threshold from validation patients, card naming the initialisation."""
     import json
 
-    from convert.lesion_data import Lesion
-    from convert.pretrained import export_fold
-    from convert.train_lesion import TrainConfig, fold_split
+    from convert.data.lesion_data import Lesion
+    from convert.training.pretrained import export_fold
+    from convert.training.train_lesion import TrainConfig, fold_split
     from edge_birads.classifier import Classifier
 
     base = synthetic_pool(n=80)
@@ -210,7 +210,7 @@ def test_info_names_the_initialisation_and_the_map_hits():
 
 
 def test_validation_aucs_weight_each_source_by_its_malignant_images():
-    from convert.pretrained import validation_aucs
+    from convert.training.pretrained import validation_aucs
 
     sources = ["mini-mias"] * 4 + ["cbis-ddsm-mass"] * 6
     labels = [2, 0, 0, 1, 2, 2, 2, 1, 1, 1]
@@ -225,7 +225,7 @@ def test_validation_aucs_weight_each_source_by_its_malignant_images():
 
 def falling_validation(monkeypatch) -> list:
     """Validation AUCs that fall every epoch (so the first candidate is best); returns the outputs it was shown."""
-    import convert.pretrained as recipe
+    import convert.training.pretrained as recipe
 
     seen = []
 
@@ -252,7 +252,7 @@ def test_fit_leaves_the_chosen_epochs_weights_not_the_last_ones(pretrained_small
 
 def test_the_logistic_warm_start_is_the_fitted_regression_folded_into_the_head(pretrained_small, tmp_path):
     """The head's kernel and bias reproduce the standardised multinomial regression's probabilities on the trunk's features."""
-    from convert.pretrained import fit_logistic, frozen_features, logistic_head
+    from convert.training.pretrained import fit_logistic, frozen_features, logistic_head
 
     pool = synthetic_pool(n=60)
     train = np.arange(40)
@@ -282,7 +282,7 @@ def test_a_warm_started_head_is_kept_when_no_epoch_beats_it(pretrained_small, mo
 
 
 def test_training_sources_filter_the_training_images_only():
-    from convert.pretrained import from_sources
+    from convert.training.pretrained import from_sources
 
     pool = synthetic_pool()
     indices = np.arange(10)
@@ -295,7 +295,7 @@ def test_training_sources_filter_the_training_images_only():
 
 def test_the_warm_start_from_two_classes_keeps_their_difference(pretrained_small, tmp_path):
     """A pool without normals (CBIS-DDSM alone): scikit-learn's single row must become the malignant logit, normal never wins."""
-    from convert.pretrained import fit_logistic, frozen_features, logistic_head
+    from convert.training.pretrained import fit_logistic, frozen_features, logistic_head
 
     base = synthetic_pool(n=60)
     items = [AnnotatedImage(it.path, it.patient_id, it.source, 2 if it.label == 2 else 1) for it in base.items]
@@ -315,7 +315,7 @@ def test_the_warm_start_from_two_classes_keeps_their_difference(pretrained_small
 @pytest.fixture(scope="module")
 def standardised_small():
     pytest.importorskip("tensorflow")
-    from convert.trunks.sources import WeightsUnavailable
+    from convert.models.trunks.sources import WeightsUnavailable
 
     try:
         return build_model(replace(SMALL, standardise=True), pretrained=True)
@@ -327,7 +327,14 @@ def test_a_standardised_graph_takes_the_regression_as_fitted(standardised_small,
     """standardise=True: the graph's frozen batch norm holds the scaler, the head the plain coefficients, same probabilities."""
     from sklearn.preprocessing import StandardScaler
 
-    from convert.pretrained import fit_logistic, head_features, logistic_head, set_standardisation, set_trainable, standardisation
+    from convert.training.pretrained import (
+        fit_logistic,
+        head_features,
+        logistic_head,
+        set_standardisation,
+        set_trainable,
+        standardisation,
+    )
 
     cfg = replace(SMALL, standardise=True)
     pool = synthetic_pool(n=60)
@@ -352,7 +359,7 @@ def test_a_standardised_graph_takes_the_regression_as_fitted(standardised_small,
 
 def test_the_lesion_map_unfolds_the_standardisation(standardised_small):
     """With the pooled features standardised in the graph, the map's mean is still the malignancy logit (max half silent)."""
-    from convert.pretrained import set_standardisation, with_lesion_map
+    from convert.training.pretrained import set_standardisation, with_lesion_map
 
     rng = np.random.default_rng(4)
     width = standardised_small.get_layer("head").get_weights()[0].shape[0]
@@ -369,7 +376,7 @@ def test_the_lesion_map_unfolds_the_standardisation(standardised_small):
 
 def test_int8_layer_errors_follow_each_tensor_and_grow_where_the_int8_model_departs(pretrained_small):
     """The per-tensor int8 error probe: one row per named tensor, the input side nearly exact, deeper tensors noisier."""
-    from convert.pretrained_experiments import int8_layer_errors
+    from convert.experiments.pretrained_experiments import int8_layer_errors
 
     pool = synthetic_pool(n=40)
     rows = int8_layer_errors(pretrained_small, pool, np.arange(30), np.arange(30, 40), seed=0,

@@ -6,9 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 
-from convert.pretrained import RESULTS, TABLE_END, TABLE_START, table
+from convert.training.pretrained import RESULTS, TABLE_END, TABLE_START, table
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,7 +20,7 @@ def test_the_page_holds_the_table_the_archive_generates():
 
 def test_every_archived_figure_re_derives_from_the_archived_predictions(shared_data, tmp_path, monkeypatch):
     """``collect`` on a copy of each archived row writes the same metrics (the archive is the record, not a summary of it)."""
-    from convert import pretrained
+    from convert.training import pretrained
 
     rows = [p for p in sorted(RESULTS.iterdir()) if (p / "metrics_int8.json").exists()]
     assert rows, "no archived row"
@@ -37,7 +36,7 @@ def test_every_archived_figure_re_derives_from_the_archived_predictions(shared_d
 
 
 def test_the_page_holds_the_int8_layer_table_the_archive_generates():
-    from convert.pretrained_experiments import INT8_TABLE_END, INT8_TABLE_START, int8_layers_table
+    from convert.experiments.pretrained_experiments import INT8_TABLE_END, INT8_TABLE_START, int8_layers_table
 
     page = (REPO / "docs" / "ablation.md").read_text(encoding="utf-8")
     between = page.split(INT8_TABLE_START, 1)[1].split(INT8_TABLE_END, 1)[0]

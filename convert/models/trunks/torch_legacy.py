@@ -7,7 +7,7 @@ names (``os.system`` included). Here every pickle goes through an unpickler
 that admits only the globals a state dict needs (tensor rebuild, typed
 storages, ``OrderedDict``) and maps them to inert stand-ins; anything else is
 refused with :class:`UnsafeWeightsError` before it is called. Callers also
-check the file's sha256 (``convert.trunks.sources``).
+check the file's sha256 (``convert.models.trunks.sources``).
 
 The legacy layout (``torch/serialization.py``, ``_legacy_save``):
 magic number, protocol version, system info, the object itself (storages

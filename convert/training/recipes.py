@@ -4,14 +4,14 @@ A recipe is what differs between architectures: its configuration (a frozen
 dataclass), the preprocessing its configuration asks for, how it builds its
 Keras model and how it fits it on a prepared pool's training images (choosing
 what it chooses on the validation images). Everything else is shared and lives
-here or beside it: the folds (``convert.split.FoldProtocol``), int8 conversion
-(``convert.export.to_tflite_int8``), scoring float and int8 outputs on the
-fold's patients with a validation-chosen threshold (``convert.paper_cv.score_fold``)
-and the metrics (``convert.train_lesion.collect_cv``).
+here or beside it: the folds (``convert.data.split.FoldProtocol``), int8 conversion
+(``convert.evaluation.export.to_tflite_int8``), scoring float and int8 outputs on the
+fold's patients with a validation-chosen threshold (``convert.training.paper_cv.score_fold``)
+and the metrics (``convert.training.train_lesion.collect_cv``).
 
 Adding an architecture: one module with a ``KerasRecipe`` subclass, and one
 line in ``RECIPES``. Named configurations of it (rows of the ablation, or
-presets of ``python -m convert build``) are lines of ``convert.rows.ROWS``.
+presets of ``python -m convert build``) are lines of ``convert.training.rows.ROWS``.
 
     run_cv("paper-cnn", config_for("paper-focal"), Path("RUNS/paper-focal"))
 """
@@ -28,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from convert.split import FoldProtocol, fold_split
+from convert.data.split import FoldProtocol, fold_split
 from edge_birads.preprocess import PreprocessSpec
 
 
@@ -80,21 +80,21 @@ class KerasRecipe:
         raise NotImplementedError
 
     def predict(self, cfg, model, images: np.ndarray) -> np.ndarray:
-        from convert.export import keras_predict
+        from convert.evaluation.export import keras_predict
 
         return keras_predict(model, images)
 
     def calibration(self, pool, train_idx: np.ndarray, seed: int) -> np.ndarray:
         """int8 calibration images, drawn from the fold's training images."""
-        from convert.paper_cv import representative
+        from convert.training.paper_cv import representative
 
         return representative(pool, train_idx, seed)
 
     def run_fold(self, cfg, pool, protocol: FoldProtocol, fold: int, out_dir: Path, log) -> None:
         """Fit fold ``fold``, convert it to int8, score float and int8 on its test patients (fold{k}.npz, fold{k}_int8.npz)."""
-        from convert.export import TfliteModel, to_tflite_int8
-        from convert.paper_cv import score_fold
-        from convert.train_lesion import setup_tensorflow
+        from convert.evaluation.export import TfliteModel, to_tflite_int8
+        from convert.training.paper_cv import score_fold
+        from convert.training.train_lesion import setup_tensorflow
 
         started = time.perf_counter()
         train_idx, val_idx, test_idx = fold_split(pool, protocol, fold)
@@ -146,9 +146,9 @@ class Adapter:
 # ---------------------------------------------------------------- the registry: name -> recipe ("module:attribute" until first used)
 
 RECIPES: dict[str, Recipe | str] = {
-    "paper-cnn": "convert.paper_cv:RECIPE",
-    "lesion-fcn": "convert.train_lesion:RECIPE",
-    "pretrained": "convert.recipes:PRETRAINED",
+    "paper-cnn": "convert.training.paper_cv:RECIPE",
+    "lesion-fcn": "convert.training.train_lesion:RECIPE",
+    "pretrained": "convert.training.recipes:PRETRAINED",
 }
 
 
@@ -215,8 +215,8 @@ def with_settings(config, settings: list[str] | tuple[str, ...] = ()):
 
 
 def config_for(row: str, settings: list[str] | tuple[str, ...] = ()):
-    """The configuration of a named row (``convert.rows.ROWS``), with ``KEY=VALUE`` settings on top."""
-    from convert.rows import ROWS
+    """The configuration of a named row (``convert.training.rows.ROWS``), with ``KEY=VALUE`` settings on top."""
+    from convert.training.rows import ROWS
 
     if row not in ROWS:
         raise ValueError(f"unknown configuration {row!r}; choose from {', '.join(ROWS)}")
@@ -235,9 +235,9 @@ def run_cv(name: str, cfg, out_dir: Path, protocol: FoldProtocol = FoldProtocol(
     model the runtime would run), then parity_int8.json, metrics.json and
     metrics_int8.json; returns the int8 models' out-of-fold metrics.
     """
-    from convert.lesion_data import load_pool
-    from convert.paper_cv import run_folds, write_parity
-    from convert.train_lesion import DEFAULT_CACHE, collect_cv, run_log
+    from convert.data.lesion_data import load_pool
+    from convert.training.paper_cv import run_folds, write_parity
+    from convert.training.train_lesion import DEFAULT_CACHE, collect_cv, run_log
 
     recipe = get_recipe(name)
     out_dir = Path(out_dir)
@@ -251,6 +251,6 @@ def run_cv(name: str, cfg, out_dir: Path, protocol: FoldProtocol = FoldProtocol(
     return collect_cv(pool, out_dir, protocol, suffix="_int8")
 
 
-# ---------------------------------------------------------------- the pretrained recipe (convert.pretrained), by its own fold step
+# ---------------------------------------------------------------- the pretrained recipe (convert.training.pretrained), by its own fold step
 
-PRETRAINED = Adapter("pretrained", "convert.pretrained", "PretrainedConfig", "build_model", "run_fold", config_key="pretrained_config")
+PRETRAINED = Adapter("pretrained", "convert.training.pretrained", "PretrainedConfig", "build_model", "run_fold", config_key="pretrained_config")

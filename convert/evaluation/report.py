@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from convert import export
-from convert.data import GROUP_LABELS, PAPER_TO_GROUP, Record, load_images, load_sources, data_counts
-from convert.metrics import evaluate_probabilities
+from convert.data.sources import GROUP_LABELS, PAPER_TO_GROUP, Record, data_counts, load_images, load_sources
+from convert.evaluation import export
+from convert.evaluation.metrics import evaluate_probabilities
 from edge_birads import DISCLAIMER
 from edge_birads.card import load_card
 
-log = logging.getLogger("convert.report")
+log = logging.getLogger("convert.evaluation.report")
 
 
 def _records_for(card_labels: tuple[str, ...], records: list[Record]) -> list[Record]:

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from convert import export
-from convert.export import ParityError
-from convert.metrics import evaluate_probabilities, sensitivity_specificity, threshold_for_sensitivity
-from convert.train import RunData, TrainConfig
+from convert.evaluation import export
+from convert.evaluation.export import ParityError
+from convert.evaluation.metrics import evaluate_probabilities, sensitivity_specificity, threshold_for_sensitivity
+from convert.training.train import RunData, TrainConfig
 from edge_birads.card import decision_rule, new_card, write_card  # noqa: F401 (write_card: convert.cli imports it from here)
 
-log = logging.getLogger("convert.evaluate")
+log = logging.getLogger("convert.evaluation.evaluate")
 
 REFERRAL_RULE = (
     "largest threshold on the {label} probability whose sensitivity on the validation patients is >= {target:.0%} "
@@ -29,7 +29,7 @@ REFERRAL_RULE = (
 )
 
 
-#: The paper CNN starts from random weights (convert.models.build_paper_cnn).
+#: The paper CNN starts from random weights (convert.models.paper_cnn.build_paper_cnn).
 PAPER_INITIALISATION = {
     "source": "random: Glorot-uniform kernels seeded from the configuration's seed (one offset per layer), zero biases; "
     "no pretrained weights",

@@ -1,12 +1,12 @@
 """The paper's whole-image CNN as a recipe, and the fold step's shared parts (scoring, parity, resumable folds).
 
 Why: the ablation table must compare like with like. Every recipe is scored
-on the same patient folds (``convert.split.FoldProtocol``) with int8 outputs,
+on the same patient folds (``convert.data.split.FoldProtocol``) with int8 outputs,
 a validation-chosen referral threshold and per-source AUCs; the paper's
 configurations (focal loss, cross-entropy, class weights, oversampling,
 augmentation, GAP head) go through exactly the same folds, validation
 patients, int8 conversion and metrics as the lesion FCN and the pretrained
-recipe (``convert.recipes.run_cv``), so a row of one can be read against a
+recipe (``convert.training.recipes.run_cv``), so a row of one can be read against a
 row of another fold by fold.
 
 Each configuration trains as the paper did: whole image at its input size,
@@ -24,14 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.data import GROUP_LABELS, MALIGNANT_LABEL
-from convert.lesion_data import PreparedPool
-from convert.metrics import threshold_for_sensitivity
-from convert.train import TrainConfig as PaperConfig
-from convert.train import make_batches, validation_callback
-from convert.recipes import Fitted, KerasRecipe
-from convert.split import FoldProtocol
-from convert.train_lesion import headline, pool_metrics
+from convert.data.lesion_data import PreparedPool
+from convert.data.sources import GROUP_LABELS, MALIGNANT_LABEL
+from convert.data.split import FoldProtocol
+from convert.evaluation.metrics import threshold_for_sensitivity
+from convert.training.recipes import Fitted, KerasRecipe
+from convert.training.train import TrainConfig as PaperConfig
+from convert.training.train import make_batches, validation_callback
+from convert.training.train_lesion import headline, pool_metrics
 from edge_birads.preprocess import PreprocessSpec
 
 # Representative images for int8 calibration, drawn from the fold's training patients.
@@ -81,7 +81,7 @@ class PaperRecipe(KerasRecipe):
         return cfg.preprocess_spec()
 
     def build(self, cfg: PaperConfig, seed: int):
-        from convert.models import build_paper_cnn, compile_model
+        from convert.models.paper_cnn import build_paper_cnn, compile_model
 
         model = build_paper_cnn(3, cfg.image_size, head=cfg.head, seed=seed)
         compile_model(model, cfg.loss, cfg.learning_rate, cfg.focal_gamma, cfg.focal_alpha)
@@ -114,7 +114,7 @@ def run_folds(out_dir: Path, folds: FoldProtocol, only_folds: list[int] | None, 
 
 def write_parity(out_dir: Path, folds: int) -> dict:
     """Float-vs-int8 parity of every finished fold on its test patients (parity_int8.json), from the saved outputs."""
-    from convert.export import parity
+    from convert.evaluation.export import parity
 
     result = {}
     for fold in range(folds):

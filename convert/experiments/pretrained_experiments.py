@@ -8,29 +8,27 @@
 
 Each writes the ablation's per-fold layout (``fold{k}_int8.npz``: test and
 validation outputs, threshold chosen on the validation patients), so
-``convert.pretrained archive / collect / table`` treat them as any row.
-They call the recipe's pipeline (``convert.pretrained``); nothing here trains
+``convert.training.pretrained archive / collect / table`` treat them as any row.
+They call the recipe's pipeline (``convert.training.pretrained``); nothing here trains
 the network.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from convert.ensemble_cv import combine
-from convert.lesion_data import load_pool
-from convert.metrics import threshold_for_sensitivity
-from convert.paper_cv import fold_images, representative, score_fold
-from convert.pretrained import ROWS, PretrainedConfig, build_model, fit_logistic, frozen_features
-from convert.split import FoldProtocol, fold_split
-from convert.train_lesion import DEFAULT_CACHE, collect_cv, setup_tensorflow
+from convert.data.lesion_data import load_pool
+from convert.data.split import FoldProtocol, fold_split
+from convert.evaluation.metrics import threshold_for_sensitivity
+from convert.experiments.ensemble_cv import combine
+from convert.training.paper_cv import fold_images, representative, score_fold
+from convert.training.pretrained import PretrainedConfig, build_model, fit_logistic, frozen_features
+from convert.training.train_lesion import DEFAULT_CACHE, collect_cv, setup_tensorflow
 
 
 def run_config(run: Path) -> PretrainedConfig:
@@ -50,8 +48,8 @@ def with_flip_tta(model):
 
 def flip_row(source: Path, out: Path, folds: FoldProtocol | None = None) -> dict:
     """Flip TTA of every finished fold of ``source`` (same weights), scored as int8; resumable."""
-    from convert.export import TfliteModel, keras_predict, to_tflite_int8
-    from convert.paper_cv import write_parity
+    from convert.evaluation.export import TfliteModel, keras_predict, to_tflite_int8
+    from convert.training.paper_cv import write_parity
 
     folds = folds or FoldProtocol()
     cfg = run_config(source)
@@ -106,7 +104,7 @@ def frozen_lr_row(out: Path, cfg: PretrainedConfig | None = None, folds: FoldPro
 
 
 def average_row(members: list[Path], out: Path, folds: FoldProtocol | None = None) -> dict:
-    """Mean of the members' validation-standardised logits (``convert.ensemble_cv.combine``), per finished fold."""
+    """Mean of the members' validation-standardised logits (``convert.experiments.ensemble_cv.combine``), per finished fold."""
     folds = folds or FoldProtocol()
     cfg = run_config(members[0])
     out.mkdir(parents=True, exist_ok=True)
@@ -146,7 +144,7 @@ def int8_layer_errors(model, pool, train_idx: np.ndarray, images_idx: np.ndarray
 
     import keras
 
-    from convert.export import keras_predict, to_tflite_int8
+    from convert.evaluation.export import keras_predict, to_tflite_int8
     from edge_birads.interpreter import dequantize, make_interpreter, quantize, tensor_quantization
 
     probe = keras.Model(model.input, [model.get_layer(name).output for name in names])

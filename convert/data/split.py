@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convert.data import Record, labels_for
+from convert.data.sources import Record, labels_for
 
 TEST_FRACTION = 0.2  # the paper: 20% for testing
 VAL_FRACTION = 0.125  # the paper: 12.5% of the remaining 80% for validation
@@ -143,7 +143,7 @@ def kfold_by_patient(patients: Sequence[str], sources: Sequence[str], ranks: Seq
 
 
 # ---------------------------------------------------------------- folds of a prepared pool
-# ``pool`` is anything with ``items`` (``convert.lesion_data.PreparedPool``): each item has source, patient_id and label (class index).
+# ``pool`` is anything with ``items`` (``convert.data.lesion_data.PreparedPool``): each item has source, patient_id and label (class index).
 
 
 def _item_folds(items: Sequence, k: int, seed: int) -> np.ndarray:

@@ -2,12 +2,12 @@
 
 A row is what ``python -m convert build|train|cv --config NAME`` and
 ``python -m convert ablation run --configs NAME`` take. ``table`` says which
-table of docs/ablation.md shows it ("ablation": ``convert.lesion_ablation.table``;
-"pretrained": ``convert.pretrained.table``; None: a named configuration only,
+table of docs/ablation.md shows it ("ablation": ``convert.experiments.lesion_ablation.table``;
+"pretrained": ``convert.training.pretrained.table``; None: a named configuration only,
 for hold-out builds). An ensemble row has ``members`` (other rows whose
 finished folds it combines, no training) instead of overrides.
 
-    config_for("fcn-512x256-normal3-mined", ["fcn_width=32"])   # convert.recipes
+    config_for("fcn-512x256-normal3-mined", ["fcn_width=32"])   # convert.training.recipes
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Row:
-    recipe: str  # a key of convert.recipes.RECIPES ("ensemble": members combined)
+    recipe: str  # a key of convert.training.recipes.RECIPES ("ensemble": members combined)
     overrides: dict = field(default_factory=dict)  # fields of the recipe's configuration
     description: str = ""
     table: str | None = None
     members: tuple[str, ...] = ()
 
 
-# The paper's whole-image CNN (convert.paper_cv + convert.train). Its configuration's ``name`` is what a card's
+# The paper's whole-image CNN (convert.training.paper_cv + convert.training.train). Its configuration's ``name`` is what a card's
 # training.config.name records; "paper" and "paper-focal", "gap" and "paper-gap" are one configuration under its preset
 # name (python -m convert build --config paper, as the bundled model was built) and its ablation row's name.
 PAPER = {"name": "paper"}
@@ -48,7 +48,7 @@ ROWS: dict[str, Row] = {
                      "the abstract's augmentation: focal loss, rotation +-20 degrees, CLAHE (clip 2.0) in preprocessing", "ablation"),
     "paper-gap": Row("paper-cnn", GAP, "beyond the paper: global-average-pooling head instead of Flatten + Dense (11 M -> 0.1 M parameters), "
                      "breast crop before resizing, class weights, rotation +-20 degrees", "ablation"),
-    # ... the lesion FCN (convert.train_lesion) ...
+    # ... the lesion FCN (convert.training.train_lesion) ...
     "fcn-512x512-balanced": Row(
         "lesion-fcn", {"height": 512, "width": 512, "normal_weight_ratio": 1.0, "mine_from": 0},
         "square 512x512 breast crop (anatomy stretched ~2x horizontally), normal/benign/malignant locations equally weighted, no mining",
@@ -65,7 +65,7 @@ ROWS: dict[str, Row] = {
         "as above with twice the channels (32-64-128-128-256-256; ~4x the multiply-adds): is the FCN capacity-bound?",
         "ablation",
     ),
-    # ... and out-of-fold ensembles of finished rows (convert.ensemble_cv)
+    # ... and out-of-fold ensembles of finished rows (convert.experiments.ensemble_cv)
     "ensemble-paper-focal+fcn": Row(
         "ensemble", description="mean of the two int8 models' validation-standardised malignancy logits, no retraining "
         "(a measurement, not a loadable model)", table="ablation", members=("paper-focal", "fcn-512x256-normal3-mined"),
@@ -78,8 +78,8 @@ def rows_of(table: str) -> dict[str, Row]:
 
 
 def _pretrained_rows() -> dict[str, Row]:
-    """The pretrained recipe's rows, from its own table (convert.pretrained.ROWS: name -> (overrides, what it tests))."""
-    from convert import pretrained
+    """The pretrained recipe's rows, from its own table (convert.training.pretrained.ROWS: name -> (overrides, what it tests))."""
+    from convert.training import pretrained
 
     rows = {name: Row("pretrained", overrides, what, "pretrained") for name, (overrides, what) in pretrained.ROWS.items()}
     if set(rows) & set(ROWS):

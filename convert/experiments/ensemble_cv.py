@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.lesion_data import PreparedPool
-from convert.metrics import threshold_for_sensitivity
-from convert.split import FoldProtocol, fold_split
-from convert.train_lesion import collect_cv
+from convert.data.lesion_data import PreparedPool
+from convert.data.split import FoldProtocol, fold_split
+from convert.evaluation.metrics import threshold_for_sensitivity
+from convert.training.train_lesion import collect_cv
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -60,7 +60,7 @@ def member_outputs(run: Path, pool: PreparedPool, folds: FoldProtocol, fold: int
     else:
         cache = run / f"fold{fold}_int8_val.npy"
         if not cache.exists():
-            from convert.lesion_export import run_int8
+            from convert.evaluation.lesion_export import run_int8
 
             np.save(cache, run_int8((run / f"fold{fold}.tflite").read_bytes(), pool, val_idx))
         val_probs = np.load(cache)

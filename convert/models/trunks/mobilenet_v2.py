@@ -117,7 +117,7 @@ def load_torch_state(model, state: "OrderedDict[str, np.ndarray]") -> list[str]:
     Every weighted layer named ``features_*`` / ``classifier_*`` must find its
     tensors (a head added after the trunk, and ``grey_to_imagenet``, are left alone).
     """
-    from convert.trunks import load_layers
+    from convert.models.trunks import load_layers
 
     return load_layers(model, state, lambda name: name.startswith(("features_", "classifier_")), _torch_prefix)
 

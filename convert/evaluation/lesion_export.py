@@ -1,7 +1,7 @@
 """Full-integer int8 TFLite export of the lesion whole-image model, with a parity check.
 
 The whole-image model is the FCN plus a pooling head, converted by the one
-converter (convert.export.to_tflite_int8: batch size 1 fixed, which keeps the
+converter (convert.evaluation.export.to_tflite_int8: batch size 1 fixed, which keeps the
 graph to plain CONV/DEPTHWISE/POOL/FULLY_CONNECTED/SOFTMAX ops that
 tflite-runtime 2.14 can load). Input and output are int8, calibrated with
 representative images from the training patients; parity is measured on
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from convert.evaluate import versions
+from convert.evaluation.evaluate import versions
 from edge_birads.interpreter import batch_probabilities, make_interpreter
 
 
@@ -27,7 +27,7 @@ def representative_images(pool, indices, count: int, seed: int) -> np.ndarray:
 
 def whole_image_keras(fcn, pool, head: tuple[np.ndarray, np.ndarray], smooth: int):
     """The exportable model: fixed [1, H, W, 1] input, FCN, pooling, calibrated head, softmax."""
-    from convert.lesion_model import build_whole_image_model
+    from convert.models.lesion_model import build_whole_image_model
 
     model = build_whole_image_model(fcn, pool.spec.height, pool.spec.width, smooth=smooth, batch_size=1)
     model.get_layer("head").set_weights([head[0].astype(np.float32), head[1].astype(np.float32)])

@@ -18,21 +18,21 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.data import (
+from convert.data.sources import (
     MALIGNANT_LABEL,
     PAPER_LABELS,
     Record,
+    data_counts,
     labels_for,
     load_images,
     load_sources,
     subset_by_patient,
-    data_counts,
 )
-from convert.metrics import roc_auc
-from convert.split import Split, split_by_patient
+from convert.data.split import Split, split_by_patient
+from convert.evaluation.metrics import roc_auc
 from edge_birads.preprocess import PreprocessSpec
 
-log = logging.getLogger("convert.train")
+log = logging.getLogger("convert.training.train")
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,8 @@ class TrainConfig:
 
 
 def get_config(name: str, **overrides) -> TrainConfig:
-    """A named paper-CNN configuration (a row of ``convert.rows.ROWS``), with the non-None ``overrides`` on top."""
-    from convert.rows import ROWS
+    """A named paper-CNN configuration (a row of ``convert.training.rows.ROWS``), with the non-None ``overrides`` on top."""
+    from convert.training.rows import ROWS
 
     choices = [row for row, spec in ROWS.items() if spec.recipe == "paper-cnn"]
     if name not in choices:
@@ -286,7 +286,7 @@ def validation_callback(x_val: np.ndarray, y_val: np.ndarray, labels: tuple[str,
 
 def train(config: TrainConfig, out_dir: str | Path, data: RunData | None = None, command: str = "") -> tuple[object, RunData]:
     """Train ``config`` and write the run directory; returns (Keras model, run data)."""
-    from convert.models import build_paper_cnn, compile_model, describe
+    from convert.models.paper_cnn import build_paper_cnn, compile_model, describe
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from edge_birads.decode import read_file
 from edge_birads.errors import InputError
 from edge_birads.preprocess import PreprocessSpec, prepare
 
-log = logging.getLogger("convert.data")
+log = logging.getLogger("convert.data.sources")
 
 BIRADS_1 = "BI-RADS 1"
 BIRADS_2_3 = "BI-RADS 2-3"
@@ -106,7 +106,7 @@ class Record:
 
 
 def repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 def data_root() -> Path:

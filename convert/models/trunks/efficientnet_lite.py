@@ -83,6 +83,6 @@ def _torch_prefix(layer_name: str) -> str:
 
 def load_torch_state(model, state: "OrderedDict[str, np.ndarray]") -> list[str]:
     """Copy the wheel's tensors into the matching layers (names starting with ``_``); returns the layer names loaded."""
-    from convert.trunks import load_layers
+    from convert.models.trunks import load_layers
 
     return load_layers(model, state, lambda name: name.startswith("_"), _torch_prefix)

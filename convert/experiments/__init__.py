@@ -1,0 +1,1 @@
+"""Experiments that call the pipeline: ablations, ensembles, the pretrained rows' extra measurements."""

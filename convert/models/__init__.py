@@ -1,0 +1,1 @@
+"""Networks: the paper CNN, the lesion FCN, losses, and the pretrained trunks."""
