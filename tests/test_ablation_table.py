@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from convert.experiments.lesion_ablation import ABLATIONS, PAPER_ABLATIONS, main, table
+from convert.cli import main as convert_main
+from convert.experiments.lesion_ablation import ABLATIONS, PAPER_ABLATIONS, table
 
 
 def write_metrics(run, folds_done: int, mias_auc: float, cbis_auc: float) -> None:
@@ -35,7 +36,7 @@ def test_unknown_configuration_is_a_usage_error(tmp_path, capsys):
     import pytest
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["run", "--root", str(tmp_path), "--configs", "no-such-config"])
+        convert_main(["ablation", "run", "--root", str(tmp_path), "--configs", "no-such-config"])
     assert exit_info.value.code == 2
     assert "unknown configuration 'no-such-config'" in capsys.readouterr().err
 
@@ -48,13 +49,13 @@ def test_card_gets_the_recipe_cross_validation_and_info_shows_it(tmp_path):
     write_metrics(tmp_path / "paper-focal", 5, 0.55, 0.61)
     card_path = tmp_path / "card.json"
     card_path.write_text(default_model_path().with_suffix(".json").read_text())
-    assert main(["card", "--root", str(tmp_path), "--configs", "paper-focal", "--card", str(card_path)]) == 0
+    assert convert_main(["ablation", "card", "--root", str(tmp_path), "--configs", "paper-focal", "--card", str(card_path)]) == 0
     data = json.loads(card_path.read_text())
     section = data["metrics"]["recipe_cross_validation"]
     assert section["folds"] == 5 and section["per_source"]["mini-mias"]["auc_per_fold_mean"] == 0.56
     text = summarize(parse_card(data))
     assert "| mini-mias | 242 (39) | 0.550 (0.450-0.650) | 0.560 ± 0.070 | 50.0% | 90.0% | 25.0% |" in text
-    assert "package): `python -m convert.experiments.lesion_ablation run --root RUNS --configs paper-focal`." in text
+    assert "package): `python -m convert ablation run --root RUNS --configs paper-focal`." in text
 
 
 def test_card_refuses_a_row_of_another_recipe(tmp_path, capsys):
@@ -64,7 +65,7 @@ def test_card_refuses_a_row_of_another_recipe(tmp_path, capsys):
     card_path = tmp_path / "card.json"
     before = default_model_path().with_suffix(".json").read_text()
     card_path.write_text(before)
-    assert main(["card", "--root", str(tmp_path), "--configs", "paper-gap", "--card", str(card_path)]) == 2
+    assert convert_main(["ablation", "card", "--root", str(tmp_path), "--configs", "paper-gap", "--card", str(card_path)]) == 2
     assert "was trained with config 'paper', not 'gap' (row paper-gap)" in capsys.readouterr().err
     assert card_path.read_text() == before
 
@@ -73,7 +74,7 @@ def test_table_is_written_between_the_markers_of_a_page(tmp_path):
     write_metrics(tmp_path / "paper-focal", 5, 0.55, 0.61)
     page = tmp_path / "page.md"
     page.write_text("intro\n<!-- ablation-table:start -->\nold table\n<!-- ablation-table:end -->\nafter\n")
-    assert main(["table", "--root", str(tmp_path), "--doc", str(page)]) == 0
+    assert convert_main(["ablation", "table", "--root", str(tmp_path), "--doc", str(page)]) == 0
     text = page.read_text()
     assert text.startswith("intro\n<!-- ablation-table:start -->\n| configuration |") and text.endswith("<!-- ablation-table:end -->\nafter\n")
     assert "old table" not in text and "| paper-focal | 5 (int8) |" in text

@@ -17,14 +17,12 @@ table of whatever has finished, saying how many folds each row has, and with
 ``--doc`` also writes it between the markers of that page.
 Each row lives in ROOT/NAME. Every recipe runs through the same folds
 (``convert.data.split.FoldProtocol``), validation patients and int8 scoring, so
-the rows compare like with like. ``python -m convert.experiments.lesion_ablation ARGS``
-is the same as ``python -m convert ablation ARGS``.
+the rows compare like with like. Run through ``python -m convert ablation ...``.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from convert.data.split import FoldProtocol
@@ -100,13 +98,6 @@ def check_rows(names: list[str]) -> list[str]:
     return names
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m convert.experiments.lesion_ablation ARGS`` = ``python -m convert ablation ARGS`` (kept: tests and old notes call it)."""
-    from convert.cli import run_click
-
-    return run_click(["ablation", *(sys.argv[1:] if argv is None else argv)])
-
-
 START, END = "<!-- ablation-table:start -->", "<!-- ablation-table:end -->"
 
 
@@ -149,7 +140,7 @@ def recipe_section(name: str, root: Path) -> dict:
             "mini-MIAS: malignant vs normal + benign; CBIS-DDSM masses: malignant vs benign (no normals)."
         ),
         "folds": metrics["folds_done"],
-        "command": f"python -m convert.experiments.lesion_ablation run --root RUNS --configs {name}",
+        "command": f"python -m convert ablation run --root RUNS --configs {name}",
         "per_source": per_source,
     }
 
@@ -201,7 +192,3 @@ def collect(name: str, run: Path) -> None:
         write_parity(run, folds.folds)
     for suffix in ("", "_int8"):
         collect_cv(pool, run, folds, suffix=suffix)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
