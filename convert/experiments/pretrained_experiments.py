@@ -140,32 +140,26 @@ def int8_layer_errors(model, pool, train_idx: np.ndarray, images_idx: np.ndarray
     Per tensor: its int8 scale, the float values' spread and range, and the mean absolute int8-minus-float
     difference relative to that spread, on the images ``images_idx``. Calibrated as the recipe's export is.
     """
-    import tempfile
-
     import keras
 
-    from convert.evaluation.export import keras_predict, to_tflite_int8
-    from edge_birads.interpreter import dequantize, make_interpreter, quantize, tensor_quantization
+    from convert.evaluation.export import to_tflite_int8
+    from edge_birads.interpreter import make_interpreter, read_output, set_input, tensor_quantization
 
     probe = keras.Model(model.input, [model.get_layer(name).output for name in names])
-    flatbuffer = to_tflite_int8(probe, representative(pool, train_idx, seed))
     images = fold_images(pool, images_idx)
-    reference = [keras_predict(keras.Model(probe.input, out), images, batch_size=8) for out in probe.outputs]
-    with tempfile.NamedTemporaryFile(suffix=".tflite") as handle:
-        handle.write(flatbuffer)
-        handle.flush()
-        interpreter, _ = make_interpreter(handle.name)
+    reference = probe.predict(images, batch_size=8, verbose=0)  # one float pass, every tensor
+    interpreter, _ = make_interpreter(to_tflite_int8(probe, representative(pool, train_idx, seed)))
     source = interpreter.get_input_details()[0]
-    outputs = sorted(interpreter.get_output_details(), key=lambda d: d["index"])
+    outputs = interpreter.get_output_details()
     by_shape = {}
-    for detail in outputs:  # output order is the probe's; the names are TFLite's
+    for detail in outputs:  # TFLite names its outputs its own way: match them by shape, then by error
         by_shape.setdefault(tuple(detail["shape"][1:]), []).append(detail)
     got = {d["index"]: [] for d in outputs}
     for image in images:
-        interpreter.set_tensor(source["index"], quantize(image[None], *tensor_quantization(source), np.int8))
+        set_input(interpreter, source, image)
         interpreter.invoke()
         for d in outputs:
-            got[d["index"]].append(dequantize(interpreter.get_tensor(d["index"]), *tensor_quantization(d)))
+            got[d["index"]].append(read_output(interpreter, d))
     rows = []
     for name, expected in zip(names, reference):
         candidates = by_shape[tuple(expected.shape[1:])]
