@@ -371,7 +371,7 @@ class WatchDaemon:
         return Outcome(name, "waiting")
     # ----------------------------------------------------------------- status
     def write_status(self, state: str, force: bool = False, **extra) -> None:
-        outbox = self.output.status() if self.output is not None else None
+        outbox = self.output.status if self.output is not None else None  # listed only when the status file is due
         try:
             self.status.write(state, self.mode, len(self.tracker), outbox, force, **extra)
         except OSError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -78,8 +79,11 @@ class StatusFile:
             counts.requeued += 1
         self._dirty = True
 
-    def write(self, state: str, mode: str, queue_length: int, outbox: dict | None = None, force: bool = False, **extra) -> None:
-        """The heartbeat file: atomically replaced, not fsynced (it is rewritten constantly); OSError if it cannot be."""
+    def write(self, state: str, mode: str, queue_length: int, outbox: Callable[[], dict] | None = None, force: bool = False, **extra) -> None:
+        """The heartbeat file: atomically replaced, not fsynced (it is rewritten constantly); OSError if it cannot be.
+
+        ``outbox`` is asked for its state only when the file is due (it lists a folder).
+        """
         now = time.monotonic()
         elapsed = now - self._written
         if not force and elapsed < self.config.heartbeat_seconds and not (self._dirty and elapsed >= STATUS_MIN_INTERVAL):
@@ -101,7 +105,7 @@ class StatusFile:
             **extra,
         }
         if outbox is not None:
-            status["outbox"] = outbox
+            status["outbox"] = outbox()
         write_json_atomic(self.config.status_file, status, durable=False)
         self._written = now
         self._dirty = False
