@@ -26,6 +26,8 @@ from pathlib import Path
 
 import click
 
+from convert.evaluation.export import INT8_ACTIVATIONS
+
 log = logging.getLogger("convert")
 
 
@@ -487,15 +489,20 @@ def pretrained_table(doc, results) -> None:
     click.echo(text, nl=False)
 
 
-@pretrained.command("flip", short_help="Flip test-time augmentation of a row's folds.")
+@pretrained.command("reconvert", short_help="A row's folds converted again: flip TTA, int8 activations.")
 @click.option("--source", required=True, type=click.Path(exists=True, file_okay=False), help="a fine-tuned row's run folder (its fold weights)")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="the new row's run folder")
-def pretrained_flip(source, out) -> None:
-    """A row's fold models with flip test-time augmentation inside the graph (no retraining)."""
-    from convert.experiments.pretrained_experiments import flip_row
+@click.option("--flip", is_flag=True, help="average the image and its left-right mirror inside the graph")
+@click.option("--activations", type=click.Choice(INT8_ACTIVATIONS), default=None,
+              help="int8 activations: calibrated ranges (full-integer) or dynamic, per image (default: the source row's)")
+def pretrained_reconvert(source, out, flip, activations) -> None:
+    """A row's fold models converted again and scored as int8 on the same folds (no retraining)."""
+    from convert.experiments.pretrained_experiments import reconvert_row
     from convert.training.paper_cv import describe_metrics
 
-    click.echo(describe_metrics(flip_row(Path(source), Path(out))))
+    if not flip and activations is None:
+        raise click.ClickException("nothing to change: give --flip, --activations or both")
+    click.echo(describe_metrics(reconvert_row(Path(source), Path(out), flip=flip, activations=activations)))
 
 
 @pretrained.command("frozen-lr", short_help="Frozen features + logistic regression (the floor).")

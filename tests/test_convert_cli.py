@@ -43,7 +43,7 @@ Commands:
   archive      Copy a run's small outputs into the archive.
   collect      Re-derive an archived row's metrics.
   table        The pretrained rows' table from the archive.
-  flip         Flip test-time augmentation of a row's folds.
+  reconvert    A row's folds converted again: flip TTA, int8 activations.
   frozen-lr    Frozen features + logistic regression (the floor).
   average      Mean of rows' standardised out-of-fold logits.
   int8-layers  Where int8 departs from float, per tensor.
@@ -82,7 +82,7 @@ def test_every_command_and_option_has_help():
     assert {" ".join(p) for p, _ in commands} == {
         "build", "train", "convert", "evaluate", "report", "cv", "ablation",
         "ablation run", "ablation collect", "ablation card", "ablation table", "ablation pooling", "pretrained",
-        *(f"pretrained {name}" for name in ("time", "export", "archive", "collect", "table", "flip", "frozen-lr", "average",
+        *(f"pretrained {name}" for name in ("time", "export", "archive", "collect", "table", "reconvert", "frozen-lr", "average",
                                             "int8-layers", "int8-table")),
     }
     for path, command in commands:

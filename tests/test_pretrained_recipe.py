@@ -155,14 +155,12 @@ def test_the_lesion_map_averages_to_the_malignancy_logit_when_the_max_half_is_si
     assert float(np.ptp(lesion_map)) > 0.05  # a map that varies: the check above is not 0 == 0
 
 
-def test_export_ships_a_fold_model_with_its_map_and_a_card_the_runtime_loads(small_model, tmp_path):
-    """A fold's weights -> int8 with the lesion map, threshold from validation patients, card naming the initialisation."""
+def export_small(small_model, tmp_path, cfg: PretrainedConfig, name: str):
+    """(card, model path, pool): fold 0 of a synthetic pool exported from ``small_model``'s weights."""
     import json
 
     from convert.data.lesion_data import Lesion
     from convert.training.pretrained import export_fold
-    from convert.training.train_lesion import TrainConfig, fold_split
-    from edge_birads.classifier import Classifier
 
     base = synthetic_pool(n=80)
     lesions = [(Lesion(32.0, 32.0, 10.0, 10.0, True),) if it.label == 2 else () for it in base.items]
@@ -171,8 +169,16 @@ def test_export_ships_a_fold_model_with_its_map_and_a_card_the_runtime_loads(sma
     run.mkdir()
     small_model.save_weights(str(run / "fold0.weights.h5"))
     (run / "fold0_history.json").write_text(json.dumps({"best_epoch": 2, "training_seconds": 1.0}))
-    out = tmp_path / "model" / "mnv2-test.tflite"
-    card = export_fold(SMALL, run, 0, out, "mnv2-512", "test", results=tmp_path / "no-results", pool=pool)
+    out = tmp_path / "model" / f"{name}.tflite"
+    return export_fold(cfg, run, 0, out, "mnv2-512", "test", results=tmp_path / "no-results", pool=pool), out, pool
+
+
+def test_export_ships_a_fold_model_with_its_map_and_a_card_the_runtime_loads(small_model, tmp_path):
+    """A fold's weights -> int8 with the lesion map, threshold from validation patients, card naming the initialisation."""
+    from convert.training.train_lesion import TrainConfig, fold_split
+    from edge_birads.classifier import Classifier
+
+    card, out, pool = export_small(small_model, tmp_path, SMALL, "mnv2-test")
 
     classifier = Classifier(out)
     assert classifier.has_lesion_map and classifier.card.referral_threshold == card["referral"]["threshold"]
@@ -189,6 +195,19 @@ def test_export_ships_a_fold_model_with_its_map_and_a_card_the_runtime_loads(sma
     assert 0 < hits["chance"] < 1
     assert card["description"].startswith("torchvision MobileNetV2 (width 1.0) (ImageNet, to block 13) fine-tuned on whole mammograms (cbis-ddsm-mass, mini-mias) at 64x64 (breast crop)")
     assert "in the frame of the breast crop resized" in card["output"]["lesion_map"]["meaning"]
+
+
+def test_export_with_dynamic_activations_ships_int8_weights_the_runtime_feeds_floats(small_model, tmp_path):
+    """The row's int8 activation mode reaches the shipped file and its card; the runtime runs it with the map."""
+    from edge_birads.classifier import Classifier
+
+    card, out, _ = export_small(small_model, tmp_path, replace(SMALL, int8_activations="dynamic"), "mnv2-dyn")
+
+    classifier = Classifier(out)
+    assert classifier.interpreter.get_input_details()[0]["dtype"] == np.float32 and classifier.has_lesion_map
+    assert card["conversion"]["int8_activations"] == "dynamic" and card["conversion"]["n_representative"] == 0
+    assert card["description"].endswith("with a lesion map output; int8 weights, activations quantized per image at run time.")
+    assert card["parity"]["decisive_agreement"] >= 0.95
 
 
 def test_info_names_the_initialisation_and_the_map_hits():

@@ -1,6 +1,8 @@
-"""Rows of the pretrained ablation that need no retraining: flip TTA in the graph, and the frozen-feature logistic regression.
+"""Rows of the pretrained ablation that need no retraining: a row's models converted again (flip TTA in the graph,
+another int8 activation quantization), and the frozen-feature logistic regression.
 
-    python -m convert pretrained flip --source RUNS/mnv2-512 --out RUNS/mnv2-512-flip
+    python -m convert pretrained reconvert --source RUNS/mnv2-512 --out RUNS/mnv2-512-flip --flip
+    python -m convert pretrained reconvert --source RUNS/mnv2-512-whole-lrinit --out RUNS/mnv2-512-whole-lrinit-dyn --activations dynamic
     python -m convert pretrained frozen-lr --out RUNS/frozen-lr
     python -m convert pretrained average --members RUNS/mnv2-512,RUNS/frozen-lr --out RUNS/mnv2-512+frozen-lr
     python -m convert pretrained int8-layers --source RUNS/mnv2-512-whole-lrinit --out RUNS/int8-layers
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,16 +48,22 @@ def with_flip_tta(model):
     return keras.Model(image, out, name=model.name + "_flip_tta")
 
 
-def flip_row(source: Path, out: Path, folds: FoldProtocol | None = None) -> dict:
-    """Flip TTA of every finished fold of ``source`` (same weights), scored as int8; resumable."""
+def reconvert_row(source: Path, out: Path, flip: bool = False, activations: str | None = None, folds: FoldProtocol | None = None) -> dict:
+    """Every finished fold of ``source`` (same weights) converted again and scored as int8; resumable.
+
+    ``flip`` puts flip test-time augmentation in the graph; ``activations`` overrides the source's int8
+    activation quantization (``convert.evaluation.export.INT8_ACTIVATIONS``).
+    """
     from convert.evaluation.export import TfliteModel, keras_predict, to_tflite_int8
     from convert.training.paper_cv import write_parity
 
     folds = folds or FoldProtocol()
-    cfg = run_config(source)
+    source_cfg = run_config(source)
+    cfg = replace(source_cfg, int8_activations=activations or source_cfg.int8_activations)
+    changes = (["flip TTA in the graph"] if flip else []) + ([f"int8 activations {cfg.int8_activations}"] if activations else [])
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"pretrained_config": asdict(cfg), "folds": asdict(folds),
-                                                 "experiment": f"flip TTA in the graph of {source.name}'s fold models"}, indent=1))
+                                                 "experiment": f"{' and '.join(changes) or 'converted again'}: {source.name}'s fold models"}, indent=1))
     pool = load_pool(cfg.spec(), DEFAULT_CACHE)
     for fold in range(folds.folds):
         weights = source / f"fold{fold}.weights.h5"
@@ -66,13 +74,13 @@ def flip_row(source: Path, out: Path, folds: FoldProtocol | None = None) -> dict
         setup_tensorflow(seed, cfg.threads)
         model = build_model(cfg, pretrained=False)
         model.load_weights(str(weights))
-        tta = with_flip_tta(model)
-        runner = TfliteModel(to_tflite_int8(tta, representative(pool, train_idx, seed)))
-        predictors = {"": lambda x: keras_predict(tta, x, batch_size=8), "_int8": runner.predict}
+        graph = with_flip_tta(model) if flip else model
+        runner = TfliteModel(to_tflite_int8(graph, representative(pool, train_idx, seed), cfg.int8_activations))
+        predictors = {"": lambda x: keras_predict(graph, x, batch_size=8), "_int8": runner.predict}
         score_fold(pool, fold, val_idx, test_idx, predictors, folds.referral_sensitivity, out, print)
         history = json.loads((source / f"fold{fold}_history.json").read_text())
         (out / f"fold{fold}_history.json").write_text(json.dumps({"training_seconds": history.get("training_seconds"),
-                                                                  "note": "the source row's training; TTA adds none"}))
+                                                                  "note": "the source row's training; converting adds none"}))
         print(json.dumps({"fold": fold, "row": out.name, "done": True}), flush=True)
     write_parity(out, folds.folds)
     collect_cv(pool, out, folds)

@@ -92,6 +92,9 @@ class PretrainedConfig:
     shift_fraction: float = 0.05
     gamma_range: float = 1.25
     contrast_range: float = 0.15
+    # How the int8 model's activations are quantized (convert.evaluation.export.INT8_ACTIVATIONS): "calibrated" ranges
+    # (full-integer) or "dynamic" ones, computed per image at run time (int8 weights, float input and output).
+    int8_activations: str = "calibrated"
     seed: int = 0
     threads: int = 2
 
@@ -424,7 +427,7 @@ def run_fold(cfg: PretrainedConfig, pool: PreparedPool, folds: FoldProtocol, fol
     trained = time.perf_counter() - started
     model.save_weights(str(out_dir / f"fold{fold}.weights.h5"))
 
-    runner = TfliteModel(to_tflite_int8(model, representative(pool, train_idx, seed)))
+    runner = TfliteModel(to_tflite_int8(model, representative(pool, train_idx, seed), cfg.int8_activations))
     predictors = {"": lambda x: keras_predict(model, x, batch_size=8), "_int8": runner.predict}
     score_fold(pool, fold, val_idx, test_idx, predictors, folds.referral_sensitivity, out_dir, log)
     (out_dir / f"fold{fold}_history.json").write_text(json.dumps({**run, "training_seconds": round(trained, 1)}, indent=1))
@@ -515,7 +518,7 @@ def export_fold(
     model.load_weights(str(run_dir / f"fold{fold}.weights.h5"))
     calibration = representative(pool, train_idx, seed)
     shipped = with_lesion_map(model)
-    flatbuffer = to_tflite_int8(shipped, calibration)
+    flatbuffer = to_tflite_int8(shipped, calibration, cfg.int8_activations)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_bytes(flatbuffer)
     labels = ["BI-RADS 1", "BI-RADS 2-3", "BI-RADS 4-5"]
@@ -544,7 +547,8 @@ def export_fold(
             f"{source.architecture.split(',')[0]} (ImageNet, to block {cfg.last_block}) fine-tuned on whole mammograms "
             f"({', '.join(sorted({pool.items[i].source for i in from_sources(pool, train_idx, cfg.train_sources)}))}) at "
             f"{cfg.height}x{cfg.width}{' (breast crop)' if cfg.crop_to_breast else ' (whole image)'}, average+max pooled "
-            f"{'standardised ' if cfg.standardise else ''}head, with a lesion map output; full-integer int8."
+            f"{'standardised ' if cfg.standardise else ''}head, with a lesion map output; "
+            + ("full-integer int8." if cfg.int8_activations == "calibrated" else "int8 weights, activations quantized per image at run time.")
         ),
         output={"probabilities": [1, 3], "lesion_map": {
             "shape": [1, cfg.height // 16, cfg.width // 16, 1], "stride": 16,
@@ -585,7 +589,8 @@ def export_fold(
             "lesion_map_hits": map_hits(pool, test_idx, maps),
         },
         parity=gate.to_dict(),
-        conversion={"n_representative": int(len(calibration)), "op_versions": op_versions(flatbuffer),
+        conversion={"int8_activations": cfg.int8_activations,
+                    "n_representative": int(len(calibration)) if cfg.int8_activations == "calibrated" else 0, "op_versions": op_versions(flatbuffer),
                     "tflite_runtime_2_14_problems": tflite_214_problems(op_versions(flatbuffer)), "batch_size_fixed": 1},
         versions=versions(),
         intended_use=DISCLAIMER + " " + source.note,
@@ -606,6 +611,8 @@ def export_fold(
 # Row name -> (PretrainedConfig overrides, what it tests). Each row's run folder is RUNS/NAME; its small
 # outputs (per-fold predictions, histories, metrics) are archived in docs/results/NAME, so the table and
 # every figure re-derive from the repository (``collect``) without the weights.
+_WHOLE_LRINIT = {"crop_to_breast": False, "standardise": True, "epochs": 14, "frozen_epochs": 0, "class_balance": False,
+                 "select_on": "weighted", "head_init": "logistic", "start_is_candidate": True}
 ROWS: dict[str, tuple[dict, str]] = {
     "mnv2-512": (
         {"epochs": 16, "select_on": "mean"},
@@ -641,8 +648,7 @@ ROWS: dict[str, tuple[dict, str]] = {
         "as frozen-lr on the whole image resized to 512x512 (no breast crop; the note's setting)",
     ),
     "mnv2-512-whole-lrinit": (
-        {"crop_to_breast": False, "standardise": True, "epochs": 14, "frozen_epochs": 0, "class_balance": False,
-         "select_on": "weighted", "head_init": "logistic", "start_is_candidate": True},
+        _WHOLE_LRINIT,
         "as mnv2-512-lrinit on the whole image (no breast crop), with the pooled features standardised in the graph before "
         "dropout and the head (the warm start's scaler as a frozen batch norm); the warm start is epoch 0 of the epoch choice",
     ),
@@ -651,6 +657,16 @@ ROWS: dict[str, tuple[dict, str]] = {
         "the mean of the validation-standardised logits of mnv2-512-whole-lrinit (int8) and frozen-lr-whole, fold by fold "
         "(python -m convert pretrained average; no retraining). Not one model yet: the regression's top-5% pooling and its "
         "frozen trunk are not in the fine-tuned graph",
+    ),
+    "mnv2-512-whole-lrinit-dyn": (
+        {**_WHOLE_LRINIT, "int8_activations": "dynamic"},
+        "mnv2-512-whole-lrinit's fold models (same weights) converted with int8 weights and activations quantized per image at "
+        "run time instead of calibrated per-tensor ranges (python -m convert pretrained reconvert --activations dynamic; no retraining)",
+    ),
+    "mnv2-512-whole-lrinit-dyn-flip": (
+        {**_WHOLE_LRINIT, "int8_activations": "dynamic"},
+        "as mnv2-512-whole-lrinit-dyn with flip test-time augmentation in the graph (the mean of the image's and its mirror's "
+        "probabilities; twice the inference)",
     ),
     "lite0-512-plain": (
         {"epochs": 16, "class_balance": False, "select_on": "weighted", "weights": "efficientnet_lite0_imagenet", "last_block": 10,
