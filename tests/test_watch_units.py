@@ -103,7 +103,8 @@ def test_record_slots_are_found_again_by_name_and_content(tmp_path: Path) -> Non
     other = find_record(tmp_path, "x.png", sha_b, ".json")  # the same name, other content: next slot
     assert other.found is None and other.free == tmp_path / f"x.{'b' * 12}.png.json"  # the image suffix stays last
     write_json_atomic(other.free, {"file": "x.png", "sha256": sha_b})
-    assert find_record(tmp_path, "x.png", sha_a, ".json").found == tmp_path / "x.png.json"
+    again = find_record(tmp_path, "x.png", sha_a, ".json")
+    assert again.found == tmp_path / "x.png.json" and again.record == {"file": "x.png", "sha256": sha_a}, "read once, handed back"
     assert find_record(tmp_path, "x.png", sha_b, ".json").found == other.free
     (tmp_path / "y").write_bytes(b"")
     (tmp_path / "y.bbbbbbbbbbbb").write_bytes(b"")
