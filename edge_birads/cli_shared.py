@@ -29,18 +29,20 @@ class NoImagesError(click.ClickException):
 
     exit_code = 1
 
-DEFAULT_FILE_MB = DEFAULT_LIMITS.max_file_bytes / MIB
-
-# name -> (environment variable, help); the config file's keys are the same names with "_".
-LIMIT_HELP = {
-    "max-pixels": ("EDGE_BIRADS_MAX_PIXELS", "Refuse images with more pixels (checked from the header, before decoding)."),
-    "max-file-mb": ("EDGE_BIRADS_MAX_FILE_MB", "Refuse larger files without reading them."),
-    "time-limit": ("EDGE_BIRADS_TIME_LIMIT", "Seconds allowed to decode and preprocess one file (0: no limit)."),
-}
-LIMIT_TYPES = {
-    "max-pixels": (click.IntRange(1), DEFAULT_LIMITS.max_pixels),
-    "max-file-mb": (click.FloatRange(0, min_open=True), DEFAULT_FILE_MB),
-    "time-limit": (click.FloatRange(0), DEFAULT_LIMITS.max_seconds),
+# option -> (click type, default, environment variable, help); the config file's keys are the same names with "_".
+LIMIT_OPTIONS = {
+    "max-pixels": (
+        click.IntRange(1), DEFAULT_LIMITS.max_pixels, "EDGE_BIRADS_MAX_PIXELS",
+        "Refuse images with more pixels (checked from the header, before decoding).",
+    ),
+    "max-file-mb": (
+        click.FloatRange(0, min_open=True), DEFAULT_LIMITS.max_file_bytes / MIB, "EDGE_BIRADS_MAX_FILE_MB",
+        "Refuse larger files without reading them.",
+    ),
+    "time-limit": (
+        click.FloatRange(0), DEFAULT_LIMITS.max_seconds, "EDGE_BIRADS_TIME_LIMIT",
+        "Seconds allowed to decode and preprocess one file (0: no limit).",
+    ),
 }
 
 
@@ -52,9 +54,7 @@ def decode_limit_options(config_file: bool = False):
     """
 
     def decorate(command):
-        for name in reversed(LIMIT_HELP):
-            envvar, text = LIMIT_HELP[name]
-            kind, default = LIMIT_TYPES[name]
+        for name, (kind, default, envvar, text) in reversed(LIMIT_OPTIONS.items()):
             if config_file:
                 key = name.replace("-", "_")
                 shown = int(default) if float(default).is_integer() else default

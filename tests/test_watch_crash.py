@@ -3,6 +3,7 @@ exactly one result or one failure record; none lost, none reported twice."""
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -103,3 +104,27 @@ def test_each_crash_window_is_resumed_without_a_second_record(tmp_path: Path) ->
     assert "c.png: same content as b.png" in log
     assert not torn.exists()
     check_exactly_once(daemon, inputs, bad={"bad.png"}, others=frozenset({"dir.png"}))
+
+
+def test_a_result_filed_just_before_a_stop_is_indexed_again_from_its_record(tmp_path: Path) -> None:
+    """(e) The run stopped after a.png was filed but before its claim record was dropped, and its content index
+    entry was lost (neither is fsynced): at start the daemon indexes the prediction from a.png's result record,
+    so the same content under a new name is answered from it, not run again, and the claim record goes."""
+    daemon = Daemon(tmp_path)
+    inputs = {"a.png": png_bytes(1)}
+    (daemon.inbox / "a.png").write_bytes(inputs["a.png"])
+    daemon.start()
+    daemon.wait_all(1)
+    assert daemon.stop() == 0
+    state = daemon.results / ".edge-birads"
+    (state / "content" / f"{sha256(inputs['a.png'])}.json").unlink()
+    claim = state / "claim.json"
+    claim.write_text(json.dumps({"claims": [{"name": "a.png", "sha256": sha256(inputs["a.png"]), "attempts": 1, "pid": 1}]}))
+    daemon.start()
+    inputs["c.png"] = inputs["a.png"]
+    write_atomically(daemon.inbox, "c.png", inputs["c.png"])
+    daemon.wait_all(2)
+    assert daemon.stop() == 0
+    assert "c.png: same content as a.png" in daemon.log_text()
+    assert not claim.exists(), "the claim record of the filed file is dropped"
+    check_exactly_once(daemon, inputs, bad=set())

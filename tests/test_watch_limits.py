@@ -12,6 +12,8 @@ from click.testing import CliRunner
 from watch_support import Daemon
 
 from edge_birads.cli import cli
+from edge_birads.cli_shared import limits_from
+from edge_birads.limits import DEFAULT_LIMITS
 from edge_birads.watch.config import ConfigError, build_config
 
 SAMPLES = Path(__file__).resolve().parent.parent / "edge_birads" / "samples"
@@ -39,6 +41,11 @@ def test_the_two_commands_share_one_definition_of_the_limits() -> None:
     for option in LIMIT_OPTIONS:
         assert repr(classify[option].type) == repr(watch[option].type) and classify[option].envvar == watch[option].envvar
         assert watch[option].default is None, "watch: not given means the config file's value"
+        default = classify[option].default
+        shown = int(default) if float(default).is_integer() else default
+        assert watch[option].help.endswith(f"[default: {shown}]"), "watch's help names classify's default"
+    defaults = [classify[option].default for option in LIMIT_OPTIONS]
+    assert limits_from(*defaults) == DEFAULT_LIMITS, "the options' defaults are the runtime's limits"
 
 
 def test_config_file_sets_the_limits_and_the_command_line_wins(tmp_path: Path) -> None:

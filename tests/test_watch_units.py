@@ -45,6 +45,39 @@ def test_bad_config_files_are_one_line_errors(tmp_path: Path, text: str, message
         build_config({}, conf)
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("stable_seconds", -1.0, "stable-seconds must be between 0 and 3600, not -1.0"),
+        ("stable_seconds", 3601.0, "stable-seconds must be between 0 and 3600, not 3601.0"),
+        ("stable_seconds", float("nan"), "stable-seconds must be between 0 and 3600, not nan"),
+        ("scan_interval", 0.01, "scan-interval must be between 0.05 and 3600 seconds, not 0.01"),
+        ("heartbeat_seconds", 0.0, "heartbeat-seconds must be between 0.1 and 3600, not 0.0"),
+        ("heartbeat_seconds", 4000.0, "heartbeat-seconds must be between 0.1 and 3600, not 4000.0"),
+        ("threads", 65, "threads must be between 1 and 64, not 65"),
+        ("jobs", 0, "jobs must be between 1 and 64, not 0"),
+        ("max_attempts", 0, "max-attempts must be between 1 and 1000, not 0"),
+        ("max_attempts", 1001, "max-attempts must be between 1 and 1000, not 1001"),
+        ("max_pixels", -3, "max-pixels must be at least 1, not -3"),
+        ("max_file_mb", 0.0, "max-file-mb must be more than 0, not 0"),
+        ("max_file_mb", 1e-7, "max-file-mb must be more than 0, not 0"),  # less than one byte
+        ("time_limit", -2.0, "time-limit must be 0 (no limit) or more seconds, not -2"),
+        ("time_limit", -0.5, "time-limit must be 0 (no limit) or more seconds, not -0.5"),
+    ],
+)
+def test_each_setting_out_of_range_is_refused_with_its_own_message(setting: str, value, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({"inbox": "/a", "results": "/b", setting: value})
+    assert str(info.value) == message
+
+
+def test_the_range_bounds_themselves_are_accepted() -> None:
+    bounds = {"stable_seconds": 0.0, "scan_interval": 0.05, "heartbeat_seconds": 3600.0, "threads": 64, "jobs": 1, "max_attempts": 1000}
+    config = build_config({"inbox": "/a", "results": "/b", **bounds, "max_pixels": 1, "max_file_mb": 1 / 2**20, "time_limit": 0.0})
+    assert all(getattr(config, setting) == value for setting, value in bounds.items())
+    assert (config.limits.max_pixels, config.limits.max_file_bytes, config.limits.max_seconds) == (1, 1, 0)
+
+
 def test_watch_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["watch", str(tmp_path)])
     assert result.exit_code == 2
@@ -103,7 +136,8 @@ def test_record_slots_are_found_again_by_name_and_content(tmp_path: Path) -> Non
     other = find_record(tmp_path, "x.png", sha_b, ".json")  # the same name, other content: next slot
     assert other.found is None and other.free == tmp_path / f"x.{'b' * 12}.png.json"  # the image suffix stays last
     write_json_atomic(other.free, {"file": "x.png", "sha256": sha_b})
-    assert find_record(tmp_path, "x.png", sha_a, ".json").found == tmp_path / "x.png.json"
+    again = find_record(tmp_path, "x.png", sha_a, ".json")
+    assert again.found == tmp_path / "x.png.json" and again.record == {"file": "x.png", "sha256": sha_a}, "read once, handed back"
     assert find_record(tmp_path, "x.png", sha_b, ".json").found == other.free
     (tmp_path / "y").write_bytes(b"")
     (tmp_path / "y.bbbbbbbbbbbb").write_bytes(b"")

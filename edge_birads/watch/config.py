@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_birads.durable import TMP_PREFIX
-from edge_birads.cli_shared import limits_from
+from edge_birads.cli_shared import MIB, limits_from
 from edge_birads.limits import DEFAULT_LIMITS, DecodeLimits
 
 SECTION = "watch"
@@ -169,26 +169,30 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+# option -> (lowest, highest or None, what it must be, format of the value shown): a value outside is refused with
+# "<option> must be <what>, not <value>". A range with no highest refuses only values below lowest (as it always
+# did, so NaN passes it; a two-sided range refuses NaN).
+RANGES = {
+    "stable-seconds": (0, 3600, "between 0 and 3600", ""),
+    "scan-interval": (0.05, 3600, "between 0.05 and 3600 seconds", ""),
+    "heartbeat-seconds": (0.1, 3600, "between 0.1 and 3600", ""),
+    "threads": (1, 64, "between 1 and 64", ""),
+    "jobs": (1, 64, "between 1 and 64", ""),
+    "max-attempts": (1, 1000, "between 1 and 1000", ""),
+    "max-pixels": (1, None, "at least 1", ""),
+    "max-file-mb": (1 / MIB, None, "more than 0", "g"),  # the limit is whole bytes: more than 0 MB is at least one byte
+    "time-limit": (0, None, "0 (no limit) or more seconds", "g"),
+}
+
+
 def _check_values(config: WatchConfig) -> None:
-    if not 0 <= config.stable_seconds <= 3600:
-        raise ConfigError(f"stable-seconds must be between 0 and 3600, not {config.stable_seconds}")
-    if not 0.05 <= config.scan_interval <= 3600:
-        raise ConfigError(f"scan-interval must be between 0.05 and 3600 seconds, not {config.scan_interval}")
-    if not 0.1 <= config.heartbeat_seconds <= 3600:
-        raise ConfigError(f"heartbeat-seconds must be between 0.1 and 3600, not {config.heartbeat_seconds}")
-    if not 1 <= config.threads <= 64:
-        raise ConfigError(f"threads must be between 1 and 64, not {config.threads}")
-    if not 1 <= config.jobs <= 64:
-        raise ConfigError(f"jobs must be between 1 and 64, not {config.jobs}")
-    if not 1 <= config.max_attempts <= 1000:
-        raise ConfigError(f"max-attempts must be between 1 and 1000, not {config.max_attempts}")
     limits = config.limits
-    if limits.max_pixels < 1:
-        raise ConfigError(f"max-pixels must be at least 1, not {limits.max_pixels}")
-    if limits.max_file_bytes <= 0:
-        raise ConfigError(f"max-file-mb must be more than 0, not {limits.max_file_bytes / 2**20:g}")
-    if limits.max_seconds < 0:
-        raise ConfigError(f"time-limit must be 0 (no limit) or more seconds, not {limits.max_seconds:g}")
+    decode = {"max-pixels": limits.max_pixels, "max-file-mb": limits.max_file_bytes / MIB, "time-limit": limits.max_seconds}
+    for option, (lowest, highest, what, shown) in RANGES.items():
+        value = decode[option] if option in decode else getattr(config, option.replace("-", "_"))
+        outside = (value < lowest) if highest is None else not (lowest <= value <= highest)
+        if outside:
+            raise ConfigError(f"{option} must be {what}, not {value:{shown}}")
     for label, folder in (("results", config.results), ("done", config.done), ("failed", config.failed), ("state", config.state)):
         if folder == config.inbox:
             raise ConfigError(f"the {label} folder must not be the inbox itself ({folder})")

@@ -45,7 +45,7 @@ import traceback
 from pathlib import Path
 
 from edge_birads import __version__
-from edge_birads.durable import read_json, rename_no_replace, sweep_temporaries
+from edge_birads.durable import rename_no_replace, sweep_temporaries
 from edge_birads.errors import ModelError, printable_name
 from edge_birads.watch.config import StartupError, WatchConfig, prepare_folders
 from edge_birads.parallel import classify_bytes_in_worker, item_name
@@ -187,7 +187,7 @@ class WatchDaemon:
             # result written then, so that a copy of the content under another name does not run the model again.
             lookup = find_record(self.config.results, name, record.sha256, RESULT_SUFFIX)
             if lookup.found is not None:
-                result = read_json(lookup.found) or {}
+                result = lookup.record
                 self.filer.guard_output(f"indexing {printable_name(name)}", lambda: self.index.add(record.sha256, name, result))
             if lookup.found is not None or not os.path.lexists(self.config.inbox / name):
                 self.filer.guard_output("updating the claim record", lambda: self.claims.forget(name))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_birads.decode import BROKEN_LINK, decode_key
-from edge_birads.durable import fsync_dir, move_no_replace, read_json, rename_no_replace, slot_names, write_json_atomic
+from edge_birads.durable import fsync_dir, move_no_replace, rename_no_replace, slot_names, write_json_atomic
 from edge_birads.errors import InputError, printable_name
 from edge_birads.limits import DecodeLimits, check_file_size
 from edge_birads.output import describe
@@ -191,12 +191,11 @@ class Filer:
             return self.file_done(name, sha, None, "already_done", "already reported by an earlier run (same name and content)")
         result_slot = find_record(config.results, name, sha, RESULT_SUFFIX)
         if result_slot.found is not None:
-            record = read_json(result_slot.found) or {}
+            record = result_slot.record
             self.guard_output(f"indexing {shown}", lambda: self.index.add(sha, name, record))
             self.report(name, record)
-            return self.file_done(
-                name, sha, result_slot.found, "already_done", f"result {printable_name(result_slot.found.name)} was written by an earlier run"
-            )
+            note = f"result {printable_name(result_slot.found.name)} was written by an earlier run"
+            return self.file_done(name, sha, result_slot.found, "already_done", note, record)
         failed_slot = find_record(config.failed, name, sha, REASON_SUFFIX, slot_must_be_free=True)
         if failed_slot.found is not None:
             return self.file_failed(name, sha, failed_slot, None, earlier=True)
@@ -319,7 +318,7 @@ class Filer:
         self.claims.clear()
         if note is not None:
             self.log.info(f"{printable_name(name)}: {note}; moved to done")
-        return Outcome(name, kind, record if record is not None else read_json(record_path) if record_path else None, record_path, target)
+        return Outcome(name, kind, record, record_path, target)
 
     def quarantine(self, name: str, sha: str | None, reason: str) -> Outcome:
         """Reason record durable in failed/, then the claimed file moved beside it.
@@ -357,7 +356,7 @@ class Filer:
         record_path = lookup.found or lookup.free
         if earlier:
             self.log.info(f"{shown}: failure was recorded by an earlier run; moved to failed")
-            return Outcome(name, "already_done", read_json(record_path), record_path, target)
+            return Outcome(name, "already_done", lookup.record, record_path, target)
         self.log.warning(f"{shown}: {reason} -> failed/{printable_name(shown_path(target, self.config.failed))}")
         return Outcome(name, "failed", record, record_path, target)
 

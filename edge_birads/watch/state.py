@@ -23,7 +23,7 @@ Memory stays flat: lookups are file-system operations, not a growing dict.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_birads.durable import read_json, safe_base, slot_names, write_json_atomic
@@ -35,11 +35,12 @@ REASON_SUFFIX = ".reason.json"
 
 @dataclass(frozen=True)
 class Lookup:
-    """Where an input's record already is (``found``), or the slot to write it to (``free``)."""
+    """Where an input's record already is (``found``, its content in ``record``), or the slot to write it to (``free``)."""
 
     found: Path | None
     free: Path | None
     slot: str | None = None
+    record: dict | None = field(default=None, compare=False, repr=False)
 
 
 def split_relative(name: str) -> tuple[str, str]:
@@ -51,7 +52,8 @@ def split_relative(name: str) -> tuple[str, str]:
 def find_record(folder: Path, name: str, sha256: str | None, suffix: str, slot_must_be_free: bool = False) -> Lookup:
     """Walk the fixed slot sequence for ``name`` (a path relative to the inbox) in ``folder``.
 
-    Returns the record of this (name, content) if one exists, else the first
+    Returns the record of this (name, content) if one exists (``found``, and its
+    content as read here in ``record``: callers need not read it again), else the first
     free slot. Records are matched on their ``identity`` (the content's sha256,
     or an inode-based key for entries that cannot be hashed) and ``file``. ``slot_must_be_free`` also requires the bare slot name to be
     unused (failed/ holds the quarantined file at the slot and its reason
@@ -68,7 +70,7 @@ def find_record(folder: Path, name: str, sha256: str | None, suffix: str, slot_m
             record = read_json(record_path)
             identity = record.get("identity", record.get("sha256")) if record is not None else None
             if record is not None and record.get("file") == wanted and identity == sha256:
-                return Lookup(found=record_path, free=None, slot=relative_slot)
+                return Lookup(found=record_path, free=None, slot=relative_slot, record=record)
             continue
         if slot_must_be_free and os.path.lexists(directory / slot):
             continue
