@@ -312,6 +312,71 @@ def test_training_sources_filter_the_training_images_only():
         from_sources(pool, indices, "inbreast")
 
 
+def test_the_frozen_feature_floor_learns_from_its_rows_training_sources_only(monkeypatch, tmp_path):
+    """Features that tell malignant CBIS images apart and say nothing about MIAS: fitted on MIAS alone, the
+    regression cannot rank CBIS; fitted on both sources, it can."""
+    from convert.data.split import FoldProtocol
+    from convert.experiments import pretrained_experiments
+
+    pool = synthetic_pool(n=120)
+    rng = np.random.default_rng(0)
+    signal = np.array([it.label == 2 and it.source == "cbis-ddsm-mass" for it in pool.items], float)
+    features = rng.normal(size=(len(pool.items), 6)) + 4 * signal[:, None] * np.eye(6)[0]
+    monkeypatch.setattr(pretrained_experiments, "load_pool", lambda spec, cache: pool)
+    monkeypatch.setattr(pretrained_experiments, "frozen_features", lambda cfg, pool: features)
+    cbis = {}
+    for sources in ("both", "mini-mias"):
+        metrics = pretrained_experiments.frozen_lr_row(tmp_path / sources, replace(SMALL, train_sources=sources), FoldProtocol(folds=3))
+        cbis[sources] = metrics["pooled_out_of_fold"]["cbis-ddsm-mass"]["auc_malignant_vs_rest"]
+    assert cbis["both"] > 0.85 and cbis["mini-mias"] < 0.7, cbis
+
+
+def test_reconvert_converts_a_rows_fold_weights_again_with_the_asked_activations(small_model, monkeypatch, tmp_path):
+    """Same weights, another int8 activation mode: the new row's config says so and every fold is converted with it."""
+    import json
+    from dataclasses import asdict
+
+    from convert.data.split import FoldProtocol
+    from convert.evaluation import export
+    from convert.experiments import pretrained_experiments
+
+    pool = synthetic_pool(n=60)
+    monkeypatch.setattr(pretrained_experiments, "load_pool", lambda spec, cache: pool)
+    asked = []
+    real = export.to_tflite_int8
+    monkeypatch.setattr(export, "to_tflite_int8", lambda model, images, activations="calibrated": asked.append(activations) or real(model, images, activations))
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps({"pretrained_config": asdict(SMALL)}))
+    small_model.save_weights(str(source / "fold0.weights.h5"))
+    (source / "fold0_history.json").write_text(json.dumps({"training_seconds": 1.0}))
+    pretrained_experiments.reconvert_row(source, tmp_path / "dyn", activations="dynamic", folds=FoldProtocol(folds=3))
+    assert asked == ["dynamic"]  # fold 0, the only fold with weights
+    assert json.loads((tmp_path / "dyn" / "config.json").read_text())["pretrained_config"]["int8_activations"] == "dynamic"
+    float_probs, int8_probs = (np.load(tmp_path / "dyn" / f"fold0{s}.npz")["probs"] for s in ("", "_int8"))
+    assert np.abs(float_probs - int8_probs).max() < 0.02
+
+
+def test_the_runner_trains_a_fold_and_converts_it_with_the_rows_activation_mode(pretrained_small, tmp_path):
+    """python -m convert cv on the pretrained recipe: the shared fold step keeps the chosen epoch's weights, the
+    learnt-from sources and the row's int8 activations (here dynamic: float input, parity with the float model)."""
+    import json
+
+    from convert.data.split import FoldProtocol
+    from convert.evaluation.export import parity_gate
+    from convert.training.recipes import run_cv
+    from edge_birads.interpreter import make_interpreter
+
+    cfg = replace(SMALL, epochs=1, frozen_epochs=1, int8_activations="dynamic", train_sources="cbis-ddsm-mass")
+    run_cv("pretrained", cfg, tmp_path, FoldProtocol(folds=3), only_folds=[0], pool=synthetic_pool(n=60))
+    interpreter, _ = make_interpreter(tmp_path / "fold0_int8.tflite")
+    assert interpreter.get_input_details()[0]["dtype"] == np.float32
+    assert (tmp_path / "fold0.weights.h5").exists() and (tmp_path / "fold0.last.weights.h5").exists()
+    assert json.loads((tmp_path / "config.json").read_text())["pretrained_config"]["int8_activations"] == "dynamic"
+    assert "fold0: learning from 17 of the 35 training images (cbis-ddsm-mass)" in (tmp_path / "log.jsonl").read_text()
+    parity_gate(json.loads((tmp_path / "parity_int8.json").read_text())["0"])
+
+
 def test_the_warm_start_from_two_classes_keeps_their_difference(pretrained_small, tmp_path):
     """A pool without normals (CBIS-DDSM alone): scikit-learn's single row must become the malignant logit, normal never wins."""
     from convert.training.pretrained import fit_logistic, frozen_features, logistic_head

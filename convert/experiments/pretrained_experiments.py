@@ -29,12 +29,16 @@ from convert.data.split import FoldProtocol, fold_split
 from convert.evaluation.metrics import threshold_for_sensitivity
 from convert.experiments.ensemble_cv import combine
 from convert.training.paper_cv import fold_images, representative, score_fold
-from convert.training.pretrained import PretrainedConfig, build_model, fit_logistic, frozen_features
-from convert.training.train_lesion import DEFAULT_CACHE, collect_cv, setup_tensorflow
-
-
-def run_config(run: Path) -> PretrainedConfig:
-    return PretrainedConfig(**json.loads((run / "config.json").read_text())["pretrained_config"])
+from convert.training.pretrained import (
+    PretrainedConfig,
+    build_model,
+    fit_logistic,
+    fold_model,
+    from_sources,
+    frozen_features,
+    run_config,
+)
+from convert.training.train_lesion import DEFAULT_CACHE, collect_cv
 
 
 def with_flip_tta(model):
@@ -71,9 +75,7 @@ def reconvert_row(source: Path, out: Path, flip: bool = False, activations: str 
             continue
         train_idx, val_idx, test_idx = fold_split(pool, folds, fold)
         seed = cfg.seed + fold
-        setup_tensorflow(seed, cfg.threads)
-        model = build_model(cfg, pretrained=False)
-        model.load_weights(str(weights))
+        model = fold_model(cfg, source, fold)
         graph = with_flip_tta(model) if flip else model
         runner = TfliteModel(to_tflite_int8(graph, representative(pool, train_idx, seed), cfg.int8_activations))
         predictors = {"": lambda x: keras_predict(graph, x, batch_size=8), "_int8": runner.predict}
@@ -102,6 +104,7 @@ def frozen_lr_row(out: Path, cfg: PretrainedConfig | None = None, folds: FoldPro
     patients = np.array([f"{it.source}/{it.patient_id}" for it in pool.items])
     for fold in range(folds.folds):
         train_idx, val_idx, test_idx = fold_split(pool, folds, fold)
+        train_idx = from_sources(pool, train_idx, cfg.train_sources)
         model, c = fit_logistic(x[train_idx], y[train_idx], patients[train_idx])
         p_val, p_test = model.predict_proba(x[val_idx])[:, 1], model.predict_proba(x[test_idx])[:, 1]
         threshold = threshold_for_sensitivity(y[val_idx], p_val, folds.referral_sensitivity)
@@ -185,9 +188,7 @@ def int8_layers_row(source: Path, out: Path, fold: int = 0, n_images: int = 32) 
     pool = load_pool(cfg.spec(), DEFAULT_CACHE)
     train_idx, _, test_idx = fold_split(pool, folds, fold)
     seed = cfg.seed + fold
-    setup_tensorflow(seed, cfg.threads)
-    trained = build_model(cfg, pretrained=False)
-    trained.load_weights(str(source / f"fold{fold}.weights.h5"))
+    trained = fold_model(cfg, source, fold)
     result = []
     for label, model in (("fine-tuned", trained), ("imagenet", build_model(cfg, pretrained=True))):
         for row in int8_layer_errors(model, pool, train_idx, test_idx[:n_images], seed):

@@ -40,6 +40,7 @@ from convert.data.lesion_data import PreparedPool, load_pool
 from convert.data.split import FoldProtocol
 from convert.evaluation.metrics import roc_auc, threshold_for_sensitivity
 from convert.training.paper_cv import fold_images
+from convert.training.recipes import Fitted, KerasRecipe
 from convert.training.train_lesion import (
     CBIS,
     DEFAULT_CACHE,
@@ -123,6 +124,19 @@ def build_model(cfg: PretrainedConfig, pretrained: bool = True):
     x = layers.Dropout(cfg.dropout, seed=cfg.seed, name="head_dropout")(pooled)
     out = layers.Dense(3, activation="softmax", name="head")(x)
     return keras.Model(trunk.input, out, name="mnv2_birads")
+
+
+def run_config(run: Path) -> PretrainedConfig:
+    """The configuration a run (or an archived row) was made with, from its config.json."""
+    return PretrainedConfig(**json.loads((Path(run) / "config.json").read_text())["pretrained_config"])
+
+
+def fold_model(cfg: PretrainedConfig, run: Path, fold: int):
+    """Fold ``fold``'s trained network from ``run``'s weights, TensorFlow seeded as its training was."""
+    setup_tensorflow(cfg.seed + fold, cfg.threads)
+    model = build_model(cfg, pretrained=False)
+    model.load_weights(str(Path(run) / f"fold{fold}.weights.h5"))
+    return model
 
 
 STANDARDISE = "pooled_standardise"
@@ -401,37 +415,49 @@ def from_sources(pool: PreparedPool, indices: np.ndarray, sources: str) -> np.nd
     return indices[np.array([pool.items[i].source == sources for i in indices], bool)]
 
 
-def run_fold(cfg: PretrainedConfig, pool: PreparedPool, folds: FoldProtocol, fold: int, out_dir: Path, log) -> None:
-    """Train fold ``fold``; score float and int8 on its test patients (threshold chosen on its validation patients)."""
-    from convert.evaluation.export import TfliteModel, keras_predict, to_tflite_int8
-    from convert.training.paper_cv import representative, score_fold
+class PretrainedRecipe(KerasRecipe):
+    """The pretrained trunk as a recipe: the shared fold step (split, fit, int8 with the row's activation mode, score)."""
 
-    started = time.perf_counter()
-    train_idx, val_idx, test_idx = fold_split(pool, folds, fold)
-    train_idx = from_sources(pool, train_idx, cfg.train_sources)
-    seed = cfg.seed + fold
-    setup_tensorflow(seed, cfg.threads)
-    fold_cfg = replace(cfg, seed=seed)
-    model = build_model(fold_cfg)
-    log(f"fold {fold}: train {train_idx.size} images, validation {val_idx.size}, test {test_idx.size}")
-    if cfg.standardise:
-        from sklearn.preprocessing import StandardScaler
+    name = "pretrained"
+    config_key = "pretrained_config"
+    config_type = PretrainedConfig
 
-        scaler = StandardScaler().fit(head_features(fold_cfg, pool)[train_idx])  # the logistic regression's own scaler
-        set_standardisation(model, scaler.mean_, scaler.scale_)
-    if cfg.head_init == "logistic":
-        kernel, bias, c = logistic_head(fold_cfg, pool, train_idx)
-        model.get_layer("head").set_weights([kernel, bias])
-        log(f"fold {fold}: head warm-started from the frozen-feature logistic regression (C {c})")
-    run = fit(model, pool, train_idx, val_idx, fold_cfg, log, last_weights=out_dir / f"fold{fold}.last.weights.h5")
-    trained = time.perf_counter() - started
-    model.save_weights(str(out_dir / f"fold{fold}.weights.h5"))
+    def spec(self, cfg: PretrainedConfig) -> PreprocessSpec:
+        return cfg.spec()
 
-    runner = TfliteModel(to_tflite_int8(model, representative(pool, train_idx, seed), cfg.int8_activations))
-    predictors = {"": lambda x: keras_predict(model, x, batch_size=8), "_int8": runner.predict}
-    score_fold(pool, fold, val_idx, test_idx, predictors, folds.referral_sensitivity, out_dir, log)
-    (out_dir / f"fold{fold}_history.json").write_text(json.dumps({**run, "training_seconds": round(trained, 1)}, indent=1))
-    log(f"fold {fold}: done in {time.perf_counter() - started:.0f} s (training {trained:.0f} s)")
+    def build(self, cfg: PretrainedConfig, seed: int):
+        return build_model(replace(cfg, seed=seed))
+
+    def int8_activations(self, cfg: PretrainedConfig) -> str:
+        return cfg.int8_activations
+
+    def predict(self, cfg: PretrainedConfig, model, images: np.ndarray) -> np.ndarray:
+        from convert.evaluation.export import keras_predict
+
+        return keras_predict(model, images, batch_size=8)
+
+    def fit(self, cfg: PretrainedConfig, pool: PreparedPool, train_idx, val_idx, seed: int, log, prefix: Path) -> Fitted:
+        """Warm start (standardisation, logistic head) as the row asks, then ``fit``; keeps PREFIX.weights.h5 (chosen
+        epoch) and PREFIX.last.weights.h5 (last epoch). Learns from the row's training sources only."""
+        fold_cfg = replace(cfg, seed=seed)
+        learnt = from_sources(pool, train_idx, cfg.train_sources)
+        model = self.build(cfg, seed)
+        log(f"{prefix.name}: learning from {learnt.size} of the {train_idx.size} training images ({cfg.train_sources})")
+        if cfg.standardise:
+            from sklearn.preprocessing import StandardScaler
+
+            scaler = StandardScaler().fit(head_features(fold_cfg, pool)[learnt])  # the logistic regression's own scaler
+            set_standardisation(model, scaler.mean_, scaler.scale_)
+        if cfg.head_init == "logistic":
+            kernel, bias, c = logistic_head(fold_cfg, pool, learnt)
+            model.get_layer("head").set_weights([kernel, bias])
+            log(f"{prefix.name}: head warm-started from the frozen-feature logistic regression (C {c})")
+        run = fit(model, pool, learnt, val_idx, fold_cfg, log, last_weights=prefix.with_name(prefix.name + ".last.weights.h5"))
+        model.save_weights(str(prefix.with_name(prefix.name + ".weights.h5")))
+        return Fitted(model, run, train_idx=learnt)
+
+
+RECIPE = PretrainedRecipe()
 
 
 def time_epochs(cfg: PretrainedConfig, max_batches: int = 40) -> dict:
@@ -500,7 +526,7 @@ def export_fold(
         tflite_214_problems,
         to_tflite_int8,
     )
-    from convert.evaluation.lesion_export import data_summary
+    from convert.evaluation.lesion_export import data_summary, split_summary
     from convert.evaluation.metrics import evaluate_probabilities, sensitivity_specificity
     from convert.experiments.lesion_ablation import recipe_section
     from convert.models.trunks.sources import SOURCES
@@ -513,9 +539,7 @@ def export_fold(
     pool = pool or load_pool(cfg.spec(), DEFAULT_CACHE)
     train_idx, val_idx, test_idx = fold_split(pool, folds, fold)
     seed = cfg.seed + fold
-    setup_tensorflow(seed, cfg.threads)
-    model = build_model(cfg, pretrained=False)
-    model.load_weights(str(run_dir / f"fold{fold}.weights.h5"))
+    model = fold_model(cfg, run_dir, fold)
     calibration = representative(pool, train_idx, seed)
     shipped = with_lesion_map(model)
     flatbuffer = to_tflite_int8(shipped, calibration, cfg.int8_activations)
@@ -576,8 +600,7 @@ def export_fold(
                           f"stratified by source and the patient's worst label); {folds.validation_fraction:.1%} of the other "
                           "folds' patients held out as validation (epoch and threshold)",
                 "seed": folds.seed,
-                **{part: {"images": int(idx.size), "patients": len({(pool.items[i].source, pool.items[i].patient_id) for i in idx})}
-                   for part, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx))},
+                **{part: split_summary(pool, idx) for part, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx))},
             },
             "best_epoch": history.get("best_epoch"),
             "training_seconds": history.get("training_seconds"),
@@ -647,6 +670,11 @@ ROWS: dict[str, tuple[dict, str]] = {
         {"crop_to_breast": False},
         "as frozen-lr on the whole image resized to 512x512 (no breast crop; the note's setting)",
     ),
+    "frozen-lr-whole-mias": (
+        {"crop_to_breast": False, "train_sources": "mini-mias"},
+        "as frozen-lr-whole, the regression fitted on the MIAS training images only: is there MIAS signal in the globally "
+        "pooled ImageNet features at all",
+    ),
     "mnv2-512-whole-lrinit": (
         _WHOLE_LRINIT,
         "as mnv2-512-lrinit on the whole image (no breast crop), with the pooled features standardised in the graph before "
@@ -701,7 +729,7 @@ def archive(run_dir: Path, dest: Path) -> list[str]:
 def collect(results: Path, folds: FoldProtocol | None = None) -> dict:
     """Re-derive a row's metrics from its archived per-fold predictions (float and int8)."""
     folds = folds or FoldProtocol()
-    cfg = PretrainedConfig(**json.loads((results / "config.json").read_text())["pretrained_config"])
+    cfg = run_config(results)
     pool = load_pool(cfg.spec(), DEFAULT_CACHE)
     collect_cv(pool, results, folds)
     return collect_cv(pool, results, folds, suffix="_int8")

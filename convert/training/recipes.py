@@ -84,6 +84,10 @@ class KerasRecipe:
 
         return keras_predict(model, images)
 
+    def int8_activations(self, cfg) -> str:
+        """How the fold's int8 model quantizes its activations (convert.evaluation.export.INT8_ACTIVATIONS)."""
+        return "calibrated"
+
     def calibration(self, pool, train_idx: np.ndarray, seed: int) -> np.ndarray:
         """int8 calibration images, drawn from the fold's training images."""
         from convert.training.paper_cv import representative
@@ -104,7 +108,7 @@ class KerasRecipe:
         fitted = self.fit(cfg, pool, train_idx, val_idx, seed, log, out_dir / f"fold{fold}")
         trained = time.perf_counter() - started
         learnt = train_idx if fitted.train_idx is None else fitted.train_idx
-        int8 = to_tflite_int8(fitted.model, self.calibration(pool, learnt, seed))
+        int8 = to_tflite_int8(fitted.model, self.calibration(pool, learnt, seed), self.int8_activations(cfg))
         (out_dir / f"fold{fold}_int8.tflite").write_bytes(int8)
         predictors = {"": lambda x: self.predict(cfg, fitted.model, x), "_int8": TfliteModel(int8).predict}
         score_fold(pool, fold, val_idx, test_idx, predictors, protocol.referral_sensitivity, out_dir, log)
@@ -112,43 +116,12 @@ class KerasRecipe:
         log(f"fold {fold}: done in {time.perf_counter() - started:.0f} s (training {trained:.0f} s)")
 
 
-@dataclass(frozen=True)
-class Adapter:
-    """A recipe whose fold step already exists as a function ``run_fold(cfg, pool, protocol, fold, out_dir, log)``.
-
-    Names are resolved in ``module`` when used, so the registry imports nothing heavy.
-    """
-
-    name: str
-    module: str
-    config: str  # the configuration dataclass (with a ``spec()`` method)
-    builder: str  # build(cfg) -> Keras model
-    fold_step: str
-    config_key: str = "config"
-
-    def _get(self, attribute: str):
-        return getattr(importlib.import_module(self.module), attribute)
-
-    @property
-    def config_type(self) -> type:
-        return self._get(self.config)
-
-    def spec(self, cfg) -> PreprocessSpec:
-        return cfg.spec()
-
-    def build(self, cfg, seed: int):
-        return self._get(self.builder)(replace(cfg, seed=seed))
-
-    def run_fold(self, cfg, pool, protocol: FoldProtocol, fold: int, out_dir: Path, log) -> None:
-        self._get(self.fold_step)(cfg, pool, protocol, fold, out_dir, log)
-
-
 # ---------------------------------------------------------------- the registry: name -> recipe ("module:attribute" until first used)
 
 RECIPES: dict[str, Recipe | str] = {
     "paper-cnn": "convert.training.paper_cv:RECIPE",
     "lesion-fcn": "convert.training.train_lesion:RECIPE",
-    "pretrained": "convert.training.recipes:PRETRAINED",
+    "pretrained": "convert.training.pretrained:RECIPE",
 }
 
 
@@ -249,8 +222,3 @@ def run_cv(name: str, cfg, out_dir: Path, protocol: FoldProtocol = FoldProtocol(
     write_parity(out_dir, protocol.folds)
     collect_cv(pool, out_dir, protocol)
     return collect_cv(pool, out_dir, protocol, suffix="_int8")
-
-
-# ---------------------------------------------------------------- the pretrained recipe (convert.training.pretrained), by its own fold step
-
-PRETRAINED = Adapter("pretrained", "convert.training.pretrained", "PretrainedConfig", "build_model", "run_fold", config_key="pretrained_config")
