@@ -2,7 +2,7 @@
 
     python benchmarks/make_images.py --out /tmp/bench-images
 
-From each sample in examples/ (real CBIS-DDSM mammograms, 1024 px tall):
+From each sample mammogram installed with edge-birads (edge_birads/samples: real CBIS-DDSM, 1024 px tall):
 padded with black to 1024x1024, the way a mammogram's background looks.
 Plus one synthetic image (edge_birads.bench.synthetic_mammogram), the same
 one `edge-birads bench` uses when no samples are installed. Nothing is
@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_birads.bench import REPO_EXAMPLES, synthetic_mammogram
+from edge_birads.bench import SAMPLES, synthetic_mammogram
 from edge_birads.decode import read_file
 
 SIDE = 1024
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    for sample in sorted(REPO_EXAMPLES.glob("*.png")):
+    for sample in sorted(SAMPLES.glob("*.png")):
         target = args.out / f"{sample.stem}-1024.png"
         cv2.imwrite(str(target), pad_to_square(read_file(sample)))
         print(target)
