@@ -55,6 +55,7 @@ class WatchConfig:
     heartbeat_seconds: float = DEFAULT_HEARTBEAT
     jobs: int = 1  # worker processes classifying (each with its own interpreter); 1: in the daemon's own process
     limits: DecodeLimits = DEFAULT_LIMITS  # max_pixels, max_file_mb, time_limit: the same as classify's options
+    heatmap: Path | None = None  # a lesion-map picture per classified image in this folder (classify --heatmap); None: none
 
 
 # key in the file -> (type, help); the same names as the long options, with "_" for "-".
@@ -77,6 +78,7 @@ FILE_KEYS = {
     "max_pixels": "int",
     "max_file_mb": "float",
     "time_limit": "float",
+    "heatmap": "path",
 }
 
 
@@ -154,6 +156,7 @@ def build_config(options: dict, config_file: str | Path | None = None) -> WatchC
         max_attempts=int(merged.get("max_attempts", DEFAULT_MAX_ATTEMPTS)),
         heartbeat_seconds=float(merged.get("heartbeat_seconds", DEFAULT_HEARTBEAT)),
         limits=limits_from(merged.get("max_pixels"), merged.get("max_file_mb"), merged.get("time_limit")),
+        heatmap=_absolute(merged["heatmap"]) if merged.get("heatmap") else None,
     )
     _check_values(config)
     return config
@@ -196,6 +199,12 @@ def _check_values(config: WatchConfig) -> None:
     for label, folder in (("results", config.results), ("done", config.done), ("failed", config.failed), ("state", config.state)):
         if folder == config.inbox:
             raise ConfigError(f"the {label} folder must not be the inbox itself ({folder})")
+    if config.heatmap is not None:
+        # Beside the results (the same folder, or one inside it) is fine: a picture is named after its record,
+        # NAME.heatmap.png beside NAME.json. Never among the inputs or the daemon's state.
+        for label, folder in (("inbox", config.inbox), ("done", config.done), ("failed", config.failed), ("state", config.state)):
+            if _inside(config.heatmap, folder):
+                raise ConfigError(f"the heatmap folder {config.heatmap} must not be the {label} folder or inside it")
 
 
 def output_folders(config: WatchConfig) -> tuple[tuple[str, Path], ...]:
@@ -206,6 +215,7 @@ def output_folders(config: WatchConfig) -> tuple[tuple[str, Path], ...]:
         ("failed", config.failed),
         ("state", config.state),
         ("status", config.status_file.parent),
+        *((("heatmap", config.heatmap),) if config.heatmap is not None else ()),
     )
 
 
@@ -244,8 +254,11 @@ def prepare_folders(config: WatchConfig) -> list[int]:
         if not folder.is_dir():
             raise StartupError(f"the {label} path {folder} is not a folder")
         _probe(label, folder)
-    # Two daemons writing one results (or state) folder would overwrite each other's records.
-    for label, folder in (("results", config.results), ("state", config.state)):
+    # Two daemons writing one results (or state, or heatmap) folder would overwrite each other's records.
+    locked = [("results", config.results), ("state", config.state)]
+    if config.heatmap is not None and config.heatmap != config.results:
+        locked.append(("heatmap", config.heatmap))
+    for label, folder in locked:
         fd = lock_folder(folder)
         if fd is None:
             raise StartupError(f"another edge-birads watch ({_holder(config.state)}) already uses the {label} folder {folder}")
