@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from watch_support import Daemon, check_exactly_once, png_bytes, sha256, write_atomically
+from watch_support import Daemon, check_exactly_once, png_bytes, sha256, wait_for, write_atomically
 
 from edge_birads.classifier import Classifier
 from edge_birads.heatmap import caption_for, render
@@ -123,7 +123,8 @@ def test_a_kill_around_the_picture_leaves_exactly_one_after_restart_and_a_resend
         (daemon.results / ".edge-birads" / "content" / f"{sha256(inputs['square.png'])}.json").unlink()
     before = {p.name: p.stat().st_ino for p in maps.iterdir() if not p.name.startswith(".")}
     daemon.start()
-    daemon.wait_all(1)
+    wait_for(lambda: (daemon.done / "square.png").exists(), what="the resumed file filed", daemon=daemon)
+    assert [p.name for p in maps.iterdir()] == ["square.png.heatmap.png"], "its picture, before the input was filed"
     # The same name and content sent again: already reported, no second picture.
     write_atomically(daemon.inbox, "square.png", inputs["square.png"])
     daemon.wait_all(1)
