@@ -112,3 +112,42 @@ def test_the_daemon_honours_the_limits_of_its_config_file(tmp_path: Path) -> Non
     run = CliRunner().invoke(cli, ["classify", "--max-pixels", "600000", str(BENIGN)])
     assert run.exit_code == 1 and f"error: {BENIGN}: {failures['1-benign.png']}" in run.output
 
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("time_limit = nan", "time-limit must be 0 (no limit) or more seconds, not nan"),
+        ("time_limit = inf", "time-limit must be 0 (no limit) or more seconds, not inf"),
+        ("max_file_mb = nan", "max-file-mb must be more than 0, not nan"),
+        ("max_file_mb = -inf", "max-file-mb must be more than 0, not -inf"),
+        ("stable_seconds = NaN", "stable-seconds must be between 0 and 3600, not nan"),
+        ("heartbeat_seconds = infinity", "heartbeat-seconds must be between 0.1 and 3600, not inf"),
+    ],
+)
+def test_nan_or_inf_in_the_config_file_is_the_settings_usual_one_line_error(tmp_path: Path, line: str, message: str) -> None:
+    conf = tmp_path / "watch.conf"
+    conf.write_text(f"[watch]\ninbox = {tmp_path}\nresults = {tmp_path / 'r'}\n{line}\n")
+    result = CliRunner().invoke(cli, ["watch", "--config", str(conf)])
+    assert result.exit_code == 2
+    assert result.output == f"Usage: cli watch [OPTIONS] [INBOX]\nTry 'cli watch --help' for help.\n\nError: {message}\n"
+    assert not (tmp_path / "r").exists(), "refused before anything is made"
+
+
+@pytest.mark.parametrize("command", ["classify", "watch"])
+@pytest.mark.parametrize(
+    ("option", "value", "range_"),
+    [("--time-limit", "nan", "x>=0"), ("--time-limit", "inf", "x>=0"), ("--max-file-mb", "nan", "x>0"), ("--max-file-mb", "inf", "x>0")],
+)
+def test_nan_or_inf_on_the_command_line_is_the_options_usual_one_line_error(tmp_path: Path, command: str, option: str, value: str, range_: str) -> None:
+    arguments = [str(tmp_path)] + (["--results", str(tmp_path / "r")] if command == "watch" else [])
+    usage = "PATHS..." if command == "classify" else "[INBOX]"
+    expected = (
+        f"Usage: cli {command} [OPTIONS] {usage}\nTry 'cli {command} --help' for help.\n\n"
+        f"Error: Invalid value for '{option}': {value} is not in the range {range_}.\n"
+    )
+    given = CliRunner().invoke(cli, [command, *arguments, option, value])
+    assert (given.exit_code, given.output) == (2, expected)
+    variable = {"--time-limit": "EDGE_BIRADS_TIME_LIMIT", "--max-file-mb": "EDGE_BIRADS_MAX_FILE_MB"}[option]
+    from_env = CliRunner(env={variable: value}).invoke(cli, [command, *arguments])
+    assert (from_env.exit_code, from_env.output) == (2, expected), "the environment variable too"

@@ -11,6 +11,7 @@ tracebacks in the journal.
 from __future__ import annotations
 
 import configparser
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,7 @@ def build_config(options: dict, config_file: str | Path | None = None) -> WatchC
     """Merge command-line ``options`` (None = not given) over the config file and defaults."""
     merged = read_config_file(config_file) if config_file else {}
     merged.update({key: value for key, value in options.items() if value is not None})
+    _check_finite(merged)
     if not merged.get("inbox"):
         raise ConfigError("no inbox folder: give INBOX or 'inbox =' in the config file")
     if not merged.get("results"):
@@ -173,8 +175,8 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 # option -> (lowest, highest or None, what it must be, format of the value shown): a value outside is refused with
-# "<option> must be <what>, not <value>". A range with no highest refuses only values below lowest (as it always
-# did, so NaN passes it; a two-sided range refuses NaN).
+# "<option> must be <what>, not <value>". nan and inf are refused with the same line for every option, before
+# any value is used (int(nan) would raise, setitimer refuses nan).
 RANGES = {
     "stable-seconds": (0, 3600, "between 0 and 3600", ""),
     "scan-interval": (0.05, 3600, "between 0.05 and 3600 seconds", ""),
@@ -186,6 +188,13 @@ RANGES = {
     "max-file-mb": (1 / MIB, None, "more than 0", "g"),  # the limit is whole bytes: more than 0 MB is at least one byte
     "time-limit": (0, None, "0 (no limit) or more seconds", "g"),
 }
+
+
+def _check_finite(merged: dict) -> None:
+    for option, (_, _, what, shown) in RANGES.items():
+        value = merged.get(option.replace("-", "_"))
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{option} must be {what}, not {value:{shown}}")
 
 
 def _check_values(config: WatchConfig) -> None:
