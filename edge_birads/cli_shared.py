@@ -30,6 +30,7 @@ class NoImagesError(click.ClickException):
 
     exit_code = 1
 
+
 class FiniteFloatRange(click.FloatRange):
     """A ``click.FloatRange`` that also refuses nan and inf, with the range's usual message: every comparison with
     nan is false, so a plain range lets ``--time-limit nan`` through (and setitimer, or int(), fails later)."""

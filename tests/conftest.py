@@ -65,7 +65,8 @@ MAP_SIZE = 64
 
 @pytest.fixture(scope="session")
 def map_model(tmp_path_factory) -> Path:
-    """A tiny int8 model (built by the one converter) whose lesion map is the brightness of each 16x16 cell (so the hottest cell is the brightest)."""
+    """A tiny int8 model (built by the one converter) whose lesion map is the brightness of each 16x16 cell
+    (so the hottest cell is the brightest)."""
     pytest.importorskip("tensorflow")
     import keras
     from keras import layers

@@ -118,7 +118,8 @@ def test_a_kill_around_the_picture_leaves_exactly_one_after_restart_and_a_resend
     daemon.proc.wait(timeout=120)
     assert (daemon.control / "killed").exists(), daemon.log_text()
     assert len(daemon.result_records()) == 1, "killed after the record was durable"
-    assert [p.name for p in maps.iterdir() if not p.name.startswith(".")] == ([] if window.startswith("record") else ["square.png.heatmap.png"])
+    drawn = [p.name for p in maps.iterdir() if not p.name.startswith(".")]
+    assert drawn == ([] if window.startswith("record") else ["square.png.heatmap.png"])
     if window.endswith("no index"):
         (daemon.results / ".edge-birads" / "content" / f"{sha256(inputs['square.png'])}.json").unlink()
     before = {p.name: p.stat().st_ino for p in maps.iterdir() if not p.name.startswith(".")}
@@ -129,9 +130,10 @@ def test_a_kill_around_the_picture_leaves_exactly_one_after_restart_and_a_resend
     write_atomically(daemon.inbox, "square.png", inputs["square.png"])
     daemon.wait_all(1)
     assert daemon.stop() == 0
-    resumed = "result square.png.json was written by an earlier run" if window.endswith("no index") else "already reported by an earlier run"
+    index_lost = window.endswith("no index")
+    resumed = "result square.png.json was written by an earlier run" if index_lost else "already reported by an earlier run"
     assert f"square.png: {resumed}" in daemon.log_text().split("--- start 1")[1], "resumed from the record"
-    assert daemon.log_text().count("square.png: already reported by an earlier run") == 1 + (not window.endswith("no index")), "the re-send"
+    assert daemon.log_text().count("square.png: already reported by an earlier run") == 1 + (not index_lost), "the re-send"
     assert len(daemon.result_records()) == 1, "one record for one image"
     assert sorted(p.read_bytes() == inputs["square.png"] for p in daemon.done.iterdir()) == [True, True], "both sends filed"
     files = [p for p in maps.iterdir()]
@@ -177,7 +179,8 @@ def test_the_heatmap_setting_in_the_config_file_and_on_the_command_line(tmp_path
     assert build_config({"heatmap": "/srv/maps"}, conf).heatmap == Path("/srv/maps"), "the command line wins"
     assert ("heatmap", Path("/srv/maps")) in output_folders(build_config({"heatmap": "/srv/maps"}, conf))
     assert build_config({"inbox": "/a", "results": "/b"}).heatmap is None, "none unless asked"
-    for folder, label in (("/srv/in", "inbox"), ("/srv/done/maps", "done"), ("/srv/failed", "failed"), ("/srv/out/.edge-birads", "state")):
+    refused = (("/srv/in", "inbox"), ("/srv/done/maps", "done"), ("/srv/failed", "failed"), ("/srv/out/.edge-birads", "state"))
+    for folder, label in refused:
         with pytest.raises(ConfigError) as info:
             build_config({"heatmap": folder}, conf)
         assert str(info.value) == f"the heatmap folder {folder} must not be the {label} folder or inside it"

@@ -124,9 +124,12 @@ def test_the_daemon_honours_the_limits_of_its_config_file(tmp_path: Path) -> Non
 @pytest.mark.parametrize("command", ["classify", "watch"])
 @pytest.mark.parametrize(
     ("option", "value", "range_"),
-    [("--time-limit", "nan", "x>=0"), ("--time-limit", "inf", "x>=0"), ("--max-file-mb", "nan", "x>0"), ("--max-file-mb", "inf", "x>0")],
+    [("--time-limit", "nan", "x>=0"), ("--time-limit", "inf", "x>=0"), ("--max-file-mb", "nan", "x>0"),
+     ("--max-file-mb", "inf", "x>0")],
 )
-def test_nan_or_inf_on_the_command_line_is_the_options_usual_one_line_error(tmp_path: Path, command: str, option: str, value: str, range_: str) -> None:
+def test_nan_or_inf_on_the_command_line_is_the_options_usual_one_line_error(
+    tmp_path: Path, command: str, option: str, value: str, range_: str
+) -> None:
     arguments = [str(tmp_path)] + (["--results", str(tmp_path / "r")] if command == "watch" else [])
     usage = "PATHS..." if command == "classify" else "[INBOX]"
     expected = (

@@ -302,7 +302,8 @@ class WatchDaemon:
             restarts = self.pool.restarts
             items = [(c.data, c.name) for c in claimed]
             self.activity.context = f"classifying {len(claimed)} files in {self.pool.jobs} worker processes"
-            for each, (result, lesion_map) in zip(claimed, self.pool.run(items, self.classifier.failure, task=classify_bytes_in_worker, name=item_name)):
+            outcomes = self.pool.run(items, self.classifier.failure, task=classify_bytes_in_worker, name=item_name)
+            for each, (result, lesion_map) in zip(claimed, outcomes):  # the map of that same run, with a heatmap folder
                 self.status.account(self.filer.finish(each, result, lesion_map))
             if self.pool.restarts > restarts:
                 self.log.warning(
@@ -441,7 +442,8 @@ def run_watch(config: WatchConfig, log: EventLog | None = None, send=None) -> in
     if config.jobs > 1:
         from edge_birads.parallel import ProcessClassifier, WorkerSettings
 
-        settings = WorkerSettings(str(classifier.model_path), config.threads, config.limits, want_map=config.heatmap is not None, daemon=True)
+        want_map = config.heatmap is not None  # the workers send each lesion map back, for the picture
+        settings = WorkerSettings(str(classifier.model_path), config.threads, config.limits, want_map=want_map, daemon=True)
         pool = ProcessClassifier(settings, config.jobs, persistent=True)
     daemon = WatchDaemon(config, classifier, log, output, pool)
     daemon.locks = locks

@@ -317,7 +317,8 @@ class Filer:
         """The lesion-map picture of a durable record (with a heatmap folder), before the input leaves the working folder."""
         if self.heatmaps is not None:
             what = self.activity.context = f"drawing the heatmap of {printable_name(name)}"
-            self.guard_output(what, lambda: self.heatmaps.after_result(record_path, record, lesion_map, data, name, make_folder, earlier))
+            heatmaps = self.heatmaps
+            self.guard_output(what, lambda: heatmaps.after_result(record_path, record, lesion_map, data, name, make_folder, earlier))
 
     def write_record(self, target: Path, record: dict) -> None:
         make_folder(target.parent)

@@ -39,7 +39,8 @@ class HeatmapOutput:
         return self.writer.folder / relative / heatmap_name(record_path.name, set())
 
     def after_result(
-        self, record_path: Path, record: dict, lesion_map: LesionMap | None, data: bytes, name: str, make_folder, earlier: bool = False
+        self, record_path: Path, record: dict, lesion_map: LesionMap | None, data: bytes, name: str, make_folder,
+        earlier: bool = False,
     ) -> Path | None:
         """Draw the picture of a durable ``record``: from ``lesion_map``, of the model run that made the record, or, for
         a record an ``earlier`` run wrote, from a new run on ``data`` if no picture is there yet. Raises OSError when
