@@ -107,6 +107,10 @@ class Classifier:
         """
         return self._classify(data, name, want_map=False)[0]
 
+    def explain_bytes(self, data: bytes, name: str | Path) -> tuple[Result, LesionMap | None]:
+        """As ``classify_bytes``, plus the lesion map on the original image when the model has one (else None)."""
+        return self._classify(data, name, want_map=self.has_lesion_map)
+
     def _classify_path(self, path: str | Path, want_map: bool) -> tuple[Result, LesionMap | None]:
         try:
             data = read_input(path, self.limits)

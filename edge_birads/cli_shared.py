@@ -8,6 +8,7 @@ Either way :func:`limits_from` turns the three values into a :class:`DecodeLimit
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import click
@@ -29,6 +30,18 @@ class NoImagesError(click.ClickException):
 
     exit_code = 1
 
+
+class FiniteFloatRange(click.FloatRange):
+    """A ``click.FloatRange`` that also refuses nan and inf, with the range's usual message: every comparison with
+    nan is false, so a plain range lets ``--time-limit nan`` through (and setitimer, or int(), fails later)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not in the range {self._describe_range()}.", param, ctx)
+        return number
+
+
 # option -> (click type, default, environment variable, help); the config file's keys are the same names with "_".
 LIMIT_OPTIONS = {
     "max-pixels": (
@@ -36,11 +49,11 @@ LIMIT_OPTIONS = {
         "Refuse images with more pixels (checked from the header, before decoding).",
     ),
     "max-file-mb": (
-        click.FloatRange(0, min_open=True), DEFAULT_LIMITS.max_file_bytes / MIB, "EDGE_BIRADS_MAX_FILE_MB",
+        FiniteFloatRange(0, min_open=True), DEFAULT_LIMITS.max_file_bytes / MIB, "EDGE_BIRADS_MAX_FILE_MB",
         "Refuse larger files without reading them.",
     ),
     "time-limit": (
-        click.FloatRange(0), DEFAULT_LIMITS.max_seconds, "EDGE_BIRADS_TIME_LIMIT",
+        FiniteFloatRange(0), DEFAULT_LIMITS.max_seconds, "EDGE_BIRADS_TIME_LIMIT",
         "Seconds allowed to decode and preprocess one file (0: no limit).",
     ),
 }

@@ -96,11 +96,12 @@ def heatmap_name(file_name: str, taken: set[str]) -> str:
     return name
 
 
-def caption_for(result, card) -> list[str]:
-    """The picture's caption: the file, then the record's decision and score in the log's words (no identifiers)."""
+def caption_for(record: dict, card) -> list[str]:
+    """The picture's caption from a classified record (``Result.to_dict()``, or the daemon's filed record): the file,
+    then the decision and score in the log's words (no identifiers)."""
     from edge_birads.output import describe
 
-    return [f"{result.file}", f"{describe(result.to_dict())}; model {card.name}"]
+    return [f"{record['file']}", f"{describe(record)}; model {card.name}"]
 
 
 class HeatmapWriter:
@@ -114,5 +115,9 @@ class HeatmapWriter:
         self.taken: set[str] = set()
 
     def write(self, result, lesion_map: LesionMap) -> Path:
-        picture = render(lesion_map, caption_for(result, self.card), self.max_side)
-        return write_png(self.folder / heatmap_name(result.file, self.taken), picture)
+        """``classify --heatmap``: FOLDER/STEM.heatmap.png for the result."""
+        return self.write_at(self.folder / heatmap_name(result.file, self.taken), result.to_dict(), lesion_map)
+
+    def write_at(self, path: Path, record: dict, lesion_map: LesionMap) -> Path:
+        """The picture of ``record`` (its caption) and ``lesion_map``, written durably at ``path``."""
+        return write_png(path, render(lesion_map, caption_for(record, self.card), self.max_side))

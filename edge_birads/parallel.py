@@ -108,10 +108,13 @@ def _classify_in_worker(path: str) -> tuple[Result, LesionMap | None]:
     return classifier.classify_file(path), None
 
 
-def classify_bytes_in_worker(item: tuple[bytes, str]) -> tuple[Result, None]:
-    """The daemon's task: a file's bytes, read and hashed by the parent, and its name."""
-    classifier, _ = _classifier
+def classify_bytes_in_worker(item: tuple[bytes, str]) -> tuple[Result, LesionMap | None]:
+    """The daemon's task: a file's bytes, read and hashed by the parent, and its name; with ``want_map`` (the daemon's
+    heatmap setting) the lesion map of that same model run comes back too."""
+    classifier, want_map = _classifier
     data, name = item
+    if want_map:
+        return classifier.explain_bytes(data, name)
     return classifier.classify_bytes(data, name), None
 
 

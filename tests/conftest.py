@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -55,3 +57,42 @@ def breast_like() -> np.ndarray:
     cv2.ellipse(image, (0, 256), (250, 220), 0, -90, 90, 170, thickness=-1)
     noise = rng.integers(0, 40, image.shape, dtype=np.uint8)
     return np.where(image > 0, image + noise, 0).astype(np.uint8)
+
+
+MAP_LABELS = ["BI-RADS 1", "BI-RADS 2-3", "BI-RADS 4-5"]
+MAP_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def map_model(tmp_path_factory) -> Path:
+    """A tiny int8 model (built by the one converter) whose lesion map is the brightness of each 16x16 cell
+    (so the hottest cell is the brightest)."""
+    pytest.importorskip("tensorflow")
+    import keras
+    from keras import layers
+
+    from convert.evaluation.export import to_tflite_int8
+
+    keras.utils.set_random_seed(0)
+    image = keras.Input((MAP_SIZE, MAP_SIZE, 1))
+    pooled = layers.AveragePooling2D(16)(image)
+    lesion_map = layers.Conv2D(1, 1, name="lesion_map")(pooled)
+    probs = layers.Dense(3, activation="softmax")(layers.GlobalAveragePooling2D()(pooled))
+    model = keras.Model(image, [lesion_map, probs])  # the map first: the runtime must find the probabilities by shape
+    model.get_layer("lesion_map").set_weights([np.full((1, 1, 1, 1), 8.0, np.float32), np.array([-4.0], np.float32)])
+    rng = np.random.default_rng(0)
+    folder = tmp_path_factory.mktemp("map-model")
+    path = folder / "tiny-map.tflite"
+    # Calibration images with every cell level from black to white, so the int8 map does not saturate.
+    cells = rng.random((32, MAP_SIZE // 16, MAP_SIZE // 16, 1), dtype=np.float32)
+    path.write_bytes(to_tflite_int8(model, np.repeat(np.repeat(cells, 16, axis=1), 16, axis=2)))
+    card = {
+        "name": "tiny-map",
+        "labels": MAP_LABELS,
+        "malignant_label": "BI-RADS 4-5",
+        "referral": {"threshold": 0.5},
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "preprocessing": {"height": MAP_SIZE, "width": MAP_SIZE, "crop_to_breast": False},
+    }
+    path.with_suffix(".json").write_text(json.dumps(card))
+    return path

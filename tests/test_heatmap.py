@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -13,44 +12,6 @@ from click.testing import CliRunner
 
 from edge_birads.cli import cli
 from edge_birads.heatmap import LesionMap, heatmap_name
-
-LABELS = ["BI-RADS 1", "BI-RADS 2-3", "BI-RADS 4-5"]
-SIZE = 64
-
-
-@pytest.fixture(scope="module")
-def map_model(tmp_path_factory) -> Path:
-    """A tiny int8 model whose lesion map is the brightness of each 16x16 cell (so the hottest cell is the brightest)."""
-    pytest.importorskip("tensorflow")
-    import keras
-    from keras import layers
-
-    from convert.evaluation.export import to_tflite_int8
-
-    keras.utils.set_random_seed(0)
-    image = keras.Input((SIZE, SIZE, 1))
-    pooled = layers.AveragePooling2D(16)(image)
-    lesion_map = layers.Conv2D(1, 1, name="lesion_map")(pooled)
-    probs = layers.Dense(3, activation="softmax")(layers.GlobalAveragePooling2D()(pooled))
-    model = keras.Model(image, [lesion_map, probs])  # the map first: the runtime must find the probabilities by shape
-    model.get_layer("lesion_map").set_weights([np.full((1, 1, 1, 1), 8.0, np.float32), np.array([-4.0], np.float32)])
-    rng = np.random.default_rng(0)
-    folder = tmp_path_factory.mktemp("map-model")
-    path = folder / "tiny-map.tflite"
-    # Calibration images with every cell level from black to white, so the int8 map does not saturate.
-    cells = rng.random((32, SIZE // 16, SIZE // 16, 1), dtype=np.float32)
-    path.write_bytes(to_tflite_int8(model, np.repeat(np.repeat(cells, 16, axis=1), 16, axis=2)))
-    card = {
-        "name": "tiny-map",
-        "labels": LABELS,
-        "malignant_label": "BI-RADS 4-5",
-        "referral": {"threshold": 0.5},
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "preprocessing": {"height": SIZE, "width": SIZE, "crop_to_breast": False},
-    }
-    path.with_suffix(".json").write_text(json.dumps(card))
-    return path
-
 
 def bright_square_png(tmp_path: Path, name: str = "square.png") -> Path:
     """A 400x300 (rows x cols) dark image with one bright square at rows 310-370, cols 10-60."""

@@ -68,6 +68,13 @@ def test_config_file_sets_the_limits_and_the_command_line_wins(tmp_path: Path) -
         ("max_file_mb = -1", "max-file-mb must be more than 0, not -1"),
         ("time_limit = -2", "time-limit must be 0 (no limit) or more seconds, not -2"),
         ("time_limit = soon", "time_limit = 'soon' is not a valid float"),
+        # nan and inf: the setting's usual line (they passed, then every file failed, or build_config crashed)
+        ("time_limit = nan", "time-limit must be 0 (no limit) or more seconds, not nan"),
+        ("time_limit = inf", "time-limit must be 0 (no limit) or more seconds, not inf"),
+        ("max_file_mb = nan", "max-file-mb must be more than 0, not nan"),
+        ("max_file_mb = -inf", "max-file-mb must be more than 0, not -inf"),
+        ("stable_seconds = NaN", "stable-seconds must be between 0 and 3600, not nan"),
+        ("heartbeat_seconds = infinity", "heartbeat-seconds must be between 0.1 and 3600, not inf"),
     ],
 )
 def test_a_bad_limit_in_the_config_file_is_one_clear_line(tmp_path: Path, line: str, message: str) -> None:
@@ -75,11 +82,11 @@ def test_a_bad_limit_in_the_config_file_is_one_clear_line(tmp_path: Path, line: 
     conf.write_text(f"[watch]\ninbox = {tmp_path}\nresults = {tmp_path / 'r'}\n{line}\n")
     with pytest.raises(ConfigError) as info:
         build_config({}, conf)
-    assert message in str(info.value) and "\n" not in str(info.value)
+    assert str(info.value) in (message, f"config file {conf}: {message}")
     result = CliRunner().invoke(cli, ["watch", "--config", str(conf)])
-    assert result.exit_code == 2
-    errors = [text for text in result.output.splitlines() if text.startswith("Error")]
-    assert len(errors) == 1 and message in errors[0], result.output
+    usage = "Usage: cli watch [OPTIONS] [INBOX]\nTry 'cli watch --help' for help.\n\n"
+    assert (result.exit_code, result.output) == (2, f"{usage}Error: {info.value}\n")
+    assert not (tmp_path / "r").exists(), "refused before anything is made"
 
 
 def test_the_daemon_honours_the_limits_of_its_config_file(tmp_path: Path) -> None:
@@ -112,3 +119,25 @@ def test_the_daemon_honours_the_limits_of_its_config_file(tmp_path: Path) -> Non
     run = CliRunner().invoke(cli, ["classify", "--max-pixels", "600000", str(BENIGN)])
     assert run.exit_code == 1 and f"error: {BENIGN}: {failures['1-benign.png']}" in run.output
 
+
+
+@pytest.mark.parametrize("command", ["classify", "watch"])
+@pytest.mark.parametrize(
+    ("option", "value", "range_"),
+    [("--time-limit", "nan", "x>=0"), ("--time-limit", "inf", "x>=0"), ("--max-file-mb", "nan", "x>0"),
+     ("--max-file-mb", "inf", "x>0")],
+)
+def test_nan_or_inf_on_the_command_line_is_the_options_usual_one_line_error(
+    tmp_path: Path, command: str, option: str, value: str, range_: str
+) -> None:
+    arguments = [str(tmp_path)] + (["--results", str(tmp_path / "r")] if command == "watch" else [])
+    usage = "PATHS..." if command == "classify" else "[INBOX]"
+    expected = (
+        f"Usage: cli {command} [OPTIONS] {usage}\nTry 'cli {command} --help' for help.\n\n"
+        f"Error: Invalid value for '{option}': {value} is not in the range {range_}.\n"
+    )
+    given = CliRunner().invoke(cli, [command, *arguments, option, value])
+    assert (given.exit_code, given.output) == (2, expected)
+    variable = {"--time-limit": "EDGE_BIRADS_TIME_LIMIT", "--max-file-mb": "EDGE_BIRADS_MAX_FILE_MB"}[option]
+    from_env = CliRunner(env={variable: value}).invoke(cli, [command, *arguments])
+    assert (from_env.exit_code, from_env.output) == (2, expected), "the environment variable too"

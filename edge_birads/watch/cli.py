@@ -85,6 +85,14 @@ from edge_birads.cli_shared import decode_limit_options
 )
 @click.option("--heartbeat-seconds", type=float, default=None, help="Rewrite the status file at least this often.  [default: 10]")
 @click.option(
+    "--heatmap",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Also write a PNG per classified image into this folder (config: heatmap), as classify --heatmap: the image "
+    "with the model's lesion map and the filed result. Named after its result: RESULTS/x.dcm.json -> HEATMAP/x.dcm.heatmap.png "
+    "(may be the results folder itself). Needs a model with a lesion map.  [default: none]",
+)
+@click.option(
     "--sr-outbox",
     type=click.Path(file_okay=False),
     default=None,
@@ -111,6 +119,9 @@ def watch(inbox, config_file, sr_outbox, send_to, send_as, send_retry_max, **opt
 
     With --sr-outbox or --send-to (or a [send] section in --config), each
     classified DICOM also gets a DICOM SR in the outbox, sent exactly once.
+
+    With --heatmap DIR (or heatmap = DIR in [watch]), each classified image
+    also gets one lesion-map picture, written before the input is moved to done.
     """
     from edge_birads.watch.outbox import SendConfigError, build_send_config
     from edge_birads.watch.daemon import run_watch

@@ -11,6 +11,7 @@ tracebacks in the journal.
 from __future__ import annotations
 
 import configparser
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,7 @@ class WatchConfig:
     heartbeat_seconds: float = DEFAULT_HEARTBEAT
     jobs: int = 1  # worker processes classifying (each with its own interpreter); 1: in the daemon's own process
     limits: DecodeLimits = DEFAULT_LIMITS  # max_pixels, max_file_mb, time_limit: the same as classify's options
+    heatmap: Path | None = None  # a lesion-map picture per classified image in this folder (classify --heatmap); None: none
 
 
 # key in the file -> (type, help); the same names as the long options, with "_" for "-".
@@ -77,6 +79,7 @@ FILE_KEYS = {
     "max_pixels": "int",
     "max_file_mb": "float",
     "time_limit": "float",
+    "heatmap": "path",
 }
 
 
@@ -125,6 +128,7 @@ def build_config(options: dict, config_file: str | Path | None = None) -> WatchC
     """Merge command-line ``options`` (None = not given) over the config file and defaults."""
     merged = read_config_file(config_file) if config_file else {}
     merged.update({key: value for key, value in options.items() if value is not None})
+    _check_finite(merged)
     if not merged.get("inbox"):
         raise ConfigError("no inbox folder: give INBOX or 'inbox =' in the config file")
     if not merged.get("results"):
@@ -154,6 +158,7 @@ def build_config(options: dict, config_file: str | Path | None = None) -> WatchC
         max_attempts=int(merged.get("max_attempts", DEFAULT_MAX_ATTEMPTS)),
         heartbeat_seconds=float(merged.get("heartbeat_seconds", DEFAULT_HEARTBEAT)),
         limits=limits_from(merged.get("max_pixels"), merged.get("max_file_mb"), merged.get("time_limit")),
+        heatmap=_absolute(merged["heatmap"]) if merged.get("heatmap") else None,
     )
     _check_values(config)
     return config
@@ -170,8 +175,8 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 # option -> (lowest, highest or None, what it must be, format of the value shown): a value outside is refused with
-# "<option> must be <what>, not <value>". A range with no highest refuses only values below lowest (as it always
-# did, so NaN passes it; a two-sided range refuses NaN).
+# "<option> must be <what>, not <value>". nan and inf are refused with the same line for every option, before
+# any value is used (int(nan) would raise, setitimer refuses nan).
 RANGES = {
     "stable-seconds": (0, 3600, "between 0 and 3600", ""),
     "scan-interval": (0.05, 3600, "between 0.05 and 3600 seconds", ""),
@@ -185,6 +190,13 @@ RANGES = {
 }
 
 
+def _check_finite(merged: dict) -> None:
+    for option, (_, _, what, shown) in RANGES.items():
+        value = merged.get(option.replace("-", "_"))
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{option} must be {what}, not {value:{shown}}")
+
+
 def _check_values(config: WatchConfig) -> None:
     limits = config.limits
     decode = {"max-pixels": limits.max_pixels, "max-file-mb": limits.max_file_bytes / MIB, "time-limit": limits.max_seconds}
@@ -196,6 +208,12 @@ def _check_values(config: WatchConfig) -> None:
     for label, folder in (("results", config.results), ("done", config.done), ("failed", config.failed), ("state", config.state)):
         if folder == config.inbox:
             raise ConfigError(f"the {label} folder must not be the inbox itself ({folder})")
+    if config.heatmap is not None:
+        # Beside the results (the same folder, or one inside it) is fine: a picture is named after its record,
+        # NAME.heatmap.png beside NAME.json. Never among the inputs or the daemon's state.
+        for label, folder in (("inbox", config.inbox), ("done", config.done), ("failed", config.failed), ("state", config.state)):
+            if _inside(config.heatmap, folder):
+                raise ConfigError(f"the heatmap folder {config.heatmap} must not be the {label} folder or inside it")
 
 
 def output_folders(config: WatchConfig) -> tuple[tuple[str, Path], ...]:
@@ -206,6 +224,7 @@ def output_folders(config: WatchConfig) -> tuple[tuple[str, Path], ...]:
         ("failed", config.failed),
         ("state", config.state),
         ("status", config.status_file.parent),
+        *((("heatmap", config.heatmap),) if config.heatmap is not None else ()),
     )
 
 
@@ -244,8 +263,11 @@ def prepare_folders(config: WatchConfig) -> list[int]:
         if not folder.is_dir():
             raise StartupError(f"the {label} path {folder} is not a folder")
         _probe(label, folder)
-    # Two daemons writing one results (or state) folder would overwrite each other's records.
-    for label, folder in (("results", config.results), ("state", config.state)):
+    # Two daemons writing one results (or state, or heatmap) folder would overwrite each other's records.
+    locked = [("results", config.results), ("state", config.state)]
+    if config.heatmap is not None and config.heatmap != config.results:
+        locked.append(("heatmap", config.heatmap))
+    for label, folder in locked:
         fd = lock_folder(folder)
         if fd is None:
             raise StartupError(f"another edge-birads watch ({_holder(config.state)}) already uses the {label} folder {folder}")

@@ -57,6 +57,7 @@ from edge_birads.watch.status import StatusFile
 
 EXIT_OK = 0
 EXIT_STARTUP = 1
+EXIT_USAGE = 2  # a setting that cannot work with this model; systemd does not restart (RestartPreventExitStatus=2)
 EXIT_SOFTWARE = 70  # sysexits EX_SOFTWARE: a bug; systemd restarts us
 EXIT_IOERR = 74  # sysexits EX_IOERR: an output could not be written; systemd restarts us
 
@@ -86,9 +87,14 @@ class WatchDaemon:
         self.unmovable = UnmovableFiles(config.state)
         self.status = StatusFile(config, classifier.sha256)
         self.activity = self.status.activity
+        heatmaps = None
+        if config.heatmap is not None:
+            from edge_birads.watch.heatmaps import HeatmapOutput
+
+            heatmaps = HeatmapOutput(config.heatmap, config.results, classifier, log)
         self.filer = Filer(
             config, classifier, log, self.index, self.claims, self.activity, output,
-            on_returned=lambda name: self.tracker.touch(name, time.monotonic()),
+            on_returned=lambda name: self.tracker.touch(name, time.monotonic()), heatmaps=heatmaps,
         )
         self.stop_signal: int | None = None
         self.source: EventSource | None = None
@@ -112,7 +118,7 @@ class WatchDaemon:
         # Temporary and probe files a killed predecessor left behind (all named .eb-tmp-*).
         for folder in (config.inbox, config.done, config.state, config.state / "content", config.status_file.parent):
             sweep_temporaries(folder)
-        for folder in (config.results, config.failed):  # records are written in study sub-folders too
+        for folder in (config.results, config.failed, *([config.heatmap] if config.heatmap else [])):  # study sub-folders too
             sweep_temporaries(folder, recursive=True)
         if not config.poll:
             try:
@@ -125,7 +131,9 @@ class WatchDaemon:
                 )
         self.log.info(
             f"watching {config.inbox} ({self.mode}, stable {config.stable_seconds:g} s); results to {config.results}, "
-            f"done to {config.done}, failed to {config.failed}; model {self.classifier.card.name} "
+            f"done to {config.done}, failed to {config.failed}"
+            + (f", heatmaps to {config.heatmap}" if config.heatmap else "")
+            + f"; model {self.classifier.card.name} "
             f"sha256 {self.classifier.sha256[:12]}; edge-birads {__version__}. Research use only, not a diagnostic device."
         )
         self.write_status("running", force=True)
@@ -294,8 +302,9 @@ class WatchDaemon:
             restarts = self.pool.restarts
             items = [(c.data, c.name) for c in claimed]
             self.activity.context = f"classifying {len(claimed)} files in {self.pool.jobs} worker processes"
-            for each, (result, _) in zip(claimed, self.pool.run(items, self.classifier.failure, task=classify_bytes_in_worker, name=item_name)):
-                self.status.account(self.filer.finish(each, result))
+            outcomes = self.pool.run(items, self.classifier.failure, task=classify_bytes_in_worker, name=item_name)
+            for each, (result, lesion_map) in zip(claimed, outcomes):  # the map of that same run, with a heatmap folder
+                self.status.account(self.filer.finish(each, result, lesion_map))
             if self.pool.restarts > restarts:
                 self.log.warning(
                     "a worker process died (a crash in a decoder, or out of memory); the files it shared the batch with "
@@ -406,13 +415,16 @@ def run_watch(config: WatchConfig, log: EventLog | None = None, send=None) -> in
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, early_stop)
     try:
-        locks = prepare_folders(config)  # lock descriptors, held open until the process exits
         from edge_birads.classifier import Classifier
 
         try:
             classifier = Classifier(config.model, threads=config.threads, limits=config.limits)
         except ModelError as exc:
             raise StartupError(str(exc)) from None
+        if config.heatmap is not None and not classifier.has_lesion_map:  # before any folder is made, as classify
+            log.error(f"model {classifier.card.name} has no lesion map: heatmap (--heatmap) needs a model that outputs one")
+            return EXIT_USAGE
+        locks = prepare_folders(config)  # lock descriptors, held open until the process exits
     except StartupError as exc:
         log.error(str(exc))
         return EXIT_STARTUP
@@ -430,7 +442,8 @@ def run_watch(config: WatchConfig, log: EventLog | None = None, send=None) -> in
     if config.jobs > 1:
         from edge_birads.parallel import ProcessClassifier, WorkerSettings
 
-        settings = WorkerSettings(str(classifier.model_path), config.threads, config.limits, want_map=False, daemon=True)
+        want_map = config.heatmap is not None  # the workers send each lesion map back, for the picture
+        settings = WorkerSettings(str(classifier.model_path), config.threads, config.limits, want_map=want_map, daemon=True)
         pool = ProcessClassifier(settings, config.jobs, persistent=True)
     daemon = WatchDaemon(config, classifier, log, output, pool)
     daemon.locks = locks

@@ -150,7 +150,7 @@ class Filer:
 
     def __init__(
         self, config: WatchConfig, classifier, log: EventLog, index: ContentIndex, claims: ClaimMarker, activity: Activity,
-        output=None, on_returned=None,
+        output=None, on_returned=None, heatmaps=None,
     ) -> None:
         self.config = config
         self.classifier = classifier
@@ -160,12 +160,15 @@ class Filer:
         self.activity = activity
         self.output = output  # edge_birads.watch.outbox.SrOutput: a DICOM SR per result, or None
         self.on_returned = on_returned or (lambda name: None)  # a file put back into the inbox (the tracker watches it)
+        self.heatmaps = heatmaps  # edge_birads.watch.heatmaps.HeatmapOutput: a lesion-map picture per result, or None
 
     def process_claimed(self, name: str) -> Outcome:
         """Classify the claimed entry of ``name`` (in the working folder) and file it: the seam of one file."""
         claimed = self.prepare(name)
         if isinstance(claimed, Outcome):
             return claimed
+        if self.heatmaps is not None:
+            return self.finish(claimed, *self.classifier.explain_bytes(claimed.data, name))
         return self.finish(claimed, self.classifier.classify_bytes(claimed.data, name))
 
     def prepare(self, name: str, busy: frozenset[str] = frozenset()) -> Outcome | Claimed | None:
@@ -188,12 +191,17 @@ class Filer:
         entry = self.index.get(sha)
         if entry is not None and name in entry["names"]:
             self.report(name, entry.get("record") or {})
+            if self.heatmaps is not None:  # the picture of this name's own record, if the run died before it
+                earlier = find_record(config.results, name, sha, RESULT_SUFFIX)
+                if earlier.found is not None:
+                    self.draw(name, earlier.found, earlier.record, None, data, earlier=True)
             return self.file_done(name, sha, None, "already_done", "already reported by an earlier run (same name and content)")
         result_slot = find_record(config.results, name, sha, RESULT_SUFFIX)
         if result_slot.found is not None:
             record = result_slot.record
             self.guard_output(f"indexing {shown}", lambda: self.index.add(sha, name, record))
             self.report(name, record)
+            self.draw(name, result_slot.found, record, None, data, earlier=True)
             note = f"result {printable_name(result_slot.found.name)} was written by an earlier run"
             return self.file_done(name, sha, result_slot.found, "already_done", note, record)
         failed_slot = find_record(config.failed, name, sha, REASON_SUFFIX, slot_must_be_free=True)
@@ -229,8 +237,9 @@ class Filer:
         self.guard_output("writing the claim record", lambda: self.claims.classifying(sha))
         return Claimed(name, sha, data, read_at, result_slot.free)
 
-    def finish(self, claimed: Claimed, result) -> Outcome:
-        """Step 5 for a file the model ran on: its ``result`` written durably and the file into done/, or failed/."""
+    def finish(self, claimed: Claimed, result, lesion_map=None) -> Outcome:
+        """Step 5 for a file the model ran on: its ``result`` written durably (then its picture, from ``lesion_map``
+        of the same run, with a heatmap folder) and the file into done/, or failed/."""
         config, name, sha = self.config, claimed.name, claimed.sha256
         shown = printable_name(name)
         self.claims.take(name)
@@ -245,6 +254,7 @@ class Filer:
         self.log.info(
             f"{shown}: {describe(record)} ({record['latency_ms']:.0f} ms) -> {printable_name(shown_path(result_slot, config.results))}"
         )
+        self.draw(name, result_slot, record, lesion_map, claimed.data)
         self.report(name, record)
         return self.file_done(name, sha, result_slot, "classified", None, record)
 
@@ -302,6 +312,13 @@ class Filer:
         if self.output is not None:
             what = self.activity.context = f"filing the report of {printable_name(name)}"
             self.guard_output(what, lambda: self.output.after_result(self.claims.work_path(name), record))
+
+    def draw(self, name: str, record_path: Path, record: dict, lesion_map, data: bytes, earlier: bool = False) -> None:
+        """The lesion-map picture of a durable record (with a heatmap folder), before the input leaves the working folder."""
+        if self.heatmaps is not None:
+            what = self.activity.context = f"drawing the heatmap of {printable_name(name)}"
+            heatmaps = self.heatmaps
+            self.guard_output(what, lambda: heatmaps.after_result(record_path, record, lesion_map, data, name, make_folder, earlier))
 
     def write_record(self, target: Path, record: dict) -> None:
         make_folder(target.parent)
