@@ -388,8 +388,8 @@ def _check_compressed_size(dataset, rows: int, columns: int) -> None:
     30000x30000 made OpenJPEG take 1.9 GB here.
     """
     try:
-        if not dataset.file_meta.TransferSyntaxUID.is_compressed:
-            return
+        if not dataset.file_meta.TransferSyntaxUID.is_compressed or dataset.file_meta.TransferSyntaxUID == RLE_LOSSLESS:
+            return  # RLE has no codestream header: its bytes may hold a JPEG marker by chance
         head = bytes(dataset.PixelData[:65536])
     except Exception:  # no or unknown transfer syntax, damaged element: pixel_array reports it next
         return
