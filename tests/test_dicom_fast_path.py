@@ -312,6 +312,8 @@ def damaged(data: bytes, how: str) -> bytes:
         return data[: (header + len(data)) // 2]
     if how == "segment offset past the end":
         return data[: header + 8] + (len(data) * 2).to_bytes(4, "little") + data[header + 12 :]
+    if how == "a third segment offset":  # the count field still says 2 segments
+        return data[: header + 12] + (second - header + 1000).to_bytes(4, "little") + data[header + 16 :]
     if how == "runs that decode to too many bytes":  # replicate runs of 128 bytes replace literal data
         return data[:second + 1000] + b"\x81\x00" * 50_000 + data[second + 101_000 :]
     if how == "runs that decode to too few bytes":
@@ -330,6 +332,17 @@ def test_damaged_rle_is_one_input_error(how, cbis_dicoms, classifier, monkeypatc
     assert result.prediction is None and result.error, result
     assert "\n" not in result.error and "Traceback" not in result.error
     assert result.error.startswith(str(path)) or "DICOM" in result.error, result.error
+
+
+def test_a_header_naming_other_segments_is_left_to_pydicom(cbis_dicoms, classifier, monkeypatch, tmp_path):
+    """pylibjpeg-rle counts the non-zero segment offsets, pydicom reads the count field: with a stray third
+    offset they disagree, so the byte-plane path stays out and pydicom decodes the file as before."""
+    path = tmp_path / "stray.dcm"
+    path.write_bytes(damaged(cbis_dicoms[0].read_bytes(), "a third segment offset"))
+    used = plane_path_calls(monkeypatch)
+    spec = classifier.card.preprocessing
+    np.testing.assert_array_equal(model_input_of(path, spec), prepare(read_file(path, for_model=True), spec))
+    assert used == [False]
 
 
 IMPORTS = """
