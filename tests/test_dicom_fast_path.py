@@ -19,6 +19,7 @@ import pytest
 from edge_birads import dicom
 from edge_birads.classifier import Classifier
 from edge_birads.decode import DEFAULT_LIMITS, model_input, read_file
+from edge_birads.errors import InputError
 from edge_birads.interpreter import quantize, tensor_quantization
 from edge_birads.preprocess import PreprocessSpec, prepare
 
@@ -342,6 +343,25 @@ def test_a_header_naming_other_segments_is_left_to_pydicom(cbis_dicoms, classifi
     used = plane_path_calls(monkeypatch)
     spec = classifier.card.preprocessing
     np.testing.assert_array_equal(model_input_of(path, spec), prepare(read_file(path, for_model=True), spec))
+    assert used == [False]
+
+
+def test_a_third_decodable_segment_is_left_to_pydicom(classifier, monkeypatch, tmp_path):
+    """A 16-bit RLE frame with a third valid segment: pydicom refuses it (three segments for one 16-bit sample);
+    the byte-plane path must not read the three planes as something else."""
+    path = write_rle(tmp_path / "three.dcm", ramp_with_texture(rows=300, columns=260))
+    data = path.read_bytes()
+    header = rle_header_at(data)
+    length = int.from_bytes(data[header - 4 : header], "little")
+    second = int.from_bytes(data[header + 8 : header + 12], "little")
+    assert data[header + length : header + length + 4] == b"\xfe\xff\xdd\xe0"  # the sequence delimiter follows
+    extra = data[header + second : header + length]  # the low-byte segment again
+    frame = data[header : header + 12] + length.to_bytes(4, "little") + data[header + 16 : header + length] + extra
+    path.write_bytes(data[: header - 4] + len(frame).to_bytes(4, "little") + frame + data[header + length :])
+    used = plane_path_calls(monkeypatch)
+    for read in (lambda: model_input_of(path, classifier.card.preprocessing), lambda: read_file(path, for_model=True)):
+        with pytest.raises(InputError, match="cannot decode DICOM pixel data"):
+            read()
     assert used == [False]
 
 
