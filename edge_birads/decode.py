@@ -76,7 +76,7 @@ def read_input(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> bytes
 
 def decode_bytes(data: bytes, suffix: str = "", limits: DecodeLimits = DEFAULT_LIMITS, for_model: bool = False) -> np.ndarray:
     """Decode an in-memory file; DICOM is recognised by magic or by suffix (``for_model``: see read_file)."""
-    if _is_dicom(data, suffix, limits):
+    if is_dicom(data, suffix, limits):
         return _decode_dicom(data, limits, for_model)
     return decode_raster(data, limits)
 
@@ -84,14 +84,14 @@ def decode_bytes(data: bytes, suffix: str = "", limits: DecodeLimits = DEFAULT_L
 def model_input(data: bytes, spec: PreprocessSpec, suffix: str = "", limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
     """The model's input from an in-memory file: ``prepare(decode_bytes(data, suffix, limits, for_model=True), spec)``,
     where a DICOM that allows it is decoded and shrunk together (see ``dicom.model_input``)."""
-    if _is_dicom(data, suffix, limits):
+    if is_dicom(data, suffix, limits):
         from edge_birads.dicom import model_input as dicom_model_input  # imports pydicom: only for a DICOM
 
         return dicom_model_input(data, limits, spec)
     return prepare(decode_raster(data, limits), spec)
 
 
-def _is_dicom(data: bytes, suffix: str, limits: DecodeLimits) -> bool:
+def is_dicom(data: bytes, suffix: str, limits: DecodeLimits) -> bool:
     """True for a DICOM (by magic, or by suffix without a raster signature), False for a raster; else InputError."""
     if not data:
         raise InputError("empty file (0 bytes)")
