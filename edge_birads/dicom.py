@@ -202,8 +202,10 @@ def _rle_model_input(data: bytes, dataset, pixel_at: int, photometric: str, spec
     try:
         rows, columns = int(dataset.Rows), int(dataset.Columns)
         bits = int(dataset.get("BitsAllocated", 0) or 0)
+        bits_stored = int(dataset.get("BitsStored", bits) or 0)  # pydicom refuses the file unless 1..BitsAllocated
         syntax = str(getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", "") or "")
-        if (syntax != RLE_LOSSLESS or bits not in (8, 16) or int(dataset.get("PixelRepresentation", 0) or 0) != 0
+        if (syntax != RLE_LOSSLESS or bits not in (8, 16) or not 1 <= bits_stored <= bits
+                or int(dataset.get("PixelRepresentation", 0) or 0) != 0
                 or photometric not in ("MONOCHROME1", "MONOCHROME2") or not _is_identity(dataset)
                 or spec.crop_to_breast or spec.interpolation != "area" or rows < spec.height or columns < spec.width):
             return None

@@ -365,6 +365,18 @@ def test_a_third_decodable_segment_is_left_to_pydicom(classifier, monkeypatch, t
     assert used == [False]
 
 
+@pytest.mark.parametrize("bits_stored", [0, 17])
+def test_a_header_pydicom_refuses_is_refused(bits_stored, cbis_dicoms, classifier, monkeypatch, tmp_path):
+    """Bits Stored outside 1..Bits Allocated: pydicom will not decode it, so neither does the byte-plane path."""
+    ds = pydicom.dcmread(cbis_dicoms[0])
+    ds.BitsStored, ds.HighBit = bits_stored, max(bits_stored - 1, 0)
+    ds.save_as(path := tmp_path / "bits.dcm")
+    used = plane_path_calls(monkeypatch)
+    with pytest.raises(InputError, match="Bits Stored"):
+        model_input_of(path, classifier.card.preprocessing)
+    assert used == [False]
+
+
 IMPORTS = """
 import importlib.util, sys
 from edge_birads.classifier import Classifier
