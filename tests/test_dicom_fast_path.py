@@ -248,6 +248,9 @@ def test_real_cbis_dicoms_through_the_byte_planes(cbis_dicoms, classifier, monke
         assert float(np.abs(fast - full).max()) <= 0.01 / 255, path.name
         assert_same_picture(classifier, path, spec)  # and against the pre-issue-16 path
     assert used == [True] * len(cbis_dicoms), "the real RLE DICOMs did not take the byte-plane path"
+    used.clear()
+    assert classifier.classify_file(cbis_dicoms[0]).error is None
+    assert used == [True], "classify does not read an RLE DICOM through the byte planes"
 
 
 RLE_CASES = {
