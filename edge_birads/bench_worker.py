@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from edge_birads.bench_protocol import WorkerError, serve, timed_loop
 
@@ -30,7 +31,7 @@ def run_tflite(job: dict) -> dict:
     """int8 or float32 TFLite through the lean runtime, exactly as classify runs it."""
     import edge_birads.cli  # noqa: F401  (a classify process has the CLI loaded too)
     from edge_birads.classifier import Classifier, to_prediction
-    from edge_birads.decode import read_file
+    from edge_birads.decode import decode_bytes, is_dicom, model_input, read_input
     from edge_birads.errors import InputError, ModelError
     from edge_birads.preprocess import prepare
 
@@ -41,14 +42,22 @@ def run_tflite(job: dict) -> dict:
     spec = classifier.card.preprocessing
 
     def classify_one(path: str) -> tuple[float, float, float]:
+        # As Classifier.classify_file reads it: a DICOM through decode.model_input, decoded and shrunk in one
+        # step (the byte-plane path has no full-size image to time apart: its preprocessing counts as decode).
+        suffix = Path(path).suffix.lower()
         t0 = time.perf_counter()
         try:
-            image = read_file(path, classifier.limits, for_model=True)  # as Classifier.classify_file reads it
+            data = read_input(path, classifier.limits)
+            if is_dicom(data, suffix, classifier.limits):
+                tensor = model_input(data, spec, suffix, classifier.limits)
+                t1 = t2 = time.perf_counter()
+            else:
+                image = decode_bytes(data, suffix, classifier.limits, for_model=True)
+                t1 = time.perf_counter()
+                tensor = prepare(image, spec)
+                t2 = time.perf_counter()
         except InputError as exc:
-            raise WorkerError(str(exc)) from None
-        t1 = time.perf_counter()
-        tensor = prepare(image, spec)
-        t2 = time.perf_counter()
+            raise WorkerError(str(exc.with_path(path))) from None
         to_prediction(classifier.predict(tensor), classifier.card)
         t3 = time.perf_counter()
         return t1 - t0, t2 - t1, t3 - t2

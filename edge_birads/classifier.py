@@ -13,7 +13,7 @@ import numpy as np
 
 from edge_birads.card import ModelCard, load_card
 from edge_birads.deadline import time_limit
-from edge_birads.decode import DEFAULT_LIMITS, DecodeLimits, decode_bytes, read_input
+from edge_birads.decode import DEFAULT_LIMITS, DecodeLimits, decode_bytes, model_input, read_input
 from edge_birads.errors import InputError, ModelError, printable_name
 from edge_birads.interpreter import find_outputs, make_interpreter, model_tensors, renormalise, run_image  # noqa: F401 (find_outputs: re-exported)
 from edge_birads.heatmap import LesionMap
@@ -126,9 +126,12 @@ class Classifier:
         spec = self.card.preprocessing
         try:
             with time_limit(self.limits.max_seconds):
-                image = decode_bytes(data, suffix=Path(name).suffix.lower(), limits=self.limits, for_model=True)
-                tensor = prepare(image, spec)
-                box = crop_box(image, spec) if want_map else None
+                if want_map:  # the map is drawn on the full-size image
+                    image = decode_bytes(data, suffix=Path(name).suffix.lower(), limits=self.limits, for_model=True)
+                    tensor, box = prepare(image, spec), crop_box(image, spec)
+                else:
+                    image, box = None, None
+                    tensor = model_input(data, spec, suffix=Path(name).suffix.lower(), limits=self.limits)
         except InputError as exc:
             return self.failure(shown, exc.reason), None
         except MemoryError:  # the size limits should prevent this; if not, it is this file's failure

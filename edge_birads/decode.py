@@ -19,6 +19,7 @@ import numpy as np
 from edge_birads.errors import InputError
 from edge_birads.headers import DICOM_MAGIC_OFFSET, header_dimensions, is_dicom_bytes, jpeg_frame
 from edge_birads.limits import DEFAULT_LIMITS, DecodeLimits, check_file_size, check_size  # noqa: F401 - re-exported
+from edge_birads.preprocess import PreprocessSpec, prepare
 from edge_birads.quiet import captured_stderr
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm", ".pnm", ".ppm", ".bmp", ".dcm", ".dicom"})
@@ -75,19 +76,36 @@ def read_input(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> bytes
 
 def decode_bytes(data: bytes, suffix: str = "", limits: DecodeLimits = DEFAULT_LIMITS, for_model: bool = False) -> np.ndarray:
     """Decode an in-memory file; DICOM is recognised by magic or by suffix (``for_model``: see read_file)."""
+    if is_dicom(data, suffix, limits):
+        return _decode_dicom(data, limits, for_model)
+    return decode_raster(data, limits)
+
+
+def model_input(data: bytes, spec: PreprocessSpec, suffix: str = "", limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """The model's input from an in-memory file: ``prepare(decode_bytes(data, suffix, limits, for_model=True), spec)``,
+    where a DICOM that allows it is decoded and shrunk together (see ``dicom.model_input``)."""
+    if is_dicom(data, suffix, limits):
+        from edge_birads.dicom import model_input as dicom_model_input  # imports pydicom: only for a DICOM
+
+        return dicom_model_input(data, limits, spec)
+    return prepare(decode_raster(data, limits), spec)
+
+
+def is_dicom(data: bytes, suffix: str, limits: DecodeLimits) -> bool:
+    """True for a DICOM (by magic, or by suffix without a raster signature), False for a raster; else InputError."""
     if not data:
         raise InputError("empty file (0 bytes)")
     check_file_size(len(data), limits)
     if is_dicom_bytes(data[: DICOM_MAGIC_OFFSET + 4]):
-        return _decode_dicom(data, limits, for_model)
+        return True
     kind = raster_format(data)
     if suffix in DICOM_SUFFIXES:
         if kind is not None:
             raise InputError(f"named {suffix} but holds a {kind} image, not DICOM")
-        return _decode_dicom(data, limits, for_model)  # old DICOMs have no preamble: pydicom tries them
+        return True  # old DICOMs have no preamble: pydicom tries them
     if kind is None:
         raise InputError(UNREADABLE)
-    return decode_raster(data, limits)
+    return False
 
 
 def decode_key(name: str | Path) -> str:

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
 import warnings
 
+import cv2
 import numpy as np
 
 from edge_birads.errors import InputError
 from edge_birads.headers import DICOM_MAGIC_OFFSET, is_dicom_bytes, jpeg_dimensions
 from edge_birads.limits import check_size
+from edge_birads.preprocess import PreprocessSpec, area_rows, finish, prepare
 from edge_birads.quiet import captured_stderr
 
 MAMMOGRAPHY_MODALITIES = frozenset({"MG"})
@@ -43,14 +46,31 @@ MAX_TABLE = 1 << 16
 # Stored values spanning fewer levels than this are spread onto 0..65535 for the model, so integer resizing
 # rounds by a negligible fraction of an int8 step (an 8-bit image resized as uint8 would be off by up to half a step).
 MIN_SPAN = 1 << 12
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+DOWNLOAD_HELPERS = ("requests", "tqdm")
+# The 64-byte RLE header of a frame made of one segment that starts right after it (a byte plane on its own).
+MASK_ROWS = 256  # rows per band when the low bytes under an extreme high byte are searched
+ONE_SEGMENT = struct.pack("<16L", 1, 64, *([0] * 14))
 
 
 def _pydicom():
-    try:
-        import pydicom
-        from pydicom import pixels
-    except ImportError:  # pragma: no cover - depends on the install
-        raise InputError(f"DICOM support needs pydicom: {DICOM_EXTRA}") from None
+    if "pydicom" not in sys.modules:
+        # pydicom.data imports requests and tqdm when they are installed, only to download pydicom's own test
+        # files (never done here, and pydicom falls back to urllib without them): ~45 ms and ~5 MiB of a cold
+        # DICOM classify. They are hidden while pydicom loads, unless something loaded them already.
+        hidden = [name for name in DOWNLOAD_HELPERS if name not in sys.modules]
+        sys.modules.update(dict.fromkeys(hidden))
+        try:
+            import pydicom  # noqa: F401
+        except ImportError:  # pragma: no cover - depends on the install
+            raise InputError(f"DICOM support needs pydicom: {DICOM_EXTRA}") from None
+        finally:
+            for name in hidden:
+                if name in sys.modules and sys.modules[name] is None:
+                    del sys.modules[name]
+    import pydicom
+    from pydicom import pixels
+
     return pydicom, pixels
 
 
@@ -64,22 +84,66 @@ def decode_dicom(data: bytes, limits, for_model: bool = False) -> np.ndarray:
     pydicom's warnings are silenced: they go to stderr (breaking one line per
     bad file) and some quote element values, which may be patient identifiers.
     """
+    _refuse_early(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _decode(data, limits, for_model)
+
+
+def _refuse_early(data: bytes) -> None:
+    """What is refused before pydicom sees the bytes."""
     if DEFLATED_SYNTAX in data[:16384]:
         raise InputError("DICOM uses the Deflated transfer syntax, which is not supported (a decompression-bomb risk)")
     if data[128:136] == b"DICM\x02\x00\x00\x00" and data[136:140] not in (b"UL\x04\x00", b"\x04\x00\x00\x00"):
         # A group length that is not a 4-byte UL (say, a nested sequence) is formatted by pydicom into a log
         # message even when logging is off: the fuzzer found 849 bytes that take 0.5 s here (36 s instrumented).
         raise InputError("not a readable DICOM file (its file meta group length is malformed)")
+
+
+def model_input(data: bytes, limits, spec: PreprocessSpec) -> np.ndarray:
+    """What the model reads from a DICOM: ``prepare(decode_dicom(data, limits, for_model=True), spec)``.
+
+    Where the file allows it (RLE Lossless, 8 or 16 unsigned bits, no LUT, pylibjpeg-rle installed, a spec
+    that shrinks by area without cropping) the full-size image never exists: the RLE segments are decoded
+    one byte plane each and shrunk plane by plane (``_rle_model_input``). Any other file, or one that path
+    cannot read, goes through ``decode_dicom`` and ``prepare`` (pydicom's decoding, with its messages).
+    """
+    _refuse_early(data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _decode(data, limits, for_model)
+        dataset, pixel_at, photometric = _read(data, limits, header_only=True)
+        tensor = _rle_model_input(data, dataset, pixel_at, photometric, spec)
+        if tensor is not None:
+            return tensor
+        return prepare(_decode(data, limits, True), spec)
 
 
 def _decode(data: bytes, limits, for_model: bool) -> np.ndarray:
-    pydicom, pixels = _pydicom()
-    marked = is_dicom_bytes(data[: DICOM_MAGIC_OFFSET + 4])
+    dataset, _, photometric = _read(data, limits, header_only=False)
+    _check_compressed_size(dataset, int(dataset.Rows), int(dataset.Columns))
+    array = _pixel_array(dataset)
+    if array.ndim != 2:
+        raise InputError(f"DICOM pixel data has shape {array.shape}, expected one 2-D frame")
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data), force=True)
+        return display_values(array, dataset, photometric == "MONOCHROME1", for_model)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"cannot apply the DICOM LUTs ({type(exc).__name__})") from None
+
+
+def _read(data: bytes, limits, header_only: bool):
+    """pydicom's dataset of ``data``, the offset where its parsing stopped and the photometric interpretation,
+    once the header is checked (InputError otherwise).
+
+    ``header_only``: the elements before the pixel data (read without copying it), the offset being that
+    of the pixel data element.
+    """
+    pydicom, _ = _pydicom()
+    marked = is_dicom_bytes(data[: DICOM_MAGIC_OFFSET + 4])
+    source = io.BytesIO(data)
+    try:
+        dataset = pydicom.dcmread(source, force=True, stop_before_pixels=header_only)
         modality = str(dataset.get("Modality", "") or "").strip().upper()
     except InputError:
         raise  # the time limit fired inside pydicom
@@ -87,12 +151,16 @@ def _decode(data: bytes, limits, for_model: bool) -> np.ndarray:
         if not marked:
             raise InputError(NOT_DICOM) from None
         raise InputError(f"not a readable DICOM file ({type(exc).__name__})") from None
-    if not marked and not any(keyword in dataset for keyword in IMAGE_KEYWORDS):
+    if header_only:  # pydicom stopped at the pixel data element (group 7FE0), or read to the end: none
+        has_pixels = data[source.tell() : source.tell() + 2] in (b"\xe0\x7f", b"\x7f\xe0")
+    else:
+        has_pixels = any(keyword in dataset for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+    if not marked and not has_pixels and not any(keyword in dataset for keyword in IMAGE_KEYWORDS):
         # Named .dcm, but pydicom's forced read of any bytes finds an element or two of noise.
         raise InputError(NOT_DICOM)
     if modality and modality not in MAMMOGRAPHY_MODALITIES:
         raise InputError(f"DICOM modality is {modality[:16]!r}, not mammography (MG)")
-    if "PixelData" not in dataset and "FloatPixelData" not in dataset and "DoubleFloatPixelData" not in dataset:
+    if not has_pixels:
         raise InputError("DICOM file has no pixel data")
     try:
         rows = int(dataset.get("Rows", 0) or 0)
@@ -114,16 +182,101 @@ def _decode(data: bytes, limits, for_model: bool) -> np.ndarray:
         raise InputError("DICOM " + exc.reason) from None
     if samples != 1:
         raise InputError("DICOM is not a grayscale image (SamplesPerPixel != 1)")
-    _check_compressed_size(dataset, rows, columns)
-    array = _pixel_array(dataset)
-    if array.ndim != 2:
-        raise InputError(f"DICOM pixel data has shape {array.shape}, expected one 2-D frame")
+    return dataset, source.tell(), photometric
+
+
+def _rle_model_input(data: bytes, dataset, pixel_at: int, photometric: str, spec: PreprocessSpec) -> np.ndarray | None:
+    """The model's input from RLE byte planes, never the full-size image; None when this path does not apply.
+
+    Each RLE segment holds one byte of every pixel (most significant first). pylibjpeg-rle decodes one
+    segment at a time into a buffer of exactly Rows x Columns bytes (it refuses a segment that decodes to
+    more or less), wrapped as a uint8 plane without a copy. The stored value is 256 * high + low byte, and
+    shrinking by area is linear (``area_rows``), so the planes are shrunk apart and added; the image's
+    extremes (prepare's scaling) come from the high plane and the low bytes where it is extreme. Damaged
+    data returns None: pydicom's decoding then has the last word and the message.
+    """
     try:
-        return display_values(array, dataset, photometric == "MONOCHROME1", for_model)
-    except InputError:
+        from rle.rle import decode_frame  # pylibjpeg-rle
+    except ImportError:
+        return None
+    try:
+        rows, columns = int(dataset.Rows), int(dataset.Columns)
+        bits = int(dataset.get("BitsAllocated", 0) or 0)
+        bits_stored = int(dataset.get("BitsStored", bits) or 0)  # pydicom refuses the file unless 1..BitsAllocated
+        syntax = str(getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", "") or "")
+        if (syntax != RLE_LOSSLESS or bits not in (8, 16) or not 1 <= bits_stored <= bits
+                or int(dataset.get("PixelRepresentation", 0) or 0) != 0
+                or photometric not in ("MONOCHROME1", "MONOCHROME2") or not _is_identity(dataset)
+                or spec.crop_to_breast or spec.interpolation != "area" or rows < spec.height or columns < spec.width):
+            return None
+        start, end = _one_fragment(data, pixel_at)
+        offsets = [offset for offset in struct.unpack("<15L", data[start + 4 : start + 64]) if offset]
+        if len(offsets) != bits // 8:  # one segment per byte of a pixel; decode_frame refuses bad offsets
+            return None
+        bounds = offsets + [end - start]
+        planes = []
+        for first, last in zip(bounds, bounds[1:]):
+            encoded = b"".join((ONE_SEGMENT, memoryview(data)[start + first : start + last]))
+            planes.append(np.frombuffer(decode_frame(encoded, rows * columns, 8, "<"), np.uint8).reshape(rows, columns))
+            del encoded
+    except (InputError, MemoryError):
         raise
-    except Exception as exc:
-        raise InputError(f"cannot apply the DICOM LUTs ({type(exc).__name__})") from None
+    except Exception:  # damaged data or header values: pydicom decodes it (or says why)
+        return None
+    high_plane = planes[0]
+    low, high = (int(value) for value in cv2.minMaxLoc(high_plane)[:2])
+    shrunk = area_rows(high_plane, spec.height)
+    if len(planes) == 2:
+        low_plane = planes[1]
+        low, high = 256 * low + _low_byte(planes, low, False), 256 * high + _low_byte(planes, high, True)
+        shrunk *= 256
+        shrunk += area_rows(low_plane, spec.height)
+    del planes, high_plane
+    # Columns: cv2's area resize of the float rows (only the width changes, so it is the same area average).
+    resized = cv2.resize(shrunk, (spec.width, spec.height), interpolation=cv2.INTER_AREA)
+    if photometric == "MONOCHROME1":  # as display_values inverts: max + min - value
+        resized = (low + high) - resized
+    return finish(resized, low, high, spec)
+
+
+def _low_byte(planes: list[np.ndarray], value: int, largest: bool) -> int:
+    """The smallest (or ``largest``) low byte among the pixels whose high byte is ``value``, band by band
+    (small masks), stopping early at 0 (or 255)."""
+    high_plane, low_plane = planes
+    best, bound = None, 255 if largest else 0
+    for top in range(0, high_plane.shape[0], MASK_ROWS):
+        mask = cv2.compare(high_plane[top : top + MASK_ROWS], value, cv2.CMP_EQ)
+        smallest, biggest, where_smallest, _ = cv2.minMaxLoc(low_plane[top : top + MASK_ROWS], mask=mask)
+        if where_smallest[0] < 0:  # no such pixel in this band
+            continue
+        found = int(biggest if largest else smallest)
+        best = found if best is None else (max if largest else min)(best, found)
+        if best == bound:
+            break
+    return best
+
+
+def _one_fragment(data: bytes, pixel_at: int) -> tuple[int, int]:
+    """Start and end in ``data`` of the one fragment of encapsulated (explicit VR little endian) pixel data.
+
+    pydicom's ``parse_basic_offsets`` and ``parse_fragments`` walk the items; ValueError for anything else.
+    """
+    from pydicom.encaps import parse_basic_offsets, parse_fragments
+
+    if data[pixel_at : pixel_at + 4] != b"\xe0\x7f\x10\x00" or data[pixel_at + 4 : pixel_at + 6] not in (b"OB", b"OW") \
+            or data[pixel_at + 8 : pixel_at + 12] != b"\xff\xff\xff\xff":
+        raise ValueError("not encapsulated PixelData")
+    source = io.BytesIO(data)
+    source.seek(pixel_at + 12)
+    parse_basic_offsets(source)
+    count, items = parse_fragments(source)
+    if count != 1:
+        raise ValueError(f"{count} fragments")
+    length = struct.unpack("<L", data[items[0] + 4 : items[0] + 8])[0]
+    start, end = items[0] + 8, items[0] + 8 + length
+    if end > len(data) or length < 64:
+        raise ValueError("truncated fragment")
+    return start, end
 
 
 def _pixel_array(dataset) -> np.ndarray:
@@ -237,8 +390,8 @@ def _check_compressed_size(dataset, rows: int, columns: int) -> None:
     30000x30000 made OpenJPEG take 1.9 GB here.
     """
     try:
-        if not dataset.file_meta.TransferSyntaxUID.is_compressed:
-            return
+        if not dataset.file_meta.TransferSyntaxUID.is_compressed or dataset.file_meta.TransferSyntaxUID == RLE_LOSSLESS:
+            return  # RLE has no codestream header: its bytes may hold a JPEG marker by chance
         head = bytes(dataset.PixelData[:65536])
     except Exception:  # no or unknown transfer syntax, damaged element: pixel_array reports it next
         return

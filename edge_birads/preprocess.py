@@ -124,7 +124,12 @@ def prepare(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         top, bottom, left, right = breast_bounding_box(image, low, high)
         image = image[top:bottom, left:right]
     interpolation = INTERPOLATIONS[spec.interpolation]
-    resized = cv2.resize(image, (spec.width, spec.height), interpolation=interpolation).astype(np.float32)
+    return finish(cv2.resize(image, (spec.width, spec.height), interpolation=interpolation), low, high, spec)
+
+
+def finish(resized: np.ndarray, low: float, high: float, spec: PreprocessSpec) -> np.ndarray:
+    """The rest of ``prepare`` once the image is at the model's size: ``low..high`` onto [0, 1], CLAHE, (H, W, 1)."""
+    resized = resized.astype(np.float32)
     span = high - low
     if span > 0:
         unit = (resized - np.float32(low)) * np.float32(1.0 / span)
@@ -134,3 +139,33 @@ def prepare(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     if spec.clahe_clip_limit:
         unit = apply_clahe(unit, spec.clahe_clip_limit, spec.clahe_tile_grid)
     return unit.reshape(spec.height, spec.width, 1)
+
+
+def area_rows(image: np.ndarray, height: int) -> np.ndarray:
+    """The rows of an integer image averaged by area onto ``height`` rows (float64), ``height`` <= its rows.
+
+    What ``cv2.INTER_AREA`` computes when it shrinks (each output row is the mean of the input rows it
+    covers, the two rows a boundary cuts weighted by the part inside), without its rounding to the input's
+    type: so it is linear, and an image split into byte planes can be shrunk plane by plane. Whole rows are
+    summed as integers, block by block; ``area_rows(area_rows(x, h).T, w).T`` is the area resize to h x w.
+    """
+    source = image.shape[0]
+    if not 0 < height <= source:
+        raise ValueError(f"area_rows shrinks {source} rows, not to {height}")
+    edges = np.arange(height + 1, dtype=np.float64) * (source / height)
+    edges[-1] = source
+    first = np.floor(edges).astype(np.intp)
+    part = edges - first  # of row first[i] that lies above boundary i
+    accumulator = np.uint32 if image.dtype.kind in "ub" and image.dtype.itemsize <= 2 else np.float64
+    sums = np.empty((height,) + image.shape[1:], accumulator)
+    for row in range(height):  # one block of ~source/height whole rows per output row: at most 65536 rows of 16 bits fit
+        np.sum(image[first[row] : first[row + 1]], axis=0, dtype=accumulator, out=sums[row])
+    out = sums.astype(np.float64)
+    del sums
+    for row in range(1, height):  # the row cut by boundary ``row`` was summed into the block below it
+        if part[row] > 0:
+            above = image[first[row]] * part[row]
+            out[row - 1] += above
+            out[row] -= above
+    out *= height / source
+    return out

@@ -10,6 +10,7 @@ CBIS-DDSM DICOMs and on pydicom-written files with each display-pipeline element
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ import pytest
 
 from edge_birads import dicom
 from edge_birads.classifier import Classifier
-from edge_birads.decode import read_file
+from edge_birads.decode import DEFAULT_LIMITS, model_input, read_file
+from edge_birads.errors import InputError
 from edge_birads.interpreter import quantize, tensor_quantization
 from edge_birads.preprocess import PreprocessSpec, prepare
 
@@ -88,9 +90,11 @@ def test_the_fast_rle_decoder_is_used_and_gives_pydicoms_integers(cbis_dicoms, m
     used = []
     real = plugin._decode_frame
     monkeypatch.setattr(plugin, "_decode_frame", lambda src, runner: used.append(1) or real(src, runner))
-    # The decoder plugin registry keeps its own reference: patch what it calls through.
+    # The decoder plugin registry keeps its own reference: patch what it calls through, in a copy of the
+    # registry (deleting and restoring an entry would move pylibjpeg after pydicom for the tests that follow).
     from pydicom.pixels.decoders import RLELosslessDecoder
 
+    monkeypatch.setattr(RLELosslessDecoder, "_available", dict(RLELosslessDecoder._available))
     monkeypatch.setitem(RLELosslessDecoder._available, "pylibjpeg", plugin._decode_frame)
     fast = read_file(cbis_dicoms[0], for_model=True)
     assert used, "the RLE DICOM was not decoded by pylibjpeg-rle"
@@ -197,3 +201,217 @@ def test_full_resolution_display_values_are_pydicoms(cbis_dicoms, tmp_path):
     expected = np.asarray(apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds), np.float32)
     np.testing.assert_array_equal(read_file(path), expected)
     np.testing.assert_array_equal(read_file(cbis_dicoms[0]), pydicom.dcmread(cbis_dicoms[0]).pixel_array.astype(np.float32))
+
+
+# The byte-plane path (issue 16, part 1): classify reads an RLE DICOM without its full-size image
+# (dicom.model_input); every other file takes the path above, unchanged.
+
+
+def plane_path_calls(monkeypatch) -> list[bool]:
+    """True for each call of the byte-plane path that gave the model input, False when it left the file to pydicom."""
+    calls = []
+    real = dicom._rle_model_input
+
+    def spy(*args):
+        tensor = real(*args)
+        calls.append(tensor is not None)
+        return tensor
+
+    monkeypatch.setattr(dicom, "_rle_model_input", spy)
+    return calls
+
+
+def model_input_of(path: Path, spec: PreprocessSpec) -> np.ndarray:
+    """What Classifier.classify_file gives the model (no lesion map)."""
+    return model_input(path.read_bytes(), spec, suffix=path.suffix, limits=DEFAULT_LIMITS)
+
+
+def write_rle(path: Path, stored: np.ndarray, **kwargs) -> Path:
+    """write_dicom, then RLE Lossless by pydicom's own encoder (segments: high byte first)."""
+    from pydicom.uid import RLELossless
+
+    write_dicom(path, stored, **kwargs)
+    ds = pydicom.dcmread(path)
+    ds.compress(RLELossless, encoding_plugin="pydicom")
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_real_cbis_dicoms_through_the_byte_planes(cbis_dicoms, classifier, monkeypatch):
+    used = plane_path_calls(monkeypatch)
+    spec = classifier.card.preprocessing
+    for path in cbis_dicoms:
+        fast = model_input_of(path, spec)
+        # pydicom's decode of the whole image, then prepare (cv2's area resize): the same picture to float rounding.
+        full = prepare(read_file(path, for_model=True), spec)
+        assert fast.shape == full.shape and fast.dtype == np.float32
+        assert float(np.abs(fast - full).max()) <= 0.01 / 255, path.name
+        assert_same_picture(classifier, path, spec)  # and against the pre-issue-16 path
+    assert used == [True] * len(cbis_dicoms), "the real RLE DICOMs did not take the byte-plane path"
+    used.clear()
+    assert classifier.classify_file(cbis_dicoms[0]).error is None
+    assert used == [True], "classify does not read an RLE DICOM through the byte planes"
+
+
+RLE_CASES = {
+    "16-bit": {},
+    "16-bit monochrome1": {"photometric": "MONOCHROME1"},
+    "16-bit, 16 bits stored": {"bits_stored": 16, "top": 60000},
+    "8-bit": {"eight": True},
+    "8-bit monochrome1": {"eight": True, "photometric": "MONOCHROME1"},
+}
+
+
+@pytest.mark.parametrize("case", list(RLE_CASES))
+def test_pydicom_encoded_rle_through_the_byte_planes(case, classifier, monkeypatch, tmp_path):
+    elements = dict(RLE_CASES[case])
+    eight, top = elements.pop("eight", False), elements.pop("top", 4095)
+    stored = ramp_with_texture(rows=901, columns=703, top=top)  # odd sizes: boundaries cut rows and columns
+    if eight:
+        stored = (stored >> 4).astype(np.uint8)
+        elements["bits_stored"] = 8
+    path = write_rle(tmp_path / "rle.dcm", stored, **elements)
+    used = plane_path_calls(monkeypatch)
+    spec = classifier.card.preprocessing
+    fast = model_input_of(path, spec)
+    assert used == [True]
+    np.testing.assert_allclose(fast, prepare(read_file(path, for_model=True), spec), rtol=0, atol=0.01 / 255)
+    assert_same_picture(classifier, path, spec)
+
+
+FALLBACKS = {
+    "no pylibjpeg-rle": ({}, PreprocessSpec()),
+    "a window": ({"WindowCenter": 1800, "WindowWidth": 1000}, PreprocessSpec()),
+    "rescaled": ({"RescaleSlope": 2, "RescaleIntercept": -1000}, PreprocessSpec()),
+    "signed": ({"signed": True}, PreprocessSpec()),
+    "cropped to the breast": ({}, CROPPED),
+    "linear resize": ({}, PreprocessSpec(interpolation="linear")),
+    "uncompressed": ({"uncompressed": True}, PreprocessSpec()),
+    "smaller than the model input": ({"small": True}, PreprocessSpec()),
+}
+
+
+@pytest.mark.parametrize("case", list(FALLBACKS))
+def test_other_dicoms_take_pydicoms_path_unchanged(case, monkeypatch, tmp_path):
+    elements, spec = dict(FALLBACKS[case][0]), FALLBACKS[case][1]
+    signed, uncompressed, small = (elements.pop(key, False) for key in ("signed", "uncompressed", "small"))
+    stored = ramp_with_texture(rows=150 if small else 900, columns=120 if small else 700, signed=signed)
+    path = (write_dicom if uncompressed else write_rle)(tmp_path / "other.dcm", stored, **elements)
+    if case == "no pylibjpeg-rle":
+        monkeypatch.setitem(sys.modules, "rle.rle", None)  # import rle.rle fails, as without the package
+    used = plane_path_calls(monkeypatch)
+    np.testing.assert_array_equal(model_input_of(path, spec), prepare(read_file(path, for_model=True), spec))
+    assert used == [False]
+
+
+def rle_header_at(data: bytes) -> int:
+    """Offset of the real DICOM's RLE header (2 segments, the first at 64) after its pixel data element."""
+    at = data.find(b"\x02\x00\x00\x00\x40\x00\x00\x00", data.find(b"\xe0\x7f\x10\x00"))
+    assert at > 0
+    return at
+
+
+def damaged(data: bytes, how: str) -> bytes:
+    header = rle_header_at(data)
+    second = header + int.from_bytes(data[header + 8 : header + 12], "little")
+    if how == "truncated":
+        return data[: (header + len(data)) // 2]
+    if how == "segment offset past the end":
+        return data[: header + 8] + (len(data) * 2).to_bytes(4, "little") + data[header + 12 :]
+    if how == "a third segment offset":  # the count field still says 2 segments
+        return data[: header + 12] + (second - header + 1000).to_bytes(4, "little") + data[header + 16 :]
+    if how == "runs that decode to too many bytes":  # replicate runs of 128 bytes replace literal data
+        return data[:second + 1000] + b"\x81\x00" * 50_000 + data[second + 101_000 :]
+    if how == "runs that decode to too few bytes":
+        return data[:second + 1000] + b"\x80" * 100_000 + data[second + 101_000 :]
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["truncated", "segment offset past the end", "runs that decode to too many bytes",
+                                 "runs that decode to too few bytes"])
+def test_damaged_rle_is_one_input_error(how, cbis_dicoms, classifier, monkeypatch, tmp_path):
+    path = tmp_path / "damaged.dcm"
+    path.write_bytes(damaged(cbis_dicoms[0].read_bytes(), how))
+    used = plane_path_calls(monkeypatch)
+    result = classifier.classify_file(path)
+    assert used == [False], "the byte-plane path read damaged data"
+    assert result.prediction is None and result.error, result
+    assert "\n" not in result.error and "Traceback" not in result.error
+    assert result.error.startswith(str(path)) or "DICOM" in result.error, result.error
+
+
+def test_a_header_naming_other_segments_is_left_to_pydicom(cbis_dicoms, classifier, monkeypatch, tmp_path):
+    """pylibjpeg-rle counts the non-zero segment offsets, pydicom reads the count field: with a stray third
+    offset they disagree, so the byte-plane path stays out and pydicom decodes the file as before."""
+    path = tmp_path / "stray.dcm"
+    path.write_bytes(damaged(cbis_dicoms[0].read_bytes(), "a third segment offset"))
+    used = plane_path_calls(monkeypatch)
+    spec = classifier.card.preprocessing
+    np.testing.assert_array_equal(model_input_of(path, spec), prepare(read_file(path, for_model=True), spec))
+    assert used == [False]
+
+
+def test_a_third_decodable_segment_is_left_to_pydicom(classifier, monkeypatch, tmp_path):
+    """A 16-bit RLE frame with a third valid segment after the two its count field names: the byte-plane path
+    must not read three planes as something else; pydicom's path decides (pylibjpeg-rle, pydicom's first
+    choice, refuses it; pydicom's own decoder would read the two segments the count field names)."""
+    path = write_rle(tmp_path / "three.dcm", ramp_with_texture(rows=300, columns=260))
+    data = path.read_bytes()
+    header = rle_header_at(data)
+    length = int.from_bytes(data[header - 4 : header], "little")
+    second = int.from_bytes(data[header + 8 : header + 12], "little")
+    assert data[header + length : header + length + 4] == b"\xfe\xff\xdd\xe0"  # the sequence delimiter follows
+    extra = data[header + second : header + length]  # the low-byte segment again
+    frame = data[header : header + 12] + length.to_bytes(4, "little") + data[header + 16 : header + length] + extra
+    path.write_bytes(data[: header - 4] + len(frame).to_bytes(4, "little") + frame + data[header + length :])
+    used = plane_path_calls(monkeypatch)
+    spec = classifier.card.preprocessing
+    fast, full = outcome(lambda: model_input_of(path, spec)), outcome(lambda: prepare(read_file(path, for_model=True), spec))
+    assert used == [False]
+    if isinstance(full, str):
+        assert fast == full
+    else:
+        np.testing.assert_array_equal(fast, full)
+
+
+def outcome(read):
+    """What ``read()`` returns, or the reason of the InputError it raises."""
+    try:
+        return read()
+    except InputError as exc:
+        return exc.reason
+
+
+@pytest.mark.parametrize("bits_stored", [0, 17])
+def test_a_header_pydicom_refuses_is_refused(bits_stored, cbis_dicoms, classifier, monkeypatch, tmp_path):
+    """Bits Stored outside 1..Bits Allocated: pydicom will not decode it, so neither does the byte-plane path."""
+    ds = pydicom.dcmread(cbis_dicoms[0])
+    ds.BitsStored, ds.HighBit = bits_stored, max(bits_stored - 1, 0)
+    ds.save_as(path := tmp_path / "bits.dcm")
+    used = plane_path_calls(monkeypatch)
+    with pytest.raises(InputError, match="Bits Stored"):
+        model_input_of(path, classifier.card.preprocessing)
+    assert used == [False]
+
+
+IMPORTS = """
+import importlib.util, sys
+from edge_birads.classifier import Classifier
+result = Classifier().classify_file(sys.argv[1])
+assert result.error is None, result.error
+print(" ".join(sorted(name for name in ("pydicom", "requests", "tqdm") if name in sys.modules)))
+if importlib.util.find_spec("requests"):
+    import requests  # hidden only while pydicom loaded
+"""
+
+
+def test_a_png_never_loads_pydicom_and_a_dicom_not_its_downloader(cbis_dicoms, example_pngs):
+    import subprocess
+
+    def loaded(path: Path) -> str:
+        out = subprocess.run([sys.executable, "-c", IMPORTS, str(path)], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip()
+
+    assert loaded(example_pngs[0]) == ""
+    assert loaded(cbis_dicoms[0]) == "pydicom"
