@@ -156,15 +156,23 @@ def classify(
 
 @contextmanager
 def interrupts_deferred():
-    """Hold SIGINT (POSIX, main thread) for the duration; a Ctrl-C pressed meanwhile arrives when it ends."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    """Hold Ctrl-C for the duration: one pressed meanwhile is handled (KeyboardInterrupt) when the block ends.
+
+    A Python-level handler, not a signal mask: the kernel may hand SIGINT to any thread (a worker pool's own), and
+    Python then raises in the main thread at its next step whatever the main thread's mask says. Handlers always
+    run in the main thread, so this holds wherever the signal lands.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    pressed = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.signal(signal.SIGINT, previous)
+    if pressed and callable(previous):
+        previous(signal.SIGINT, None)  # Python's own handler raises KeyboardInterrupt
 
 
 def write_breasts(breasts, fmt: str) -> None:
