@@ -712,7 +712,7 @@ ROWS: dict[str, tuple[dict, str]] = {
     ),
     "mnv2-384-whole-lrinit": (
         {**_WHOLE_LRINIT, "height": 384, "width": 384, "int8_activations": "dynamic"},
-        "as mnv2-512-whole-lrinit-dyn at 384x384 (about half the inference), trained at that size",
+        "as mnv2-512-whole-lrinit-dyn at 384x384 (0.56x the pixels), trained at that size",
     ),
     "lite0-512-plain": (
         {"epochs": 16, "class_balance": False, "select_on": "weighted", "weights": "efficientnet_lite0_imagenet", "last_block": 10,
