@@ -77,7 +77,8 @@ def reconvert_row(source: Path, out: Path, flip: bool = False, activations: str 
         seed = cfg.seed + fold
         model = fold_model(cfg, source, fold)
         graph = with_flip_tta(model) if flip else model
-        runner = TfliteModel(to_tflite_int8(graph, representative(pool, train_idx, seed), cfg.int8_activations))
+        images = representative(pool, train_idx, seed) if cfg.int8_activations == "calibrated" else None
+        runner = TfliteModel(to_tflite_int8(graph, images, cfg.int8_activations))
         predictors = {"": lambda x: keras_predict(graph, x, batch_size=8), "_int8": runner.predict}
         score_fold(pool, fold, val_idx, test_idx, predictors, folds.referral_sensitivity, out, print)
         history = json.loads((source / f"fold{fold}_history.json").read_text())

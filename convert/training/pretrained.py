@@ -540,7 +540,7 @@ def export_fold(
     train_idx, val_idx, test_idx = fold_split(pool, folds, fold)
     seed = cfg.seed + fold
     model = fold_model(cfg, run_dir, fold)
-    calibration = representative(pool, train_idx, seed)
+    calibration = representative(pool, train_idx, seed) if cfg.int8_activations == "calibrated" else None  # dynamic: none
     shipped = with_lesion_map(model)
     flatbuffer = to_tflite_int8(shipped, calibration, cfg.int8_activations)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -613,7 +613,7 @@ def export_fold(
         },
         parity=gate.to_dict(),
         conversion={"int8_activations": cfg.int8_activations,
-                    "n_representative": int(len(calibration)) if cfg.int8_activations == "calibrated" else 0, "op_versions": op_versions(flatbuffer),
+                    "n_representative": 0 if calibration is None else int(len(calibration)), "op_versions": op_versions(flatbuffer),
                     "tflite_runtime_2_14_problems": tflite_214_problems(op_versions(flatbuffer)), "batch_size_fixed": 1},
         versions=versions(),
         intended_use=DISCLAIMER + " " + source.note,

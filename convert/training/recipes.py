@@ -108,7 +108,9 @@ class KerasRecipe:
         fitted = self.fit(cfg, pool, train_idx, val_idx, seed, log, out_dir / f"fold{fold}")
         trained = time.perf_counter() - started
         learnt = train_idx if fitted.train_idx is None else fitted.train_idx
-        int8 = to_tflite_int8(fitted.model, self.calibration(pool, learnt, seed), self.int8_activations(cfg))
+        activations = self.int8_activations(cfg)
+        images = self.calibration(pool, learnt, seed) if activations == "calibrated" else None  # dynamic ranges need none
+        int8 = to_tflite_int8(fitted.model, images, activations)
         (out_dir / f"fold{fold}_int8.tflite").write_bytes(int8)
         predictors = {"": lambda x: self.predict(cfg, fitted.model, x), "_int8": TfliteModel(int8).predict}
         score_fold(pool, fold, val_idx, test_idx, predictors, protocol.referral_sensitivity, out_dir, log)
