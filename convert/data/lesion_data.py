@@ -54,6 +54,9 @@ class AnnotatedImage:
     unlocated_finding: bool = False
     # MIAS abnormality class (CIRC, SPIC, MISC, ARCH, ASYM, CALC, NORM); CBIS: "MASS".
     finding: str = ""
+    # The mass descriptors annotated for the image (BI-RADS lexicon words, see descriptors_of); None where unknown.
+    margins: tuple[str, ...] | None = None
+    shapes: tuple[str, ...] | None = None
 
 
 def lesions_of(record: Record) -> tuple[tuple[Lesion, ...], bool]:
@@ -77,10 +80,51 @@ def lesions_of(record: Record) -> tuple[tuple[Lesion, ...], bool]:
     return tuple(Lesion(row=b.y + b.h / 2.0, col=b.x + b.w / 2.0, half_height=b.h / 2.0, half_width=b.w / 2.0, malignant=malignant) for b in record.boxes), False
 
 
+# The descriptors an auxiliary target can ask for: BI-RADS mass margins and shapes as CBIS-DDSM annotates them.
+MARGINS = ("CIRCUMSCRIBED", "OBSCURED", "MICROLOBULATED", "ILL_DEFINED", "SPICULATED")
+SHAPES = ("ROUND", "OVAL", "LOBULATED", "IRREGULAR", "ARCHITECTURAL_DISTORTION")
+# What a MIAS abnormality class says about them: (margins, shapes), None where it says nothing. A normal image has
+# no mass (no margin, no shape); calcifications and asymmetries say nothing about either.
+MIAS_DESCRIPTORS = {
+    "NORM": ((), ()),
+    "CIRC": (("CIRCUMSCRIBED",), None),
+    "SPIC": (("SPICULATED",), None),
+    "MISC": (("ILL_DEFINED",), None),
+    "ARCH": (None, ("ARCHITECTURAL_DISTORTION",)),
+}
+
+
+def descriptors_of(record: Record) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+    """(margins, shapes) annotated for a record; None for a group its annotation does not give.
+
+    CBIS-DDSM joins an image's words with "-" (``IRREGULAR-ARCHITECTURAL_DISTORTION``) and writes NA when absent;
+    a MIAS abnormality class maps through ``MIAS_DESCRIPTORS``.
+    """
+    if record.source == SOURCE_MIAS:
+        return MIAS_DESCRIPTORS.get((record.extra.get("abnormality") or "").strip().upper(), (None, None))
+
+    def words(text) -> tuple[str, ...] | None:
+        text = (text or "").strip().upper()
+        return None if text in ("", "NA") else tuple(text.split("-"))
+
+    return words(record.extra.get("mass_margins")), words(record.extra.get("mass_shape"))
+
+
+def descriptor_targets(items: list[AnnotatedImage]) -> np.ndarray:
+    """(N, len(MARGINS) + len(SHAPES)) float32: 1 where an image has the word, 0 where it has not, -1 where unknown."""
+    out = np.full((len(items), len(MARGINS) + len(SHAPES)), -1.0, np.float32)
+    for row, item in enumerate(items):
+        for start, vocabulary, present in ((0, MARGINS, item.margins), (len(MARGINS), SHAPES, item.shapes)):
+            if present is not None:
+                out[row, start : start + len(vocabulary)] = [word in present for word in vocabulary]
+    return out
+
+
 def annotated(record: Record) -> AnnotatedImage:
     """The lesion work's view of a ``convert.data.sources`` record (mini-MIAS or CBIS-DDSM masses)."""
     lesions, unlocated = lesions_of(record)
     finding = (record.extra.get("abnormality") or "") if record.source == SOURCE_MIAS else "MASS"
+    margins, shapes = descriptors_of(record)
     return AnnotatedImage(
         path=Path(record.path),
         patient_id=record.patient_id,
@@ -89,6 +133,8 @@ def annotated(record: Record) -> AnnotatedImage:
         lesions=lesions,
         unlocated_finding=unlocated,
         finding=finding,
+        margins=margins,
+        shapes=shapes,
     )
 
 

@@ -258,6 +258,7 @@ def load_cbis_masses(root: str | Path | None = None) -> list[Record]:
                         "n_masses": int(row["n_masses"]),
                         "breast_density": row.get("breast_density"),
                         "subtlety": row.get("subtlety"),
+                        "mass_shape": row.get("mass_shape"),
                         "mass_margins": row.get("mass_margins"),
                     },
                 )

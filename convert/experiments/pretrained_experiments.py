@@ -32,6 +32,7 @@ from convert.training.paper_cv import fold_images, representative, score_fold
 from convert.training.pretrained import (
     PretrainedConfig,
     build_model,
+    classifier,
     fit_logistic,
     fold_model,
     from_sources,
@@ -191,7 +192,7 @@ def int8_layers_row(source: Path, out: Path, fold: int = 0, n_images: int = 32) 
     seed = cfg.seed + fold
     trained = fold_model(cfg, source, fold)
     result = []
-    for label, model in (("fine-tuned", trained), ("imagenet", build_model(cfg, pretrained=True))):
+    for label, model in (("fine-tuned", trained), ("imagenet", classifier(build_model(cfg, pretrained=True)))):
         for row in int8_layer_errors(model, pool, train_idx, test_idx[:n_images], seed):
             result.append({"model": label, **row})
             print(json.dumps(result[-1]), flush=True)

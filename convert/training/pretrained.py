@@ -36,7 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from convert.data.lesion_data import PreparedPool, load_pool
+from convert.data.lesion_data import MARGINS, SHAPES, PreparedPool, descriptor_targets, load_pool
 from convert.data.split import FoldProtocol
 from convert.evaluation.metrics import roc_auc, threshold_for_sensitivity
 from convert.training.paper_cv import fold_images
@@ -93,6 +93,10 @@ class PretrainedConfig:
     shift_fraction: float = 0.05
     gamma_range: float = 1.25
     contrast_range: float = 0.15
+    # An auxiliary target: with a weight > 0 a second sigmoid head on the same pooled features learns the annotated mass
+    # margins and shapes (convert.data.lesion_data.descriptor_targets; unknown ones masked), its loss times this weight
+    # added to the classifier's. Training only: the fold's model, its int8 file and the runtime keep the classifier.
+    descriptor_weight: float = 0.0
     # How the int8 model's activations are quantized (convert.evaluation.export.INT8_ACTIVATIONS): "calibrated" ranges
     # (full-integer) or "dynamic" ones, computed per image at run time (int8 weights, float input and output).
     int8_activations: str = "calibrated"
@@ -123,7 +127,31 @@ def build_model(cfg: PretrainedConfig, pretrained: bool = True):
         pooled = layers.BatchNormalization(epsilon=0.0, trainable=False, name=STANDARDISE)(pooled)
     x = layers.Dropout(cfg.dropout, seed=cfg.seed, name="head_dropout")(pooled)
     out = layers.Dense(3, activation="softmax", name="head")(x)
+    if cfg.descriptor_weight > 0:
+        descriptors = layers.Dense(len(MARGINS) + len(SHAPES), activation="sigmoid", name=DESCRIPTORS)(x)
+        return keras.Model(trunk.input, [out, descriptors], name="mnv2_birads_descriptors")
     return keras.Model(trunk.input, out, name="mnv2_birads")
+
+
+DESCRIPTORS = "descriptors"
+
+
+def classifier(model):
+    """The 3-way classifier of a network trained with the descriptor head (the same layers, one output); else ``model``."""
+    import keras
+
+    if len(model.outputs) == 1:
+        return model
+    return keras.Model(model.input, model.get_layer("head").output, name="mnv2_birads")
+
+
+def masked_binary_crossentropy(y_true, y_pred):
+    """Per image: the mean binary cross-entropy over its known targets (-1: unknown, ignored); 0 when none is known."""
+    from keras import ops
+
+    known = ops.cast(y_true >= 0, y_pred.dtype)
+    each = ops.binary_crossentropy(ops.maximum(y_true, 0.0), y_pred)
+    return ops.sum(each * known, axis=-1) / ops.maximum(ops.sum(known, axis=-1), 1.0)
 
 
 def run_config(run: Path) -> PretrainedConfig:
@@ -136,7 +164,7 @@ def fold_model(cfg: PretrainedConfig, run: Path, fold: int):
     setup_tensorflow(cfg.seed + fold, cfg.threads)
     model = build_model(cfg, pretrained=False)
     model.load_weights(str(Path(run) / f"fold{fold}.weights.h5"))
-    return model
+    return classifier(model)
 
 
 STANDARDISE = "pooled_standardise"
@@ -206,15 +234,16 @@ def class_weights(labels: np.ndarray, balance: bool) -> np.ndarray:
 
 
 def batches(pool: PreparedPool, indices: np.ndarray, cfg: PretrainedConfig, rng: np.random.Generator):
-    """One epoch of (images, labels, sample weights) batches in a fresh random order."""
+    """One epoch of (images, labels, sample weights, descriptor targets) batches in a fresh random order."""
     labels = np.array([pool.items[i].label for i in indices])
     weights = class_weights(labels, cfg.class_balance)
+    descriptors = descriptor_targets([pool.items[i] for i in indices])
     order = rng.permutation(indices.size)
     for start in range(0, order.size, cfg.batch_size):
         chosen = order[start : start + cfg.batch_size]
         x = np.stack([augment(pool.images[indices[i]], cfg, rng) for i in chosen])[..., None]
         y = labels[chosen]
-        yield x, y, weights[y].astype(np.float32)
+        yield x, y, weights[y].astype(np.float32), descriptors[chosen]
 
 
 def validation_aucs(probs: np.ndarray, pool: PreparedPool, indices: np.ndarray) -> dict:
@@ -367,10 +396,12 @@ def fit(
 
     rng = np.random.default_rng(cfg.seed)
     x_val = fold_images(pool, val_idx)
+    scores = classifier(model)  # the same layers: validation reads the classifier alone
+    two = len(model.outputs) == 2  # with the descriptor head
     history, best, best_weights = [], -np.inf, None
     if cfg.head_init != "random" and cfg.start_is_candidate:
         # The warm start is a candidate too: fine-tuning is kept only where validation says it beat its starting point.
-        aucs = validation_aucs(model.predict(x_val, batch_size=16, verbose=0), pool, val_idx)
+        aucs = validation_aucs(scores.predict(x_val, batch_size=16, verbose=0), pool, val_idx)
         history.append({"epoch": 0, "phase": "start", "val_auc": aucs, "best": True})
         log(json.dumps(history[-1]))
         best, best_weights = aucs[cfg.select_on], model.get_weights()
@@ -381,18 +412,29 @@ def fit(
             phase = wanted
             set_trainable(model, phase, cfg.unfreeze_from, cfg.weights)
             lr = cfg.head_lr if phase == "frozen" else cfg.finetune_lr
-            model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", weighted_metrics=[])
+            if two:
+                model.compile(optimizer=keras.optimizers.Adam(lr), loss=["sparse_categorical_crossentropy", masked_binary_crossentropy],
+                              loss_weights=[1.0, cfg.descriptor_weight], weighted_metrics=[])
+            else:
+                model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", weighted_metrics=[])
         started = time.perf_counter()
-        losses = []
-        for step, (x, y, w) in enumerate(batches(pool, train_idx, cfg, rng)):
+        losses, descriptor_losses = [], []
+        for step, (x, y, w, d) in enumerate(batches(pool, train_idx, cfg, rng)):
             if max_batches is not None and step >= max_batches:
                 break
-            losses.append(float(model.train_on_batch(x, y, sample_weight=w)))
+            if two:  # [total, classifier, descriptors]
+                total, _, descriptor = model.train_on_batch(x, [y, d], sample_weight=[w, np.ones_like(w)])
+                losses.append(float(total))
+                descriptor_losses.append(float(descriptor))
+            else:
+                losses.append(float(model.train_on_batch(x, y, sample_weight=w)))
         train_s = time.perf_counter() - started
-        probs = model.predict(x_val, batch_size=16, verbose=0)
+        probs = scores.predict(x_val, batch_size=16, verbose=0)
         aucs = validation_aucs(probs, pool, val_idx)
         entry = {"epoch": epoch, "phase": phase, "loss": float(np.mean(losses)), "val_auc": aucs,
                  "train_seconds": round(train_s, 1), "val_seconds": round(time.perf_counter() - started - train_s, 1)}
+        if two:
+            entry["descriptor_loss"] = float(np.mean(descriptor_losses))
         history.append(entry)
         log(json.dumps(entry))
         if aucs[cfg.select_on] > best:
@@ -454,7 +496,7 @@ class PretrainedRecipe(KerasRecipe):
             log(f"{prefix.name}: head warm-started from the frozen-feature logistic regression (C {c})")
         run = fit(model, pool, learnt, val_idx, fold_cfg, log, last_weights=prefix.with_name(prefix.name + ".last.weights.h5"))
         model.save_weights(str(prefix.with_name(prefix.name + ".weights.h5")))
-        return Fitted(model, run, train_idx=learnt)
+        return Fitted(classifier(model), run, train_idx=learnt)
 
 
 RECIPE = PretrainedRecipe()
@@ -713,6 +755,13 @@ ROWS: dict[str, tuple[dict, str]] = {
     "mnv2-384-whole-lrinit": (
         {**_WHOLE_LRINIT, "height": 384, "width": 384, "int8_activations": "dynamic"},
         "as mnv2-512-whole-lrinit-dyn at 384x384 (0.56x the pixels), trained at that size",
+    ),
+    "mnv2-384-whole-lrinit-descriptors": (
+        {**_WHOLE_LRINIT, "height": 384, "width": 384, "int8_activations": "dynamic", "descriptor_weight": 0.5},
+        "as mnv2-384-whole-lrinit with an auxiliary target (training only; the fold's graph and int8 file are the classifier "
+        "alone): a second sigmoid head on the same pooled features learns the annotated mass margins (5 words) and shapes "
+        "(5) of CBIS-DDSM, and what a MIAS abnormality class says of them (CIRC, SPIC, MISC, ARCH; normals: none), unknown "
+        "ones masked, loss weight 0.5",
     ),
     "lite0-512-plain": (
         {"epochs": 16, "class_balance": False, "select_on": "weighted", "weights": "efficientnet_lite0_imagenet", "last_block": 10,
