@@ -59,18 +59,49 @@ class Classifier:
         model_path: str | Path | None = None,
         threads: int = 1,
         limits: DecodeLimits = DEFAULT_LIMITS,
+        load_interpreter: bool = True,
     ) -> None:
+        """The card is read and checked against the model file (sha256) here. The interpreter is created here too,
+        or with ``load_interpreter=False`` at the first prediction (``load``), once the first image is decoded and
+        its decoder's buffers are freed: a one-file run then peaks at the larger of the two, not at their sum.
+        """
         self.model_path = Path(model_path) if model_path is not None else default_model_path()
         self.card = load_card(self.model_path)
         self.limits = limits
         self.threads = threads
-        self.interpreter, self.runtime = make_interpreter(str(self.model_path), threads)
-        self._tensors = model_tensors(self.interpreter, len(self.card.labels))
-        spec = self.card.preprocessing
-        expected = (1, spec.height, spec.width, 1)
-        shape_in = tuple(int(d) for d in self._tensors.input["shape"])
-        if shape_in != expected:  # plain ints: numpy 2 would print np.int32(1)
-            raise ModelError(f"model input shape {shape_in} does not match its card {expected}")
+        self._loaded: tuple | None = None
+        if load_interpreter:
+            self.load()
+
+    def load(self) -> tuple:
+        """(interpreter, runtime name, tensors), created once; ModelError when the model cannot run as its card says."""
+        if self._loaded is None:
+            interpreter, runtime = make_interpreter(str(self.model_path), self.threads)
+            tensors = model_tensors(interpreter, len(self.card.labels))
+            spec = self.card.preprocessing
+            expected = (1, spec.height, spec.width, 1)
+            shape_in = tuple(int(d) for d in tensors.input["shape"])
+            if shape_in != expected:  # plain ints: numpy 2 would print np.int32(1)
+                raise ModelError(f"model input shape {shape_in} does not match its card {expected}")
+            self._loaded = (interpreter, runtime, tensors)
+        return self._loaded
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the interpreter exists yet."""
+        return self._loaded is not None
+
+    @property
+    def interpreter(self):
+        return self.load()[0]
+
+    @property
+    def runtime(self) -> str:
+        return self.load()[1]
+
+    @property
+    def _tensors(self):
+        return self.load()[2]
 
     @property
     def has_lesion_map(self) -> bool:
@@ -116,11 +147,18 @@ class Classifier:
             data = read_input(path, self.limits)
         except InputError as exc:
             return self.failure(printable_name(path), exc.reason), None
-        return self._classify(data, path, want_map)
+        prepared = self._prepare(data, path, want_map)
+        del data  # the file's bytes are gone before inference (and before a deferred interpreter is created)
+        return self._infer(prepared)
 
     def _classify(self, data: bytes, name: str | Path, want_map: bool) -> tuple[Result, LesionMap | None]:
-        """Decoding and preprocessing run under the per-file time limit (see deadline.py); inference has a
-        fixed cost and runs outside it."""
+        return self._infer(self._prepare(data, name, want_map))
+
+    def _prepare(self, data: bytes, name: str | Path, want_map: bool) -> Result | tuple:
+        """(name shown, decode seconds, model tensor, full-size image or None, crop box or None), or the file's failure.
+
+        Decoding and preprocessing run under the per-file time limit (see deadline.py); inference has a fixed
+        cost and runs outside it."""
         shown = printable_name(name)
         started = time.perf_counter()
         spec = self.card.preprocessing
@@ -133,11 +171,21 @@ class Classifier:
                     image, box = None, None
                     tensor = model_input(data, spec, suffix=Path(name).suffix.lower(), limits=self.limits)
         except InputError as exc:
-            return self.failure(shown, exc.reason), None
+            return self.failure(shown, exc.reason)
         except MemoryError:  # the size limits should prevent this; if not, it is this file's failure
-            return self.failure(shown, "out of memory while decoding (lower --max-pixels)"), None
-        probabilities, values = self.predict_with_map(tensor) if want_map else (self.predict(tensor), None)
+            return self.failure(shown, "out of memory while decoding (lower --max-pixels)")
+        return shown, time.perf_counter() - started, tensor, image, box
+
+    def _infer(self, prepared: Result | tuple) -> tuple[Result, LesionMap | None]:
+        """The prediction of a prepared image; ``latency_ms`` is its decoding plus its inference (never the
+        creation of a deferred interpreter)."""
+        if isinstance(prepared, Result):
+            return prepared, None
+        shown, decode_seconds, tensor, image, box = prepared
+        self.load()
+        started = time.perf_counter()
+        probabilities, values = self.predict_with_map(tensor) if image is not None else (self.predict(tensor), None)
         prediction = to_prediction(probabilities, self.card)
-        latency = round((time.perf_counter() - started) * 1000.0, 3)
+        latency = round((decode_seconds + time.perf_counter() - started) * 1000.0, 3)
         result = Result(file=shown, rule=self.card.rule, latency_ms=latency, prediction=prediction)
         return result, (None if values is None else LesionMap(image, values, box))

@@ -29,11 +29,11 @@ from edge_birads.output import FORMATS, TableWriter, csv_header, csv_line, jsonl
 from edge_birads.progress import Progress
 
 
-def load_classifier(model: str | None, threads: int, limits=None):
+def load_classifier(model: str | None, threads: int, limits=None, load_interpreter: bool = True):
     from edge_birads.classifier import Classifier
 
     try:
-        return Classifier(model, threads=threads, limits=limits or DEFAULT_LIMITS)
+        return Classifier(model, threads=threads, limits=limits or DEFAULT_LIMITS, load_interpreter=load_interpreter)
     except ModelError as exc:
         raise ModelLoadError(str(exc)) from None
 
@@ -102,7 +102,10 @@ def classify(
         if not files:
             raise NoImagesError(no_images_message(paths, recursive))
         limits = limits_from(max_pixels, max_file_mb, time_limit)
-        classifier = load_classifier(model, threads, limits)
+        jobs = min(jobs or default_jobs(paths, len(files)), len(files))
+        # Classified in this process: the interpreter is created once the first image is decoded (Classifier.load), so
+        # a one-file run peaks at the larger of decoding and inference, not their sum. Elsewhere it checks the model now.
+        classifier = load_classifier(model, threads, limits, load_interpreter=scheduler is not None or jobs > 1)
         card = classifier.card
         heatmaps = None
         if heatmap_dir is not None:
@@ -110,13 +113,11 @@ def classify(
                 raise click.ClickException(f"model {card.name} has no lesion map: --heatmap needs a model that outputs one")
             heatmaps = HeatmapWriter(Path(heatmap_dir), card)
         table = TableWriter(click.echo, card.labels, card.malignant_label) if fmt == "table" else None
-        if fmt == "csv":
-            click.echo(csv_header(card.labels))
         progress.update("classifying", 0, len(files))
         if scheduler is not None:
             stream = _cluster_results(classifier, files, scheduler, batch_size)
         else:
-            stream = _results(classifier, files, jobs or default_jobs(paths, len(files)), heatmaps is not None)
+            stream = _results(classifier, files, jobs, heatmaps is not None)
         for path, (result, lesion_map) in zip(files, stream):  # the stream keeps input order
             if lesion_map is not None:
                 heatmaps.write(result, lesion_map)
@@ -129,6 +130,8 @@ def classify(
                 elif fmt == "jsonl":
                     click.echo(jsonl_line(result))
                 else:
+                    if not seen:  # the header with the first record: a model refused at its first prediction prints nothing
+                        click.echo(csv_header(card.labels))
                     click.echo(csv_line(result, card.labels))
                 seen, failed = seen + 1, failed + (not result.ok)
             if per_breast:
@@ -137,6 +140,9 @@ def classify(
             progress.update("classifying", seen, len(files))
         if per_breast:
             write_breasts(per_breast_results(classified, views), fmt)
+    except ModelError as exc:  # a deferred interpreter that cannot run the model as its card says
+        progress.clear()
+        raise ModelLoadError(str(exc)) from None
     except KeyboardInterrupt:
         progress.clear()
         click.echo(
@@ -189,7 +195,6 @@ def write_breasts(breasts, fmt: str) -> None:
 
 def _results(classifier, files: list, jobs: int, want_map: bool):
     """(Result, LesionMap | None) per file, in input order: in this process, or in ``jobs`` worker processes."""
-    jobs = min(jobs, len(files))
     if jobs <= 1:
         for path in files:
             yield classifier.explain_file(path) if want_map else (classifier.classify_file(path), None)

@@ -42,10 +42,10 @@ def copy_model(folder: Path, edit_card=None, edit_model=None) -> Path:
     return model
 
 
-def refused(model: Path, image: Path) -> str:
+def refused(model: Path, image: Path, *options: str) -> str:
     """Run classify in a real process; check the refusal is one line on stderr, nothing on stdout, exit 1."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-m", "edge_birads", "classify", "--model", str(model), str(image)],
+    done = subprocess.run([sys.executable, "-m", "edge_birads", "classify", *options, "--model", str(model), str(image)],
                           capture_output=True, text=True, env=env, timeout=120, check=False)
     assert done.returncode == 1
     assert done.stdout == ""
@@ -85,7 +85,10 @@ def test_a_card_with_the_wrong_input_size_is_refused(tmp_path, image):
     def bigger(card: dict) -> None:
         card["preprocessing"]["height"] = card["preprocessing"]["width"] = 256
 
-    assert "does not match its card" in refused(copy_model(tmp_path, edit_card=bigger), image)
+    model = copy_model(tmp_path, edit_card=bigger)
+    assert "does not match its card" in refused(model, image)
+    # The interpreter is created after the first image is decoded: a CSV header is not printed ahead of the refusal.
+    assert "does not match its card" in refused(model, image, "--format", "csv")
 
 
 def test_a_card_that_is_not_json_is_refused(tmp_path, image):
