@@ -253,6 +253,67 @@ def test_real_cbis_dicoms_through_the_byte_planes(cbis_dicoms, classifier, monke
     assert used == [True], "classify does not read an RLE DICOM through the byte planes"
 
 
+
+def test_one_full_size_plane_at_a_time(cbis_dicoms, classifier, monkeypatch):
+    """The high byte plane is freed before the low one is decoded: what Python allocates while the byte-plane
+    path reads a real DICOM (tracemalloc, deterministic) stays below two planes plus the encoded segment that
+    is copied for the decoder. Holding both planes at once (the previous order) goes over it."""
+    import tracemalloc
+
+    path = cbis_dicoms[0]
+    data = path.read_bytes()
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    plane = header.Rows * header.Columns
+    first, second = (int.from_bytes(data[rle_header_at(data) + at : rle_header_at(data) + at + 4], "little") for at in (4, 8))
+    segment = max(second - first, len(data) - rle_header_at(data) - second)  # an upper bound of the low segment
+    spec = classifier.card.preprocessing
+    used = plane_path_calls(monkeypatch)
+    model_input_of(path, spec)  # pydicom and pylibjpeg-rle imported, caches filled
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        model_input(data, spec, suffix=path.suffix, limits=DEFAULT_LIMITS)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert used == [True, True]
+    assert peak < 2 * plane + segment, (peak / 2**20, plane / 2**20, segment / 2**20)
+
+
+def finish_bounds(monkeypatch) -> list[tuple[float, float]]:
+    """The (low, high) each call of the byte-plane path scales the model input by (prepare's min..max)."""
+    bounds = []
+    real = dicom.finish
+    monkeypatch.setattr(dicom, "finish", lambda resized, low, high, spec: bounds.append((low, high)) or real(resized, low, high, spec))
+    return bounds
+
+
+def scattered_extremes(rows: int = 1100, columns: int = 500) -> np.ndarray:
+    """16-bit values whose high byte reaches its extremes in many bands of rows, with different low bytes:
+    the true minimum and maximum lie in one band each, far from the first."""
+    rng = np.random.default_rng(11)
+    stored = rng.integers(0x1300, 0xE400, (rows, columns)).astype(np.uint16)
+    stored[::37, ::11] = 0x1200 + rng.integers(3, 256, stored[::37, ::11].shape)  # high byte 0x12 everywhere ...
+    stored[::41, 5::13] = 0xE400 + rng.integers(0, 250, stored[::41, 5::13].shape)  # ... and 0xE4
+    stored[rows - 7, columns // 2] = 0x1202  # the minimum: 0x12 with the smallest low byte, in the last band
+    stored[rows // 2 + 3, 3] = 0xE4FC  # the maximum, in a middle band
+    return stored
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_the_byte_planes_scale_by_the_stored_extremes(photometric, cbis_dicoms, classifier, monkeypatch, tmp_path):
+    """The extremes come from the high plane's extremes and the low bytes where it has them (kept as packed
+    masks once the high plane is freed): exactly the image's own minimum and maximum stored values."""
+    stored = scattered_extremes()
+    path = write_rle(tmp_path / "extremes.dcm", stored, bits_stored=16, photometric=photometric)
+    bounds = finish_bounds(monkeypatch)
+    spec = classifier.card.preprocessing
+    model_input_of(path, spec)
+    for real in cbis_dicoms[:3]:
+        model_input_of(real, spec)
+    expected = [(0x1202, 0xE4FC)] + [(int(a.min()), int(a.max())) for a in (pydicom.dcmread(p).pixel_array for p in cbis_dicoms[:3])]
+    assert bounds == expected
+
 RLE_CASES = {
     "16-bit": {},
     "16-bit monochrome1": {"photometric": "MONOCHROME1"},
