@@ -26,7 +26,7 @@ import numpy as np
 from edge_birads.errors import InputError
 from edge_birads.headers import DICOM_MAGIC_OFFSET, is_dicom_bytes, jpeg_dimensions
 from edge_birads.limits import check_size
-from edge_birads.preprocess import PreprocessSpec, area_rows, finish, prepare
+from edge_birads.preprocess import PreprocessSpec, area_rows, finish, prepare, row_sums
 from edge_birads.quiet import captured_stderr
 
 MAMMOGRAPHY_MODALITIES = frozenset({"MG"})
@@ -193,9 +193,9 @@ def _rle_model_input(data: bytes, dataset, pixel_at: int, photometric: str, spec
     more or less), wrapped as a uint8 plane without a copy. The stored value is 256 * high + low byte, and
     shrinking by area is linear (``area_rows``), so the planes are shrunk apart and added; the image's
     extremes (prepare's scaling) come from the high plane and the low bytes where it is extreme. One
-    full-size plane at a time: the high plane is shrunk, its extremes and where they lie (packed bits) are
-    kept, and it is freed before the low plane is decoded. Damaged data returns None: pydicom's decoding
-    then has the last word and the message.
+    full-size plane at a time: of the high plane, its row sums (``row_sums``), its extremes and where they
+    lie (packed bits) are kept, and it is freed before the low plane is decoded. Damaged data returns None:
+    pydicom's decoding then has the last word and the message.
     """
     try:
         from rle.rle import decode_frame  # pylibjpeg-rle
@@ -224,21 +224,24 @@ def _rle_model_input(data: bytes, dataset, pixel_at: int, photometric: str, spec
     if high_plane is None:
         return None
     low, high = (int(value) for value in cv2.minMaxLoc(high_plane)[:2])
-    shrunk = area_rows(high_plane, spec.height)
-    if len(segments) == 2:
-        # Only one full-size plane at a time: what the low bytes need of the high plane (where it is extreme,
-        # as packed bits) is kept, and the high plane is freed before the low plane is decoded.
+    if len(segments) == 1:
+        shrunk = area_rows(high_plane, spec.height)
+        del high_plane
+    else:
+        # Only one full-size plane at a time: what is needed of the high plane (its row sums, and where it is
+        # extreme as packed bits) is kept, and the high plane is freed before the low plane is decoded.
+        high_rows = row_sums(high_plane, spec.height)
         where_low, where_high = _where_equal(high_plane, low), _where_equal(high_plane, high)
         del high_plane
         low_plane = _plane(decode_frame, data, start, segments[1], rows, columns)
         if low_plane is None:
             return None
         low, high = 256 * low + _low_byte(low_plane, where_low, False), 256 * high + _low_byte(low_plane, where_high, True)
+        shrunk = high_rows.averaged()
+        del high_rows
         shrunk *= 256
         shrunk += area_rows(low_plane, spec.height)
         del low_plane
-    else:
-        del high_plane
     # Columns: cv2's area resize of the float rows (only the width changes, so it is the same area average).
     resized = cv2.resize(shrunk, (spec.width, spec.height), interpolation=cv2.INTER_AREA)
     if photometric == "MONOCHROME1":  # as display_values inverts: max + min - value
