@@ -189,13 +189,13 @@ def _rle_model_input(data: bytes, dataset, pixel_at: int, photometric: str, spec
     """The model's input from RLE byte planes, never the full-size image; None when this path does not apply.
 
     Each RLE segment holds one byte of every pixel (most significant first). pylibjpeg-rle decodes one
-    segment at a time into a buffer of exactly Rows x Columns bytes (it refuses a segment that decodes to
-    more or less), wrapped as a uint8 plane without a copy. The stored value is 256 * high + low byte, and
-    shrinking by area is linear (``area_rows``), so the planes are shrunk apart and added; the image's
-    extremes (prepare's scaling) come from the high plane and the low bytes where it is extreme. One
-    full-size plane at a time: of the high plane, its row sums (``row_sums``), its extremes and where they
-    lie (packed bits) are kept, and it is freed before the low plane is decoded. Damaged data returns None:
-    pydicom's decoding then has the last word and the message.
+    segment at a time into a buffer of exactly Rows x Columns bytes (``_plane``), wrapped as a uint8 plane
+    without a copy. The stored value is 256 * high + low byte, and shrinking by area is linear
+    (``area_rows``), so the planes are shrunk apart and added; the image's extremes (prepare's scaling) come
+    from the high plane and the low bytes where it is extreme. One full-size plane at a time: of the high
+    plane, its row sums (``row_sums``), its extremes and where they lie (packed bits) are kept, and it is
+    freed before the low plane is decoded. Damaged data returns None: pydicom's decoding then has the last
+    word and the message.
     """
     try:
         from rle.rle import decode_frame  # pylibjpeg-rle
@@ -253,7 +253,9 @@ def _plane(decode_frame, data: bytes, start: int, segment: tuple[int, int], rows
     """One RLE segment of the fragment at ``start`` decoded as a rows x columns uint8 plane; None if damaged.
 
     pylibjpeg-rle's ``decode_frame`` takes only ``bytes``: the segment is copied once behind a one-segment
-    header. It decodes into exactly rows x columns bytes (a segment that decodes to more or less is refused).
+    header. It decodes into exactly rows x columns bytes whatever the runs claim (what runs past the plane is
+    ignored; a segment that decodes to fewer is refused). Its ``decode_segment`` would grow with the runs
+    (2 bytes can claim 128): not used.
     """
     first, last = segment
     try:

@@ -290,7 +290,12 @@ def finish_bounds(monkeypatch) -> list[tuple[float, float]]:
     """The (low, high) each call of the byte-plane path scales the model input by (prepare's min..max)."""
     bounds = []
     real = dicom.finish
-    monkeypatch.setattr(dicom, "finish", lambda resized, low, high, spec: bounds.append((low, high)) or real(resized, low, high, spec))
+
+    def spy(image, low, high, spec):
+        bounds.append((low, high))
+        return real(image, low, high, spec)
+
+    monkeypatch.setattr(dicom, "finish", spy)
     return bounds
 
 
@@ -317,7 +322,8 @@ def test_the_byte_planes_scale_by_the_stored_extremes(photometric, cbis_dicoms, 
     model_input_of(path, spec)
     for real in cbis_dicoms[:3]:
         model_input_of(real, spec)
-    expected = [(0x1202, 0xE4FC)] + [(int(a.min()), int(a.max())) for a in (pydicom.dcmread(p).pixel_array for p in cbis_dicoms[:3])]
+    arrays = (pydicom.dcmread(real).pixel_array for real in cbis_dicoms[:3])
+    expected = [(0x1202, 0xE4FC)] + [(int(array.min()), int(array.max())) for array in arrays]
     assert bounds == expected
 
 RLE_CASES = {
@@ -392,6 +398,34 @@ def damaged(data: bytes, how: str) -> bytes:
     if how == "runs that decode to too few bytes":
         return data[:second + 1000] + b"\x80" * 100_000 + data[second + 101_000 :]
     raise AssertionError(how)
+
+
+def test_runs_that_claim_more_than_the_plane_are_cut_at_the_plane(classifier, monkeypatch, tmp_path):
+    """RLE runs past a plane's end are ignored, as pydicom's own decoder does: a file of 1 MB whose low
+    segment's runs claim 64 MiB (for a plane of 76 KiB) is decoded into planes of exactly Rows x Columns bytes
+    (tracemalloc): the picture of the high bytes with zero low bytes."""
+    import tracemalloc
+
+    stored = ramp_with_texture(rows=300, columns=260)
+    path = write_rle(tmp_path / "runs.dcm", stored)
+    data = path.read_bytes()
+    header = rle_header_at(data)
+    length = int.from_bytes(data[header - 4 : header], "little")
+    second = int.from_bytes(data[header + 8 : header + 12], "little")
+    frame = data[header : header + second] + b"\x81\x00" * (1 << 19)  # low bytes: runs of 128 zeros, 64 MiB of them
+    path.write_bytes(data[: header - 4] + len(frame).to_bytes(4, "little") + frame + data[header + length :])
+    spec = classifier.card.preprocessing
+    used = plane_path_calls(monkeypatch)
+    tracemalloc.start()
+    try:
+        fast = model_input_of(path, spec)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert used == [True]
+    assert peak < 4 << 20, peak / 2**20
+    expected = prepare(read_file(write_dicom(tmp_path / "high.dcm", stored & 0xFF00), for_model=True), spec)
+    np.testing.assert_allclose(fast, expected, rtol=0, atol=0.01 / 255)
 
 
 @pytest.mark.parametrize("how", ["truncated", "segment offset past the end", "runs that decode to too many bytes",
