@@ -330,8 +330,11 @@ def _pixel_array(dataset) -> np.ndarray:
                 return dataset.pixel_array
         except InputError:
             raise
-        except Exception:  # damaged data: pydicom's own decoder has the last word (and the message)
-            dataset.pixel_array_options(decoding_plugin="")
+        except BaseException as exc:  # damaged data: pydicom's own decoder has the last word (and the message)
+            if not isinstance(exc, Exception) and not rust_panic(exc):
+                raise
+            # Not pydicom's default order: it would try the failed plugin first again (and panic again).
+            dataset.pixel_array_options(decoding_plugin="pydicom" if plugin_available(str(syntax), "pydicom") else "")
     try:
         with captured_stderr():  # codec libraries may print; the exception below says what matters
             return dataset.pixel_array
@@ -343,6 +346,13 @@ def _pixel_array(dataset) -> np.ndarray:
         if "missing" in text and "dependenc" in text:  # pydicom: every decoder plugin for this syntax lacks its package
             raise InputError(f"cannot decode DICOM pixel data compressed as {name}: the decoders are not installed ({DICOM_EXTRA})") from None
         raise InputError(f"cannot decode DICOM pixel data (transfer syntax {name}): {_first_words(exc)}") from None
+
+
+def rust_panic(exc: BaseException) -> bool:
+    """True for a panic inside a Rust extension (pyo3's PanicException; pylibjpeg-rle 2.2.0 panics on RLE runs
+    that pass the end of a 16-bit frame). It derives from BaseException, so ``except Exception`` lets it through
+    and it would end a whole batch."""
+    return type(exc).__name__ == "PanicException" and type(exc).__module__ == "pyo3_runtime"
 
 
 def plugin_available(syntax: str, plugin: str) -> bool:

@@ -10,6 +10,7 @@ CBIS-DDSM DICOMs and on pydicom-written files with each display-pipeline element
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -426,6 +427,39 @@ def test_runs_that_claim_more_than_the_plane_are_cut_at_the_plane(classifier, mo
     assert peak < 4 << 20, peak / 2**20
     expected = prepare(read_file(write_dicom(tmp_path / "high.dcm", stored & 0xFF00), for_model=True), spec)
     np.testing.assert_allclose(fast, expected, rtol=0, atol=0.01 / 255)
+
+
+def test_a_decoder_panic_on_runs_past_the_frame_is_not_a_crash(classifier, tmp_path):
+    """pylibjpeg-rle 2.2.0 panics (a BaseException) when RLE runs pass the end of a 16-bit frame: a file that
+    pydicom's path reads (here: a window, so not the byte planes) falls back to pydicom's own decoder, which
+    ignores the excess, instead of ending the batch; the next file is still classified."""
+    from click.testing import CliRunner
+
+    from edge_birads.cli import cli
+
+    stored = ramp_with_texture(rows=300, columns=260)
+    window = {"WindowCenter": 1800, "WindowWidth": 1000}
+    path = write_rle(tmp_path / "runs.dcm", stored, **window)
+    data = path.read_bytes()
+    header = rle_header_at(data)
+    length = int.from_bytes(data[header - 4 : header], "little")
+    second = int.from_bytes(data[header + 8 : header + 12], "little")
+    frame = data[header : header + second] + b"\x81\x00" * 1000  # low bytes: 128,000 zeros for a 78,000-pixel plane
+    path.write_bytes(data[: header - 4] + len(frame).to_bytes(4, "little") + frame + data[header + length :])
+    ds = pydicom.dcmread(path)
+    ds.pixel_array_options(decoding_plugin="pylibjpeg")
+    try:
+        ds.pixel_array
+    except BaseException as exc:  # noqa: BLE001 - what the installed decoder does with it
+        assert isinstance(exc, Exception) or dicom.rust_panic(exc), exc
+    expected = read_file(write_dicom(tmp_path / "high.dcm", stored & 0xFF00, **window), for_model=True)
+    np.testing.assert_array_equal(read_file(path, for_model=True), expected)
+    after = write_rle(tmp_path / "after.dcm", stored)
+    result = CliRunner().invoke(cli, ["classify", str(path), str(after), "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [(Path(row["file"]).name, row["error"], row["group"] is not None) for row in rows] == [
+        ("runs.dcm", None, True), ("after.dcm", None, True)], result.output
 
 
 @pytest.mark.parametrize("how", ["truncated", "segment offset past the end", "runs that decode to too many bytes",
