@@ -155,22 +155,22 @@ def area_rows(image: np.ndarray, height: int) -> np.ndarray:
 @dataclass(frozen=True)
 class RowSums:
     """``area_rows`` before its float step (``averaged``): each output row's block of whole input rows summed
-    (as integers for an unsigned image, in the smallest type that holds them), the input row each inner
-    boundary cuts, the part of that row above the boundary, and ``height / rows``. For a byte image it is
+    (as integers for an unsigned image, in the smallest type that holds them), the inner boundaries that cut an
+    input row, those rows, the part of each above its boundary, and ``height / rows``. For a byte image it is
     about a third of the float64 result's size: what to keep while the image itself is freed."""
 
     sums: np.ndarray
+    boundaries: np.ndarray
     cut: np.ndarray
     part: np.ndarray
     scale: float
 
     def averaged(self) -> np.ndarray:
         out = self.sums.astype(np.float64)
-        for row in range(1, len(out)):  # the row cut by boundary ``row`` was summed into the block below it
-            if self.part[row] > 0:
-                above = self.cut[row - 1] * self.part[row]
-                out[row - 1] += above
-                out[row] -= above
+        for row, line, part in zip(self.boundaries, self.cut, self.part):  # the row a boundary cuts was summed
+            above = line * part  # into the block below it
+            out[row - 1] += above
+            out[row] -= above
         out *= self.scale
         return out
 
@@ -193,4 +193,5 @@ def row_sums(image: np.ndarray, height: int) -> RowSums:
     sums = np.empty((height,) + image.shape[1:], accumulator)
     for row in range(height):
         np.sum(image[first[row] : first[row + 1]], axis=0, dtype=accumulator, out=sums[row])
-    return RowSums(sums, image[first[1:height]], part, height / source)
+    boundaries = np.flatnonzero(part[1:height] > 0) + 1
+    return RowSums(sums, boundaries, image[first[boundaries]], part[boundaries], height / source)

@@ -156,3 +156,4 @@ def test_row_sums_hold_a_fraction_of_a_byte_image_and_nothing_of_it():
     assert not any(np.shares_memory(kept, image) for kept in (rows.sums, rows.cut))
     assert rows.sums.nbytes + rows.cut.nbytes < 0.4 * height * image.shape[1] * 8  # the float64 result
     np.testing.assert_array_equal(rows.averaged(), area_rows(image, height))
+    assert row_sums(image[:896], height).cut.size == 0  # 4 whole rows a block: no boundary cuts a row
