@@ -258,8 +258,8 @@ def test_real_cbis_dicoms_through_the_byte_planes(cbis_dicoms, classifier, monke
 def test_one_full_size_plane_at_a_time(cbis_dicoms, classifier, monkeypatch):
     """The high byte plane is freed before the low one is decoded, and what is kept of it is small. On a real
     DICOM, by tracemalloc (deterministic): when the low plane's decode starts, what the call holds is under a
-    third of a plane (the high plane's row sums as uint16 and the rows its boundaries cut, ~1.9 MiB, and where it
-    is extreme as packed bits, 1.5 MiB; its float64 area average alone is 5.1 MiB, the plane 12.1 MiB); and the
+    third of a plane (the high plane's row sums as uint16 and the rows its boundaries cut, ~1.8 MiB, and where it
+    is extreme as packed bits, 1.5 MiB; its float64 area average alone is 4.9 MiB, the plane 12.1 MiB); and the
     peak stays below two planes plus the encoded segment copied for the decoder (both planes alive goes over)."""
     import tracemalloc
 
