@@ -263,7 +263,9 @@ def _plane(decode_frame, data: bytes, start: int, segment: tuple[int, int], rows
         return np.frombuffer(decode_frame(encoded, rows * columns, 8, "<"), np.uint8).reshape(rows, columns)
     except (InputError, MemoryError):
         raise
-    except Exception:  # damaged data: pydicom decodes it (or says why)
+    except BaseException as exc:  # damaged data (or a panic of the decoder): pydicom decodes it (or says why)
+        if not isinstance(exc, Exception) and not rust_panic(exc):
+            raise
         return None
 
 

@@ -401,6 +401,17 @@ def damaged(data: bytes, how: str) -> bytes:
     raise AssertionError(how)
 
 
+def low_bytes_as_runs(path: Path, pairs: int) -> Path:
+    """``path`` (a write_rle file, 16 bits) with its low-byte segment replaced by ``pairs`` runs of 128 zeros."""
+    data = path.read_bytes()
+    header = rle_header_at(data)
+    length = int.from_bytes(data[header - 4 : header], "little")
+    second = int.from_bytes(data[header + 8 : header + 12], "little")
+    frame = data[header : header + second] + b"\x81\x00" * pairs
+    path.write_bytes(data[: header - 4] + len(frame).to_bytes(4, "little") + frame + data[header + length :])
+    return path
+
+
 def test_runs_that_claim_more_than_the_plane_are_cut_at_the_plane(classifier, monkeypatch, tmp_path):
     """RLE runs past a plane's end are ignored, as pydicom's own decoder does: a file of 1 MB whose low
     segment's runs claim 64 MiB (for a plane of 76 KiB) is decoded into planes of exactly Rows x Columns bytes
@@ -408,13 +419,7 @@ def test_runs_that_claim_more_than_the_plane_are_cut_at_the_plane(classifier, mo
     import tracemalloc
 
     stored = ramp_with_texture(rows=300, columns=260)
-    path = write_rle(tmp_path / "runs.dcm", stored)
-    data = path.read_bytes()
-    header = rle_header_at(data)
-    length = int.from_bytes(data[header - 4 : header], "little")
-    second = int.from_bytes(data[header + 8 : header + 12], "little")
-    frame = data[header : header + second] + b"\x81\x00" * (1 << 19)  # low bytes: runs of 128 zeros, 64 MiB of them
-    path.write_bytes(data[: header - 4] + len(frame).to_bytes(4, "little") + frame + data[header + length :])
+    path = low_bytes_as_runs(write_rle(tmp_path / "runs.dcm", stored), 1 << 19)  # 64 MiB of zeros
     spec = classifier.card.preprocessing
     used = plane_path_calls(monkeypatch)
     tracemalloc.start()
@@ -439,13 +444,7 @@ def test_a_decoder_panic_on_runs_past_the_frame_is_not_a_crash(classifier, tmp_p
 
     stored = ramp_with_texture(rows=300, columns=260)
     window = {"WindowCenter": 1800, "WindowWidth": 1000}
-    path = write_rle(tmp_path / "runs.dcm", stored, **window)
-    data = path.read_bytes()
-    header = rle_header_at(data)
-    length = int.from_bytes(data[header - 4 : header], "little")
-    second = int.from_bytes(data[header + 8 : header + 12], "little")
-    frame = data[header : header + second] + b"\x81\x00" * 1000  # low bytes: 128,000 zeros for a 78,000-pixel plane
-    path.write_bytes(data[: header - 4] + len(frame).to_bytes(4, "little") + frame + data[header + length :])
+    path = low_bytes_as_runs(write_rle(tmp_path / "runs.dcm", stored, **window), 1000)  # 128,000 zeros for 78,000 pixels
     ds = pydicom.dcmread(path)
     ds.pixel_array_options(decoding_plugin="pylibjpeg")
     try:
@@ -460,6 +459,32 @@ def test_a_decoder_panic_on_runs_past_the_frame_is_not_a_crash(classifier, tmp_p
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [(Path(row["file"]).name, row["error"], row["group"] is not None) for row in rows] == [
         ("runs.dcm", None, True), ("after.dcm", None, True)], result.output
+
+
+def test_a_panic_in_the_byte_plane_decoder_leaves_the_file_to_pydicom(classifier, monkeypatch, tmp_path):
+    """Should pylibjpeg-rle panic on a one-segment frame too (not seen in 100,000 random segments), the byte-plane
+    path gives the file to pydicom's path instead of ending the batch."""
+    import rle.rle
+
+    ds = pydicom.dcmread(low_bytes_as_runs(write_rle(tmp_path / "bad.dcm", ramp_with_texture(rows=300, columns=260)), 1000))
+    ds.pixel_array_options(decoding_plugin="pylibjpeg")
+    panic = None
+    try:
+        ds.pixel_array
+    except BaseException as exc:  # noqa: BLE001
+        panic = exc
+    if panic is None or not dicom.rust_panic(panic):
+        pytest.skip("this pylibjpeg-rle does not panic on runs past a 16-bit frame: no PanicException to raise")
+
+    def panicking(*args):
+        raise panic
+
+    monkeypatch.setattr(rle.rle, "decode_frame", panicking)  # what the byte-plane path calls; pydicom's plugin keeps its own
+    path = write_rle(tmp_path / "good.dcm", ramp_with_texture(rows=300, columns=260))
+    used = plane_path_calls(monkeypatch)
+    spec = classifier.card.preprocessing
+    np.testing.assert_array_equal(model_input_of(path, spec), prepare(read_file(path, for_model=True), spec))
+    assert used == [False]
 
 
 @pytest.mark.parametrize("how", ["truncated", "segment offset past the end", "runs that decode to too many bytes",
