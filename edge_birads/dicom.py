@@ -333,10 +333,12 @@ def _pixel_array(dataset) -> np.ndarray:
         except InputError:
             raise
         except BaseException as exc:  # damaged data: pydicom's own decoder has the last word (and the message)
-            if not isinstance(exc, Exception) and not rust_panic(exc):
+            if rust_panic(exc):  # not pydicom's decoder: it would follow RLE runs however far they claim (x64 the file)
+                name = getattr(syntax, "name", None) or str(syntax)
+                raise InputError(f"cannot decode DICOM pixel data (transfer syntax {name}): its decoder stopped on damaged data") from None
+            if not isinstance(exc, Exception):
                 raise
-            # Not pydicom's default order: it would try the failed plugin first again (and panic again).
-            dataset.pixel_array_options(decoding_plugin="pydicom" if plugin_available(str(syntax), "pydicom") else "")
+            dataset.pixel_array_options(decoding_plugin="")
     try:
         with captured_stderr():  # codec libraries may print; the exception below says what matters
             return dataset.pixel_array
@@ -353,7 +355,7 @@ def _pixel_array(dataset) -> np.ndarray:
 def rust_panic(exc: BaseException) -> bool:
     """True for a panic inside a Rust extension (pyo3's PanicException; pylibjpeg-rle 2.2.0 panics on RLE runs
     that pass the end of a 16-bit frame). It derives from BaseException, so ``except Exception`` lets it through
-    and it would end a whole batch."""
+    and it would end a whole batch; the file is refused instead."""
     return type(exc).__name__ == "PanicException" and type(exc).__module__ == "pyo3_runtime"
 
 
