@@ -7,10 +7,12 @@ Two variants of `edge-birads classify FILE`, each in fresh processes with the sa
   exported to a temporary folder;
 - this checkout.
 Per variant: steady state (one process, `Classifier.classify_file` on the file N times after 3 warm-up runs:
-median ms), cold whole process (`edge-birads classify FILE --format jsonl`, spawn to exit: median and min of
---repeats) and that process's peak RSS (VmHWM), and where the peak comes from: one process that reports its
-VmHWM and the time after each step of a classify (interpreter, CLI and model; the file's bytes; pydicom;
-the first classify_file). The variants alternate run by run, so load drifts hit both alike.
+median ms, wall and CPU), cold whole process (`edge-birads classify FILE --format jsonl`, spawn to exit: median
+and min of --repeats, and the median CPU time of the process, user + system) and that process's peak RSS
+(VmHWM), and where the peak comes from: one process that reports its VmHWM and the time after each step of a
+classify (interpreter, CLI and model; the file's bytes; pydicom; the first classify_file). The variants
+alternate run by run, so load drifts hit both alike. On a shared machine the CPU times vary far less than the
+wall times (time spent waiting for a core is not counted).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,11 +36,12 @@ from edge_birads.classifier import Classifier
 c = Classifier()
 for _ in range(3):
     c.classify_file(sys.argv[1])
-times = []
+times, cpu = [], []
 for _ in range(int(sys.argv[2])):
-    t = time.perf_counter(); r = c.classify_file(sys.argv[1]); times.append(time.perf_counter() - t)
+    t, u = time.perf_counter(), time.process_time(); r = c.classify_file(sys.argv[1])
+    times.append(time.perf_counter() - t); cpu.append(time.process_time() - u)
 assert r.error is None, r.error
-print(round(statistics.median(times) * 1000, 2))
+print(round(statistics.median(times) * 1000, 2), round(statistics.median(cpu) * 1000, 2))
 """
 # VmHWM (MiB) and elapsed ms after each step, as JSON lines; the steps are what `classify FILE` does in order.
 STEPS = """
@@ -63,6 +67,12 @@ r = c.classify_file(sys.argv[1])
 assert r.error is None, r.error
 mark("classified (file read again)")
 """
+
+
+def child_cpu() -> float:
+    """User + system CPU seconds of this process's finished children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def export(rev: str, target: Path) -> Path:
@@ -111,28 +121,36 @@ def main() -> None:
             out = subprocess.run([sys.executable, "-c", STEADY, str(dicom), str(args.n)], env=env, capture_output=True, text=True)
             if out.returncode != 0:
                 raise SystemExit(f"{name}: {out.stderr.strip()[-2000:]}")
-            steady[name] = float(out.stdout.strip())
+            steady[name] = [float(value) for value in out.stdout.split()]
         for _ in range(args.repeats):
             for name, env in envs.items():
+                before_cpu = child_cpu()
                 wall, rss, status = fresh_process(classify_body(argv), scratch, env)
                 if status != 0:
                     raise SystemExit(f"{name}: classify exited with {status}")
-                cold[name].append((wall, rss))
+                cold[name].append((wall, rss, child_cpu() - before_cpu))
         os.chdir(home)
     load = os.getloadavg()
     report = {"dicom": str(dicom), "before": args.before, "n": args.n, "repeats": args.repeats,
               "load_average_after": [round(x, 2) for x in load], "variants": {}}
-    print(f"{dicom.name}: {'variant':<24}{'steady ms':>10}{'cold s med':>11}{'cold s min':>11}{'peak RSS MiB':>13}")
+    print(f"{dicom.name}: {'variant':<24}{'steady ms':>10}{'(CPU)':>7}{'cold s med':>11}{'cold s min':>11}{'(CPU med)':>10}"
+          f"{'peak RSS MiB':>13}")
     for name in variants:
-        walls, rss = [w for w, _ in cold[name]], [r for _, r in cold[name]]
-        row = {"steady_ms_median": steady[name], "cold_s_median": round(statistics.median(walls), 3), "cold_s_min": round(min(walls), 3),
-               "peak_rss_mib_median": round(statistics.median(rss), 1), "steps": steps[name]}
+        walls, rss, cpu = ([run[index] for run in cold[name]] for index in range(3))
+        row = {"steady_ms_median": steady[name][0], "steady_cpu_ms_median": steady[name][1],
+               "cold_s_median": round(statistics.median(walls), 3), "cold_s_min": round(min(walls), 3),
+               "cold_cpu_s_median": round(statistics.median(cpu), 3), "peak_rss_mib_median": round(statistics.median(rss), 1),
+               "steps": steps[name]}
         report["variants"][name] = row
-        print(f"{'':<{len(dicom.name) + 2}}{name:<24}{row['steady_ms_median']:>10.1f}{row['cold_s_median']:>11.3f}{row['cold_s_min']:>11.3f}"
+        print(f"{'':<{len(dicom.name) + 2}}{name:<24}{row['steady_ms_median']:>10.1f}{row['steady_cpu_ms_median']:>7.1f}"
+              f"{row['cold_s_median']:>11.3f}{row['cold_s_min']:>11.3f}{row['cold_cpu_s_median']:>10.3f}"
               f"{row['peak_rss_mib_median']:>13.1f}")
     base, new = (report["variants"][name] for name in variants)
-    print(f"before / this checkout: steady {base['steady_ms_median'] / new['steady_ms_median']:.2f}x, "
-          f"cold {base['cold_s_median'] / new['cold_s_median']:.2f}x, peak RSS {base['peak_rss_mib_median'] / new['peak_rss_mib_median']:.2f}x")
+    print(f"before / this checkout: steady {base['steady_ms_median'] / new['steady_ms_median']:.2f}x "
+          f"(CPU {base['steady_cpu_ms_median'] / new['steady_cpu_ms_median']:.2f}x), "
+          f"cold {base['cold_s_median'] / new['cold_s_median']:.2f}x "
+          f"(CPU {base['cold_cpu_s_median'] / new['cold_cpu_s_median']:.2f}x), "
+          f"peak RSS {base['peak_rss_mib_median'] / new['peak_rss_mib_median']:.2f}x")
     print("\nwhere the peak comes from (one process per variant; VmHWM MiB and elapsed ms after each step):")
     print(f"{'step':<32}" + "".join(f"{name:>26}" for name in variants))
     for index, step in enumerate(steps[next(iter(variants))]):

@@ -26,7 +26,7 @@ import numpy as np
 from edge_birads.errors import InputError
 from edge_birads.headers import DICOM_MAGIC_OFFSET, is_dicom_bytes, jpeg_dimensions
 from edge_birads.limits import check_size
-from edge_birads.preprocess import PreprocessSpec, area_rows, finish, prepare
+from edge_birads.preprocess import PreprocessSpec, area_rows, finish, prepare, row_sums
 from edge_birads.quiet import captured_stderr
 
 MAMMOGRAPHY_MODALITIES = frozenset({"MG"})
@@ -189,11 +189,13 @@ def _rle_model_input(data: bytes, dataset, pixel_at: int, photometric: str, spec
     """The model's input from RLE byte planes, never the full-size image; None when this path does not apply.
 
     Each RLE segment holds one byte of every pixel (most significant first). pylibjpeg-rle decodes one
-    segment at a time into a buffer of exactly Rows x Columns bytes (it refuses a segment that decodes to
-    more or less), wrapped as a uint8 plane without a copy. The stored value is 256 * high + low byte, and
-    shrinking by area is linear (``area_rows``), so the planes are shrunk apart and added; the image's
-    extremes (prepare's scaling) come from the high plane and the low bytes where it is extreme. Damaged
-    data returns None: pydicom's decoding then has the last word and the message.
+    segment at a time into a buffer of exactly Rows x Columns bytes (``_plane``), wrapped as a uint8 plane
+    without a copy. The stored value is 256 * high + low byte, and shrinking by area is linear
+    (``area_rows``), so the planes are shrunk apart and added; the image's extremes (prepare's scaling) come
+    from the high plane and the low bytes where it is extreme. One full-size plane at a time: of the high
+    plane, its row sums (``row_sums``), its extremes and where they lie (packed bits) are kept, and it is
+    freed before the low plane is decoded. Damaged data returns None: pydicom's decoding then has the last
+    word and the message.
     """
     try:
         from rle.rle import decode_frame  # pylibjpeg-rle
@@ -213,25 +215,33 @@ def _rle_model_input(data: bytes, dataset, pixel_at: int, photometric: str, spec
         offsets = [offset for offset in struct.unpack("<15L", data[start + 4 : start + 64]) if offset]
         if len(offsets) != bits // 8:  # one segment per byte of a pixel; decode_frame refuses bad offsets
             return None
-        bounds = offsets + [end - start]
-        planes = []
-        for first, last in zip(bounds, bounds[1:]):
-            encoded = b"".join((ONE_SEGMENT, memoryview(data)[start + first : start + last]))
-            planes.append(np.frombuffer(decode_frame(encoded, rows * columns, 8, "<"), np.uint8).reshape(rows, columns))
-            del encoded
     except (InputError, MemoryError):
         raise
     except Exception:  # damaged data or header values: pydicom decodes it (or says why)
         return None
-    high_plane = planes[0]
+    segments = list(zip(offsets, offsets[1:] + [end - start]))
+    high_plane = _plane(decode_frame, data, start, segments[0], rows, columns)
+    if high_plane is None:
+        return None
     low, high = (int(value) for value in cv2.minMaxLoc(high_plane)[:2])
-    shrunk = area_rows(high_plane, spec.height)
-    if len(planes) == 2:
-        low_plane = planes[1]
-        low, high = 256 * low + _low_byte(planes, low, False), 256 * high + _low_byte(planes, high, True)
+    if len(segments) == 1:
+        shrunk = area_rows(high_plane, spec.height)
+        del high_plane
+    else:
+        # Only one full-size plane at a time: what is needed of the high plane (its row sums, and where it is
+        # extreme as packed bits) is kept, and the high plane is freed before the low plane is decoded.
+        high_rows = row_sums(high_plane, spec.height)
+        where_low, where_high = _where_equal(high_plane, low), _where_equal(high_plane, high)
+        del high_plane
+        low_plane = _plane(decode_frame, data, start, segments[1], rows, columns)
+        if low_plane is None:
+            return None
+        low, high = 256 * low + _low_byte(low_plane, where_low, False), 256 * high + _low_byte(low_plane, where_high, True)
+        shrunk = high_rows.averaged()
+        del high_rows
         shrunk *= 256
         shrunk += area_rows(low_plane, spec.height)
-    del planes, high_plane
+        del low_plane
     # Columns: cv2's area resize of the float rows (only the width changes, so it is the same area average).
     resized = cv2.resize(shrunk, (spec.width, spec.height), interpolation=cv2.INTER_AREA)
     if photometric == "MONOCHROME1":  # as display_values inverts: max + min - value
@@ -239,16 +249,48 @@ def _rle_model_input(data: bytes, dataset, pixel_at: int, photometric: str, spec
     return finish(resized, low, high, spec)
 
 
-def _low_byte(planes: list[np.ndarray], value: int, largest: bool) -> int:
-    """The smallest (or ``largest``) low byte among the pixels whose high byte is ``value``, band by band
-    (small masks), stopping early at 0 (or 255)."""
-    high_plane, low_plane = planes
+def _plane(decode_frame, data: bytes, start: int, segment: tuple[int, int], rows: int, columns: int) -> np.ndarray | None:
+    """One RLE segment of the fragment at ``start`` decoded as a rows x columns uint8 plane; None if damaged.
+
+    pylibjpeg-rle's ``decode_frame`` takes only ``bytes``: the segment is copied once behind a one-segment
+    header. It decodes into exactly rows x columns bytes whatever the runs claim (what runs past the plane is
+    ignored; a segment that decodes to fewer is refused). Its ``decode_segment`` would grow with the runs
+    (2 bytes can claim 128): not used.
+    """
+    first, last = segment
+    try:
+        encoded = b"".join((ONE_SEGMENT, memoryview(data)[start + first : start + last]))
+        return np.frombuffer(decode_frame(encoded, rows * columns, 8, "<"), np.uint8).reshape(rows, columns)
+    except (InputError, MemoryError):
+        raise
+    except BaseException as exc:  # damaged data (or a panic of the decoder): pydicom decodes it (or says why)
+        if not isinstance(exc, Exception) and not rust_panic(exc):
+            raise
+        return None
+
+
+def _where_equal(plane: np.ndarray, value: int) -> list[np.ndarray | None]:
+    """Per band of MASK_ROWS rows, the pixels of ``plane`` equal to ``value`` as packed bits (None: no such pixel).
+
+    At most an eighth of the plane's size, so the plane itself can be freed before the next one is decoded.
+    """
+    bands = []
+    for top in range(0, plane.shape[0], MASK_ROWS):
+        mask = cv2.compare(plane[top : top + MASK_ROWS], value, cv2.CMP_EQ)
+        bands.append(np.packbits(mask, axis=None) if cv2.countNonZero(mask) else None)
+    return bands
+
+
+def _low_byte(low_plane: np.ndarray, where: list[np.ndarray | None], largest: bool) -> int:
+    """The smallest (or ``largest``) low byte among the pixels ``where`` marks (``_where_equal`` of the high
+    plane), band by band, stopping early at 0 (or 255)."""
     best, bound = None, 255 if largest else 0
-    for top in range(0, high_plane.shape[0], MASK_ROWS):
-        mask = cv2.compare(high_plane[top : top + MASK_ROWS], value, cv2.CMP_EQ)
-        smallest, biggest, where_smallest, _ = cv2.minMaxLoc(low_plane[top : top + MASK_ROWS], mask=mask)
-        if where_smallest[0] < 0:  # no such pixel in this band
+    for band, packed in enumerate(where):
+        if packed is None:  # no such pixel in this band
             continue
+        pixels = low_plane[band * MASK_ROWS : (band + 1) * MASK_ROWS]
+        mask = np.unpackbits(packed, count=pixels.size).reshape(pixels.shape)
+        smallest, biggest = cv2.minMaxLoc(pixels, mask=mask)[:2]
         found = int(biggest if largest else smallest)
         best = found if best is None else (max if largest else min)(best, found)
         if best == bound:
@@ -290,7 +332,12 @@ def _pixel_array(dataset) -> np.ndarray:
                 return dataset.pixel_array
         except InputError:
             raise
-        except Exception:  # damaged data: pydicom's own decoder has the last word (and the message)
+        except BaseException as exc:  # damaged data: pydicom's own decoder has the last word (and the message)
+            if rust_panic(exc):  # not pydicom's decoder: it would follow RLE runs however far they claim (x64 the file)
+                name = getattr(syntax, "name", None) or str(syntax)
+                raise InputError(f"cannot decode DICOM pixel data (transfer syntax {name}): its decoder stopped on damaged data") from None
+            if not isinstance(exc, Exception):
+                raise
             dataset.pixel_array_options(decoding_plugin="")
     try:
         with captured_stderr():  # codec libraries may print; the exception below says what matters
@@ -303,6 +350,13 @@ def _pixel_array(dataset) -> np.ndarray:
         if "missing" in text and "dependenc" in text:  # pydicom: every decoder plugin for this syntax lacks its package
             raise InputError(f"cannot decode DICOM pixel data compressed as {name}: the decoders are not installed ({DICOM_EXTRA})") from None
         raise InputError(f"cannot decode DICOM pixel data (transfer syntax {name}): {_first_words(exc)}") from None
+
+
+def rust_panic(exc: BaseException) -> bool:
+    """True for a panic inside a Rust extension (pyo3's PanicException; pylibjpeg-rle 2.2.0 panics on RLE runs
+    that pass the end of a 16-bit frame). It derives from BaseException, so ``except Exception`` lets it through
+    and it would end a whole batch; the file is refused instead."""
+    return type(exc).__name__ == "PanicException" and type(exc).__module__ == "pyo3_runtime"
 
 
 def plugin_available(syntax: str, plugin: str) -> bool:

@@ -149,6 +149,34 @@ def area_rows(image: np.ndarray, height: int) -> np.ndarray:
     type: so it is linear, and an image split into byte planes can be shrunk plane by plane. Whole rows are
     summed as integers, block by block; ``area_rows(area_rows(x, h).T, w).T`` is the area resize to h x w.
     """
+    return row_sums(image, height).averaged()
+
+
+@dataclass(frozen=True)
+class RowSums:
+    """``area_rows`` before its float step (``averaged``): each output row's block of whole input rows summed
+    (as integers for an unsigned image, in the smallest type that holds them), the inner boundaries that cut an
+    input row, those rows, the part of each above its boundary, and ``height / rows``. For a byte image it is
+    about a third of the float64 result's size: what to keep while the image itself is freed."""
+
+    sums: np.ndarray
+    boundaries: np.ndarray
+    cut: np.ndarray
+    part: np.ndarray
+    scale: float
+
+    def averaged(self) -> np.ndarray:
+        out = self.sums.astype(np.float64)
+        for row, line, part in zip(self.boundaries, self.cut, self.part):  # the row a boundary cuts was summed
+            above = line * part  # into the block below it
+            out[row - 1] += above
+            out[row] -= above
+        out *= self.scale
+        return out
+
+
+def row_sums(image: np.ndarray, height: int) -> RowSums:
+    """What ``area_rows(image, height)`` is computed from; ``row_sums(image, height).averaged()`` is it."""
     source = image.shape[0]
     if not 0 < height <= source:
         raise ValueError(f"area_rows shrinks {source} rows, not to {height}")
@@ -156,16 +184,14 @@ def area_rows(image: np.ndarray, height: int) -> np.ndarray:
     edges[-1] = source
     first = np.floor(edges).astype(np.intp)
     part = edges - first  # of row first[i] that lies above boundary i
-    accumulator = np.uint32 if image.dtype.kind in "ub" and image.dtype.itemsize <= 2 else np.float64
+    accumulator = np.float64
+    if image.dtype.kind in "ub" and image.dtype.itemsize <= 2:  # a block of ~source/height rows; its largest sum:
+        largest = int(np.diff(first).max()) * (1 if image.dtype.kind == "b" else int(np.iinfo(image.dtype).max))
+        for accumulator in (np.uint16, np.uint32, np.float64):  # float64: exact to 2**53
+            if accumulator is np.float64 or largest <= np.iinfo(accumulator).max:
+                break
     sums = np.empty((height,) + image.shape[1:], accumulator)
-    for row in range(height):  # one block of ~source/height whole rows per output row: at most 65536 rows of 16 bits fit
+    for row in range(height):
         np.sum(image[first[row] : first[row + 1]], axis=0, dtype=accumulator, out=sums[row])
-    out = sums.astype(np.float64)
-    del sums
-    for row in range(1, height):  # the row cut by boundary ``row`` was summed into the block below it
-        if part[row] > 0:
-            above = image[first[row]] * part[row]
-            out[row - 1] += above
-            out[row] -= above
-    out *= height / source
-    return out
+    boundaries = np.flatnonzero(part[1:height] > 0) + 1
+    return RowSums(sums, boundaries, image[first[boundaries]], part[boundaries], height / source)

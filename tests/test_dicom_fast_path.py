@@ -10,6 +10,7 @@ CBIS-DDSM DICOMs and on pydicom-written files with each display-pipeline element
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -253,6 +254,79 @@ def test_real_cbis_dicoms_through_the_byte_planes(cbis_dicoms, classifier, monke
     assert used == [True], "classify does not read an RLE DICOM through the byte planes"
 
 
+
+def test_one_full_size_plane_at_a_time(cbis_dicoms, classifier, monkeypatch):
+    """The high byte plane is freed before the low one is decoded, and what is kept of it is small. On a real
+    DICOM, by tracemalloc (deterministic): when the low plane's decode starts, what the call holds is under a
+    third of a plane (the high plane's row sums as uint16 and the rows its boundaries cut, ~1.8 MiB, and where it
+    is extreme as packed bits, 1.5 MiB; its float64 area average alone is 4.9 MiB, the plane 12.1 MiB); and the
+    peak stays below two planes plus the encoded segment copied for the decoder (both planes alive goes over)."""
+    import tracemalloc
+
+    path = cbis_dicoms[0]
+    data = path.read_bytes()
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    plane = header.Rows * header.Columns
+    first, second = (int.from_bytes(data[rle_header_at(data) + at : rle_header_at(data) + at + 4], "little") for at in (4, 8))
+    segment = max(second - first, len(data) - rle_header_at(data) - second)  # an upper bound of the low segment
+    spec = classifier.card.preprocessing
+    used = plane_path_calls(monkeypatch)
+    model_input_of(path, spec)  # pydicom and pylibjpeg-rle imported, caches filled
+    held = []
+    real = dicom._plane
+    monkeypatch.setattr(dicom, "_plane", lambda *args: held.append(tracemalloc.get_traced_memory()[0]) or real(*args))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        model_input(data, spec, suffix=path.suffix, limits=DEFAULT_LIMITS)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert used == [True, True] and len(held) == 2
+    assert held[1] - before < plane / 3, ((held[1] - before) / 2**20, plane / 2**20)
+    assert peak < 2 * plane + segment, (peak / 2**20, plane / 2**20, segment / 2**20)
+
+
+def finish_bounds(monkeypatch) -> list[tuple[float, float]]:
+    """The (low, high) each call of the byte-plane path scales the model input by (prepare's min..max)."""
+    bounds = []
+    real = dicom.finish
+
+    def spy(image, low, high, spec):
+        bounds.append((low, high))
+        return real(image, low, high, spec)
+
+    monkeypatch.setattr(dicom, "finish", spy)
+    return bounds
+
+
+def scattered_extremes(rows: int = 1100, columns: int = 500) -> np.ndarray:
+    """16-bit values whose high byte reaches its extremes in many bands of rows, with different low bytes:
+    the true minimum and maximum lie in one band each, far from the first."""
+    rng = np.random.default_rng(11)
+    stored = rng.integers(0x1300, 0xE400, (rows, columns)).astype(np.uint16)
+    stored[::37, ::11] = 0x1200 + rng.integers(3, 256, stored[::37, ::11].shape)  # high byte 0x12 everywhere ...
+    stored[::41, 5::13] = 0xE400 + rng.integers(0, 250, stored[::41, 5::13].shape)  # ... and 0xE4
+    stored[rows - 7, columns // 2] = 0x1202  # the minimum: 0x12 with the smallest low byte, in the last band
+    stored[rows // 2 + 3, 3] = 0xE4FC  # the maximum, in a middle band
+    return stored
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_the_byte_planes_scale_by_the_stored_extremes(photometric, cbis_dicoms, classifier, monkeypatch, tmp_path):
+    """The extremes come from the high plane's extremes and the low bytes where it has them (kept as packed
+    masks once the high plane is freed): exactly the image's own minimum and maximum stored values."""
+    stored = scattered_extremes()
+    path = write_rle(tmp_path / "extremes.dcm", stored, bits_stored=16, photometric=photometric)
+    bounds = finish_bounds(monkeypatch)
+    spec = classifier.card.preprocessing
+    model_input_of(path, spec)
+    for real in cbis_dicoms[:3]:
+        model_input_of(real, spec)
+    arrays = (pydicom.dcmread(real).pixel_array for real in cbis_dicoms[:3])
+    expected = [(0x1202, 0xE4FC)] + [(int(array.min()), int(array.max())) for array in arrays]
+    assert bounds == expected
+
 RLE_CASES = {
     "16-bit": {},
     "16-bit monochrome1": {"photometric": "MONOCHROME1"},
@@ -325,6 +399,101 @@ def damaged(data: bytes, how: str) -> bytes:
     if how == "runs that decode to too few bytes":
         return data[:second + 1000] + b"\x80" * 100_000 + data[second + 101_000 :]
     raise AssertionError(how)
+
+
+def low_bytes_as_runs(path: Path, pairs: int) -> Path:
+    """``path`` (a write_rle file, 16 bits) with its low-byte segment replaced by ``pairs`` runs of 128 zeros."""
+    data = path.read_bytes()
+    header = rle_header_at(data)
+    length = int.from_bytes(data[header - 4 : header], "little")
+    second = int.from_bytes(data[header + 8 : header + 12], "little")
+    frame = data[header : header + second] + b"\x81\x00" * pairs
+    path.write_bytes(data[: header - 4] + len(frame).to_bytes(4, "little") + frame + data[header + length :])
+    return path
+
+
+def test_runs_that_claim_more_than_the_plane_are_cut_at_the_plane(classifier, monkeypatch, tmp_path):
+    """RLE runs past a plane's end are ignored, as pydicom's own decoder does: a file of 1 MB whose low
+    segment's runs claim 64 MiB (for a plane of 76 KiB) is decoded into planes of exactly Rows x Columns bytes
+    (tracemalloc): the picture of the high bytes with zero low bytes."""
+    import tracemalloc
+
+    stored = ramp_with_texture(rows=300, columns=260)
+    path = low_bytes_as_runs(write_rle(tmp_path / "runs.dcm", stored), 1 << 19)  # 64 MiB of zeros
+    spec = classifier.card.preprocessing
+    used = plane_path_calls(monkeypatch)
+    tracemalloc.start()
+    try:
+        fast = model_input_of(path, spec)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert used == [True]
+    assert peak < 4 << 20, peak / 2**20
+    expected = prepare(read_file(write_dicom(tmp_path / "high.dcm", stored & 0xFF00), for_model=True), spec)
+    np.testing.assert_allclose(fast, expected, rtol=0, atol=0.01 / 255)
+
+
+def test_a_decoder_panic_on_runs_past_the_frame_is_one_bounded_error(classifier, tmp_path):
+    """pylibjpeg-rle 2.2.0 panics (a BaseException) when RLE runs pass the end of a 16-bit frame. A file that
+    pydicom's path reads (here: a window, so not the byte planes) whose runs claim 64 MiB more is one error row,
+    refused without following the runs (pydicom's own decoder would: +64 MiB here, 64x the file in general), and
+    the next file is still classified."""
+    import tracemalloc
+
+    from click.testing import CliRunner
+
+    from edge_birads.cli import cli
+
+    stored = ramp_with_texture(rows=300, columns=260)
+    path = low_bytes_as_runs(write_rle(tmp_path / "runs.dcm", stored, WindowCenter=1800, WindowWidth=1000), 1 << 19)
+    ds = pydicom.dcmread(path)
+    ds.pixel_array_options(decoding_plugin="pylibjpeg")
+    try:
+        ds.pixel_array
+    except BaseException as exc:  # noqa: BLE001 - what the installed decoder does with it
+        assert isinstance(exc, Exception) or dicom.rust_panic(exc), exc
+    tracemalloc.start()
+    try:
+        reason = outcome(lambda: read_file(path, for_model=True))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert isinstance(reason, str), "decoded, by following the runs"
+    assert reason == "cannot decode DICOM pixel data (transfer syntax RLE Lossless): its decoder stopped on damaged data"
+    assert peak < 8 << 20, peak / 2**20
+    after = write_rle(tmp_path / "after.dcm", stored)
+    result = CliRunner().invoke(cli, ["classify", str(path), str(after), "--format", "jsonl"])
+    assert result.exit_code != 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [(Path(row["file"]).name, row["error"], row["group"] is not None) for row in rows] == [
+        ("runs.dcm", reason, False), ("after.dcm", None, True)], result.output
+
+
+def test_a_panic_in_the_byte_plane_decoder_leaves_the_file_to_pydicom(classifier, monkeypatch, tmp_path):
+    """Should pylibjpeg-rle panic on a one-segment frame too (not seen in 100,000 random segments), the byte-plane
+    path gives the file to pydicom's path instead of ending the batch."""
+    import rle.rle
+
+    ds = pydicom.dcmread(low_bytes_as_runs(write_rle(tmp_path / "bad.dcm", ramp_with_texture(rows=300, columns=260)), 1000))
+    ds.pixel_array_options(decoding_plugin="pylibjpeg")
+    panic = None
+    try:
+        ds.pixel_array
+    except BaseException as exc:  # noqa: BLE001
+        panic = exc
+    if panic is None or not dicom.rust_panic(panic):
+        pytest.skip("this pylibjpeg-rle does not panic on runs past a 16-bit frame: no PanicException to raise")
+
+    def panicking(*args):
+        raise panic
+
+    monkeypatch.setattr(rle.rle, "decode_frame", panicking)  # what the byte-plane path calls; pydicom's plugin keeps its own
+    path = write_rle(tmp_path / "good.dcm", ramp_with_texture(rows=300, columns=260))
+    used = plane_path_calls(monkeypatch)
+    spec = classifier.card.preprocessing
+    np.testing.assert_array_equal(model_input_of(path, spec), prepare(read_file(path, for_model=True), spec))
+    assert used == [False]
 
 
 @pytest.mark.parametrize("how", ["truncated", "segment offset past the end", "runs that decode to too many bytes",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from edge_birads.errors import InputError
-from edge_birads.preprocess import PreprocessSpec, apply_clahe, breast_bounding_box, prepare, value_range
+from edge_birads.preprocess import PreprocessSpec, apply_clahe, area_rows, breast_bounding_box, prepare, row_sums, value_range
 
 SPEC = PreprocessSpec()
 
@@ -126,3 +127,33 @@ def test_non_square_spec_with_breast_crop_resizes_the_crop_to_height_by_width(br
     expected = cv2.resize(breast_like[top:bottom, left:right], (24, 40), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
     assert out.shape == (40, 24, 1)
     np.testing.assert_allclose(out[:, :, 0], expected, atol=1e-6)
+
+
+AREA_CASES = {  # image, rows out: blocks of 2 rows to 480 rows, sums that fill (or would overflow) uint16 and uint32
+    "bytes, small blocks": (np.random.default_rng(1).integers(0, 256, (901, 70)).astype(np.uint8), 224),
+    "bytes of 255, blocks of 257 rows": (np.full((257 * 3, 9), 255, np.uint8), 3),
+    "bytes of 255, blocks of 258-259 rows": (np.full((775, 9), 255, np.uint8), 3),
+    "16 bits at the maximum": (np.full((960, 9), 65535, np.uint16), 2),
+    "16 bits": (np.random.default_rng(2).integers(0, 65536, (700, 50)).astype(np.uint16), 113),
+    "booleans": (np.random.default_rng(3).integers(0, 2, (600, 40)).astype(bool), 7),
+}
+
+
+@pytest.mark.parametrize("case", list(AREA_CASES))
+def test_area_rows_is_opencvs_area_average_without_rounding(case):
+    image, height = AREA_CASES[case]
+    width = max(1, image.shape[1] // 3)
+    ours = area_rows(area_rows(image, height).T, width).T
+    theirs = cv2.resize(image.astype(np.float64), (width, height), interpolation=cv2.INTER_AREA)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)  # OpenCV weighs in float32
+
+
+def test_row_sums_hold_a_fraction_of_a_byte_image_and_nothing_of_it():
+    """What the DICOM byte-plane path keeps of the high plane while the low one is decoded: the image can go."""
+    image, height = AREA_CASES["bytes, small blocks"]
+    rows = row_sums(image, height)
+    assert rows.sums.dtype == np.uint16
+    assert not any(np.shares_memory(kept, image) for kept in (rows.sums, rows.cut))
+    assert rows.sums.nbytes + rows.cut.nbytes < 0.4 * height * image.shape[1] * 8  # the float64 result
+    np.testing.assert_array_equal(rows.averaged(), area_rows(image, height))
+    assert row_sums(image[:896], height).cut.size == 0  # 4 whole rows a block: no boundary cuts a row
