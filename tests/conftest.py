@@ -5,11 +5,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+
+
+def pytest_configure(config):
+    """Ctrl-C as a terminal delivers it. A run started in the background by a non-interactive shell (`nohup
+    .ci/run &`) inherits SIGINT ignored, and an ignored signal stays ignored across exec: the Ctrl-C tests and
+    their child processes would never see one. A handler of Python's own is reset to the default at exec."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
