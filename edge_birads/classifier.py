@@ -125,7 +125,9 @@ class Classifier:
         return run_image(self.interpreter, tensor, self._tensors)
 
     def classify_file(self, path: str | Path) -> Result:
-        """Classify one file; a bad file becomes a Result with ``error`` set, never an exception."""
+        """Classify one file; a bad file becomes a Result with ``error`` set, never an exception. (A deferred
+        interpreter is created at the first decoded file: ModelError there when the model cannot run as its card says.
+        One thread at a time, as the interpreter itself.)"""
         return self._classify_path(path, want_map=False)[0]
 
     def explain_file(self, path: str | Path) -> tuple[Result, LesionMap | None]:

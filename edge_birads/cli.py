@@ -119,6 +119,9 @@ def classify(
         else:
             stream = _results(classifier, files, jobs, heatmaps is not None)
         for path, (result, lesion_map) in zip(files, stream):  # the stream keeps input order
+            # A deferred interpreter exists once the first file is decoded (or failed): the model is checked before
+            # any record is printed, so a model refused here leaves stdout empty whichever file came first.
+            classifier.load()
             if lesion_map is not None:
                 heatmaps.write(result, lesion_map)
             with interrupts_deferred():  # a record is printed and counted together, or neither: Ctrl-C waits for the pair
@@ -130,7 +133,7 @@ def classify(
                 elif fmt == "jsonl":
                     click.echo(jsonl_line(result))
                 else:
-                    if not seen:  # the header with the first record: a model refused at its first prediction prints nothing
+                    if not seen:  # the header with the first record, after the model is checked
                         click.echo(csv_header(card.labels))
                     click.echo(csv_line(result, card.labels))
                 seen, failed = seen + 1, failed + (not result.ok)

@@ -87,8 +87,14 @@ def test_a_card_with_the_wrong_input_size_is_refused(tmp_path, image):
 
     model = copy_model(tmp_path, edit_card=bigger)
     assert "does not match its card" in refused(model, image)
-    # The interpreter is created after the first image is decoded: a CSV header is not printed ahead of the refusal.
+    # The interpreter is created after the first image is decoded: neither a CSV header nor the record of a first
+    # file that could not be read is printed ahead of the refusal.
     assert "does not match its card" in refused(model, image, "--format", "csv")
+    bad = image.with_name("damaged.png")
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    for fmt in ("table", "jsonl", "csv"):
+        assert "does not match its card" in refused(model, image, "--format", fmt, str(bad))
+    assert "does not match its card" in refused(model, bad, "--format", "jsonl")  # no file decodes: still refused
 
 
 def test_a_card_that_is_not_json_is_refused(tmp_path, image):
