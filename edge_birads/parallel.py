@@ -188,17 +188,16 @@ class ProcessClassifier:
 
     def _submit(self, item) -> Future:
         argument = os.fspath(item) if isinstance(item, (str, os.PathLike)) else item
-        # A submit may start a worker: the first one, and any later one too, since the pool starts its workers one at a
-        # time as work waits (Python 3.9+ with spawn). SIGINT is ignored meanwhile so they start with it ignored (an
-        # ignored signal stays ignored across exec): a terminal's Ctrl-C, sent to the whole process group, then reaches
-        # only this process, never a worker still importing (a traceback) or mid-file.
+        if self.pool is not None:
+            try:
+                return self.pool.submit(self.task, argument)
+            except BrokenProcessPool:  # a worker died while idle (a pool kept open between runs): new workers
+                self._restart()
+        # The first submit starts the workers. SIGINT is ignored meanwhile so they start with it ignored (an ignored
+        # signal stays ignored across exec): a terminal's Ctrl-C, sent to the whole process group, then reaches only
+        # this process, never a worker still importing (a traceback) or mid-file.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
         try:
-            if self.pool is not None:
-                try:
-                    return self.pool.submit(self.task, argument)
-                except BrokenProcessPool:  # a worker died while idle (a pool kept open between runs): new workers
-                    self._restart()
             return self._pool().submit(self.task, argument)
         finally:
             if previous is not None:

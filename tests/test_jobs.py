@@ -102,34 +102,6 @@ def crash_on_named(path: str):
     return parallel._classify_in_worker(path)
 
 
-def sigint_of_worker(path: str):
-    """A worker task: this worker's pid and whether it ignores SIGINT (held a moment, so the next file needs another worker)."""
-    time.sleep(0.3)
-    return os.getpid(), signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-
-
-def test_every_worker_starts_with_ctrl_c_ignored_not_only_the_first(example_pngs, monkeypatch):
-    """The pool starts its workers one at a time as work waits; a terminal's Ctrl-C goes to the whole process group,
-    so a worker started while SIGINT is live dies in its imports, with a traceback, before its initializer ignores it."""
-    from concurrent.futures import process
-
-    from edge_birads.classifier import Classifier
-    from edge_birads.parallel import ProcessClassifier, WorkerSettings
-
-    started = []
-    spawn = process.ProcessPoolExecutor._spawn_process
-
-    def recording(executor):
-        started.append(signal.getsignal(signal.SIGINT))  # what the new worker inherits at exec
-        spawn(executor)
-
-    monkeypatch.setattr(process.ProcessPoolExecutor, "_spawn_process", recording)
-    runner = ProcessClassifier(WorkerSettings(str(Classifier(load_interpreter=False).model_path)), jobs=2)
-    outcomes = list(runner.run([str(example_pngs[0])] * 6, lambda name, reason: (name, reason), task=sigint_of_worker))
-    assert len({pid for pid, _ in outcomes}) == 2, outcomes
-    assert started == [signal.SIG_IGN, signal.SIG_IGN]
-
-
 def test_a_file_that_kills_its_worker_is_one_error_row_and_nothing_is_lost(tmp_path, example_pngs):
     from edge_birads.classifier import Classifier
     from edge_birads.parallel import WORKER_DIED, ProcessClassifier, WorkerSettings
