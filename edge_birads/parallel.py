@@ -61,7 +61,6 @@ class WorkerSettings:
     threads: int = 1
     limits: DecodeLimits = DEFAULT_LIMITS
     want_map: bool = False
-    daemon: bool = False  # a worker of `watch`: SIGTERM (systemd stops the whole unit) is the parent's to handle
 
 
 def _die_with_parent() -> None:
@@ -81,12 +80,15 @@ def _die_with_parent() -> None:
 
 def _start_worker(settings: WorkerSettings) -> None:
     """Pool initializer: ignore Ctrl-C (the parent handles it), die with the parent, one OpenCV thread, the model
-    loaded once."""
+    loaded once.
+
+    SIGTERM keeps its default: when a worker dies the pool terminates the others, and one that ignored it could
+    wait forever for a queue lock the dead worker held (``watch`` stalled so). systemd stops ``watch`` with
+    KillMode=mixed: SIGTERM to the daemon alone, which finishes its batch and closes the pool.
+    """
     global _classifier
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
-    if settings.daemon:  # the daemon finishes its batch, then closes the pool
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     import cv2
 
     cv2.setNumThreads(1)  # N workers on N cores: OpenCV's own thread pool would only oversubscribe them

@@ -58,6 +58,13 @@ def test_receive_unit_runs_receive_with_the_config_and_network(tmp_path: Path):
     assert dropin["Service"]["PrivateNetwork"] == "no" and "AF_INET" in dropin["Service"]["RestrictAddressFamilies"]
 
 
+def test_watch_unit_sends_sigterm_to_the_daemon_alone(tmp_path: Path):
+    """Its --jobs workers keep SIGTERM's default (the pool kills them so when one dies): a stop is the daemon's."""
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read_string(filled("edge-birads-watch.service", tmp_path))
+    assert (unit["Service"]["KillSignal"], unit["Service"]["KillMode"]) == ("SIGTERM", "mixed")
+
+
 def test_units_pass_systemd_analyze_verify(tmp_path: Path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:

@@ -115,6 +115,35 @@ def test_a_worker_killed_mid_run_loses_and_repeats_no_image(tmp_path: Path, cbis
     assert daemon.status()["counts"]["classified"] == len(inputs)
 
 
+def waiting_in_a_pipe_read(pid: int) -> bool:
+    """An idle pool worker blocked reading the task queue: it holds the queue's read lock while it waits."""
+    try:
+        return "pipe_read" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+
+
+def test_an_idle_worker_killed_while_holding_the_task_queue_is_replaced(tmp_path: Path) -> None:
+    """Both workers idle between batches: one waits in the task queue's pipe read holding its lock, the other waits
+    for that lock. SIGKILL the first: the survivor can never take a task or the pool's stop sentinel, so the pool
+    has to kill it (it must not ignore SIGTERM); the next files are classified by new workers, none lost."""
+    first, second = dict(list(variants(8).items())[:4]), dict(list(variants(8).items())[4:])
+    daemon = Daemon(tmp_path, poll=True, extra=("--jobs", "2"))
+    for name, data in first.items():
+        (daemon.inbox / name).write_bytes(data)
+    daemon.start()
+    daemon.wait_all(len(first))
+    workers = wait_for(lambda: len(worker_pids(daemon.proc.pid)) == 2 and worker_pids(daemon.proc.pid), what="two workers", daemon=daemon)
+    holder = wait_for(lambda: [pid for pid in workers if waiting_in_a_pipe_read(pid)], what="an idle worker in the queue's read", daemon=daemon)
+    os.kill(holder[0], signal.SIGKILL)
+    for name, data in second.items():
+        (daemon.inbox / name).write_bytes(data)
+    daemon.wait_all(len(first) + len(second))
+    assert daemon.stop() == 0
+    check_exactly_once(daemon, {**first, **second}, bad=set())
+    assert "a worker process died" in daemon.log_text()
+
+
 def test_the_daemon_killed_mid_batch_resumes_every_claimed_file_once(tmp_path: Path, cbis_dicoms) -> None:
     """SIGKILL of the daemon itself while a batch is in its workers: every claimed file is in the working folder
     with its attempt counted; the restarted daemon (one job) files each exactly once."""

@@ -443,7 +443,7 @@ def run_watch(config: WatchConfig, log: EventLog | None = None, send=None) -> in
         from edge_birads.parallel import ProcessClassifier, WorkerSettings
 
         want_map = config.heatmap is not None  # the workers send each lesion map back, for the picture
-        settings = WorkerSettings(str(classifier.model_path), config.threads, config.limits, want_map=want_map, daemon=True)
+        settings = WorkerSettings(str(classifier.model_path), config.threads, config.limits, want_map=want_map)
         pool = ProcessClassifier(settings, config.jobs, persistent=True)
     daemon = WatchDaemon(config, classifier, log, output, pool)
     daemon.locks = locks
