@@ -8,8 +8,8 @@ file is its own error row, as in one process. A worker that dies (a decoder
 crash, the kernel's OOM killer) loses no file and repeats none: the pool is
 restarted and the files that were in flight are tried again one at a time; a
 file that kills its worker when alone is reported as an error row.
-Workers ignore SIGINT: Ctrl-C reaches the parent, which cancels what has not
-started and returns.
+Workers ignore SIGINT from their first instruction (they start with it blocked,
+then ignore it): Ctrl-C reaches the parent, which cancels what has not started and returns.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -97,10 +99,31 @@ def _start_worker(settings: WorkerSettings) -> None:
     _classifier = (Classifier(settings.model, threads=settings.threads, limits=settings.limits), settings.want_map)
 
 
-def _main_thread() -> bool:
-    import threading
+@contextmanager
+def _sigint_deferred():
+    """A Ctrl-C meanwhile is held back, then delivered as usual at the end (the KeyboardInterrupt comes then).
 
-    return threading.current_thread() is threading.main_thread()
+    The pool starts its workers inside ``submit``, one per submit until it has ``jobs``. SIGINT is blocked in this
+    thread, and a process inherits the block across exec: a terminal's Ctrl-C, sent to the whole process group,
+    never reaches a worker still importing (a traceback). And this process's threads (OpenCV's, the pool's) may
+    still take the signal: a handler that only notes it keeps the KeyboardInterrupt out of a half-started worker
+    (it would read an empty pipe and print a traceback).
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        yield
+        return
+    caught: list[int] = []
+    main = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum)) if main else None
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        if main:
+            signal.signal(signal.SIGINT, previous_handler)
+            if caught:
+                signal.raise_signal(signal.SIGINT)
 
 
 def _classify_in_worker(path: str) -> tuple[Result, LesionMap | None]:
@@ -192,18 +215,13 @@ class ProcessClassifier:
         argument = os.fspath(item) if isinstance(item, (str, os.PathLike)) else item
         if self.pool is not None:
             try:
-                return self.pool.submit(self.task, argument)
+                with _sigint_deferred():
+                    return self.pool.submit(self.task, argument)
             except BrokenProcessPool:  # a worker died while idle (a pool kept open between runs): new workers
                 self._restart()
-        # The first submit starts the workers. SIGINT is ignored meanwhile so they start with it ignored (an ignored
-        # signal stays ignored across exec): a terminal's Ctrl-C, sent to the whole process group, then reaches only
-        # this process, never a worker still importing (a traceback) or mid-file.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
-        try:
-            return self._pool().submit(self.task, argument)
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+        pool = self._pool()  # first, unblocked: its queues start multiprocessing's resource tracker, which unblocks SIGINT
+        with _sigint_deferred():
+            return pool.submit(self.task, argument)
 
     def _restart(self) -> None:
         self.restarts += 1

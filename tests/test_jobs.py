@@ -184,9 +184,12 @@ def test_ctrl_c_while_the_workers_start_is_one_line_and_130(example_pngs, tmp_pa
     images, process = start_classify_jobs_2(tmp_path, example_pngs[0], 20)
     parent = psutil.Process(process.pid)
     deadline = time.monotonic() + 60
-    while len([c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())]) < 2:  # both workers exist
+    while len(workers := [c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())]) < 2:  # both exist
         assert time.monotonic() < deadline and process.poll() is None, "the workers never started"
         time.sleep(0.005)
+    for worker in workers:  # from exec on, before Python installs any handler: the race, made deterministic
+        blocked = int(Path(f"/proc/{worker.pid}/status").read_text().split("SigBlk:")[1].split()[0], 16)
+        assert blocked & 1 << (signal.SIGINT - 1), f"worker {worker.pid} started with Ctrl-C live"
     os.killpg(process.pid, signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
