@@ -23,6 +23,7 @@ import warnings
 import cv2
 import numpy as np
 
+from edge_birads.dicom_header import RLE_LOSSLESS, one_fragment, read_plain_rle
 from edge_birads.errors import InputError
 from edge_birads.headers import DICOM_MAGIC_OFFSET, is_dicom_bytes, jpeg_dimensions
 from edge_birads.limits import check_size
@@ -46,7 +47,6 @@ MAX_TABLE = 1 << 16
 # Stored values spanning fewer levels than this are spread onto 0..65535 for the model, so integer resizing
 # rounds by a negligible fraction of an int8 step (an 8-bit image resized as uint8 would be off by up to half a step).
 MIN_SPAN = 1 << 12
-RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 DOWNLOAD_HELPERS = ("requests", "tqdm")
 # The 64-byte RLE header of a frame made of one segment that starts right after it (a byte plane on its own).
 MASK_ROWS = 256  # rows per band when the low bytes under an extreme high byte are searched
@@ -109,9 +109,18 @@ def model_input(data: bytes, limits, spec: PreprocessSpec) -> np.ndarray:
     cannot read, goes through ``decode_dicom`` and ``prepare`` (pydicom's decoding, with its messages).
     """
     _refuse_early(data)
+    dataset, photometric = read_plain_rle(data), None  # the plain layout needs no pydicom: a cold start skips its import
+    if dataset is not None:
+        try:
+            photometric = _check_header(dataset, _modality(dataset), True, True, limits)
+        except InputError:  # pydicom reads the file again and says why, as for any other file
+            pass
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dataset, pixel_at, photometric = _read(data, limits, header_only=True)
+        if photometric is None:
+            dataset, pixel_at, photometric = _read(data, limits, header_only=True)
+        else:
+            pixel_at = dataset.pixel_at
         tensor = _rle_model_input(data, dataset, pixel_at, photometric, spec)
         if tensor is not None:
             return tensor
@@ -144,7 +153,7 @@ def _read(data: bytes, limits, header_only: bool):
     source = io.BytesIO(data)
     try:
         dataset = pydicom.dcmread(source, force=True, stop_before_pixels=header_only)
-        modality = str(dataset.get("Modality", "") or "").strip().upper()
+        modality = _modality(dataset)  # a damaged value is an unreadable file
     except InputError:
         raise  # the time limit fired inside pydicom
     except Exception as exc:  # pydicom raises many types for damaged files
@@ -155,6 +164,18 @@ def _read(data: bytes, limits, header_only: bool):
         has_pixels = data[source.tell() : source.tell() + 2] in (b"\xe0\x7f", b"\x7f\xe0")
     else:
         has_pixels = any(keyword in dataset for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+    return dataset, source.tell(), _check_header(dataset, modality, marked, has_pixels, limits)
+
+
+def _modality(dataset) -> str:
+    return str(dataset.get("Modality", "") or "").strip().upper()
+
+
+def _check_header(dataset, modality: str, marked: bool, has_pixels: bool, limits) -> str:
+    """The checks of a DICOM's header (InputError if it fails one); its photometric interpretation.
+
+    ``dataset``: pydicom's, or a :class:`~edge_birads.dicom_header.PlainHeader` (its ``get`` and ``in``).
+    """
     if not marked and not has_pixels and not any(keyword in dataset for keyword in IMAGE_KEYWORDS):
         # Named .dcm, but pydicom's forced read of any bytes finds an element or two of noise.
         raise InputError(NOT_DICOM)
@@ -182,7 +203,7 @@ def _read(data: bytes, limits, header_only: bool):
         raise InputError("DICOM " + exc.reason) from None
     if samples != 1:
         raise InputError("DICOM is not a grayscale image (SamplesPerPixel != 1)")
-    return dataset, source.tell(), photometric
+    return photometric
 
 
 def _rle_model_input(data: bytes, dataset, pixel_at: int, photometric: str, spec: PreprocessSpec) -> np.ndarray | None:
@@ -202,7 +223,7 @@ def _rle_model_input(data: bytes, dataset, pixel_at: int, photometric: str, spec
     except ImportError:
         return None
     try:
-        rows, columns = int(dataset.Rows), int(dataset.Columns)
+        rows, columns = int(dataset.get("Rows")), int(dataset.get("Columns"))
         bits = int(dataset.get("BitsAllocated", 0) or 0)
         bits_stored = int(dataset.get("BitsStored", bits) or 0)  # pydicom refuses the file unless 1..BitsAllocated
         syntax = str(getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", "") or "")
@@ -211,7 +232,10 @@ def _rle_model_input(data: bytes, dataset, pixel_at: int, photometric: str, spec
                 or photometric not in ("MONOCHROME1", "MONOCHROME2") or not _is_identity(dataset)
                 or spec.crop_to_breast or spec.interpolation != "area" or rows < spec.height or columns < spec.width):
             return None
-        start, end = _one_fragment(data, pixel_at)
+        fragment = one_fragment(data, pixel_at)
+        if fragment is None:
+            return None
+        start, end = fragment
         offsets = [offset for offset in struct.unpack("<15L", data[start + 4 : start + 64]) if offset]
         if len(offsets) != bits // 8:  # one segment per byte of a pixel; decode_frame refuses bad offsets
             return None
@@ -296,29 +320,6 @@ def _low_byte(low_plane: np.ndarray, where: list[np.ndarray | None], largest: bo
         if best == bound:
             break
     return best
-
-
-def _one_fragment(data: bytes, pixel_at: int) -> tuple[int, int]:
-    """Start and end in ``data`` of the one fragment of encapsulated (explicit VR little endian) pixel data.
-
-    pydicom's ``parse_basic_offsets`` and ``parse_fragments`` walk the items; ValueError for anything else.
-    """
-    from pydicom.encaps import parse_basic_offsets, parse_fragments
-
-    if data[pixel_at : pixel_at + 4] != b"\xe0\x7f\x10\x00" or data[pixel_at + 4 : pixel_at + 6] not in (b"OB", b"OW") \
-            or data[pixel_at + 8 : pixel_at + 12] != b"\xff\xff\xff\xff":
-        raise ValueError("not encapsulated PixelData")
-    source = io.BytesIO(data)
-    source.seek(pixel_at + 12)
-    parse_basic_offsets(source)
-    count, items = parse_fragments(source)
-    if count != 1:
-        raise ValueError(f"{count} fragments")
-    length = struct.unpack("<L", data[items[0] + 4 : items[0] + 8])[0]
-    start, end = items[0] + 8, items[0] + 8 + length
-    if end > len(data) or length < 64:
-        raise ValueError("truncated fragment")
-    return start, end
 
 
 def _pixel_array(dataset) -> np.ndarray:

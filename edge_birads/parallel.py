@@ -14,22 +14,23 @@ then ignore it): Ctrl-C reaches the parent, which cancels what has not started a
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_birads.decode import DEFAULT_LIMITS, DecodeLimits
 from edge_birads.errors import printable_name
 from edge_birads.heatmap import LesionMap
 from edge_birads.results import Result
+
+if TYPE_CHECKING:  # the pool's modules are imported when a pool starts: a one-file classify never needs them
+    from concurrent.futures import Future, ProcessPoolExecutor
 
 IN_FLIGHT_PER_JOB = 4  # files queued per worker: enough to keep it busy, few enough to bound the parent's memory
 WORKER_DIED = "the worker process reading this file died (a crash in a decoder, or out of memory); not classified"
@@ -68,6 +69,8 @@ class WorkerSettings:
 def _die_with_parent() -> None:
     """Linux: the kernel kills this worker when its parent dies (a SIGKILL, the OOM killer): an orphaned worker
     would otherwise wait for work forever, holding its model in memory. Elsewhere a no-op."""
+    import multiprocessing
+
     parent = multiprocessing.parent_process()
     try:
         import ctypes
@@ -160,6 +163,9 @@ class ProcessClassifier:
 
     def _pool(self) -> ProcessPoolExecutor:
         if self.pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
             self.pool = ProcessPoolExecutor(
                 max_workers=self.jobs,
                 mp_context=multiprocessing.get_context("spawn"),
@@ -174,6 +180,8 @@ class ProcessClassifier:
         ``task(item)`` runs in the worker (default: the worker's Classifier on the file at that path);
         ``name(item)`` is what a file that killed its worker is reported as.
         """
+        from concurrent.futures.process import BrokenProcessPool
+
         self.task = task or _classify_in_worker
         waiting: deque[int] = deque(range(len(files)))  # not yet yielded, in input order
         running: dict[int, Future] = {}
@@ -212,6 +220,8 @@ class ProcessClassifier:
                 self.close()
 
     def _submit(self, item) -> Future:
+        from concurrent.futures.process import BrokenProcessPool
+
         argument = os.fspath(item) if isinstance(item, (str, os.PathLike)) else item
         if self.pool is not None:
             try:

@@ -14,7 +14,10 @@ writes the input as ``crash-<sha1>`` and exits non-zero.
     python fuzz/fuzz_decode.py crash-<sha1>
 
 The first input byte picks the file suffix the decoder is told (none, .png
-or .dcm), so the fuzzer also reaches the preamble-less DICOM path. Limits are
+or .dcm), so the fuzzer also reaches the preamble-less DICOM path, the
+preprocessing, and whether the input goes the way ``classify`` reads a file
+(``model_input``: a DICOM's RLE byte planes and its header read without
+pydicom, ``edge_birads.dicom_header``) or through ``decode_bytes`` and ``prepare``. Limits are
 small (4 MB, 4 megapixels) so each input stays fast; the limit checks
 themselves are the same code at any size.
 """
@@ -32,9 +35,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 with atheris.instrument_imports(include=["edge_birads", "pydicom"]):
-    import pydicom  # noqa: F401 - imported here so its Python code is instrumented
+    import pydicom  # imported here so its Python code is instrumented
 
-    from edge_birads.decode import decode_bytes
+    import edge_birads.dicom  # noqa: F401 - decode imports it lazily: here, so that it is instrumented too
+
+    from edge_birads.decode import decode_bytes, model_input
     from edge_birads.errors import InputError
     from edge_birads.limits import DecodeLimits
     from edge_birads.preprocess import PreprocessSpec, prepare
@@ -51,14 +56,35 @@ def test_one_input(data: bytes) -> None:
         return
     suffix = SUFFIXES[data[0] % len(SUFFIXES)]
     spec = SPECS[(data[0] // len(SUFFIXES)) % len(SPECS)]
+    as_classify = (data[0] // (len(SUFFIXES) * len(SPECS))) % 2 == 1
     try:
-        tensor = prepare(decode_bytes(data[1:], suffix, LIMITS), spec)
+        if as_classify:
+            tensor = model_input(data[1:], spec, suffix, LIMITS)
+        else:
+            tensor = prepare(decode_bytes(data[1:], suffix, LIMITS), spec)
     except InputError:
         return
     if tensor.shape != (spec.height, spec.width, 1) or tensor.dtype != np.float32:
         raise AssertionError(f"bad tensor {tensor.shape} {tensor.dtype}")
     if not np.all(np.isfinite(tensor)) or tensor.min() < 0.0 or tensor.max() > 1.0:
         raise AssertionError(f"tensor out of [0, 1]: {tensor.min()}..{tensor.max()}")
+
+
+def rle_dicom(image: np.ndarray) -> bytes:
+    """A DICOM in the layout the byte-plane path and ``dicom_header`` read: RLE Lossless, explicit VR little
+    endian, one fragment (pydicom's own encoder)."""
+    import io
+
+    from pydicom.uid import RLELossless
+
+    sys.path.insert(0, str(REPO / "tests"))
+    import hostile_corpus as corpus
+
+    dataset = pydicom.dcmread(io.BytesIO(corpus.dicom_bytes(image)))
+    dataset.compress(RLELossless, encoding_plugin="pydicom")
+    out = io.BytesIO()
+    dataset.save_as(out, enforce_file_format=True)
+    return out.getvalue()
 
 
 def write_seeds(folder: Path) -> int:
@@ -87,6 +113,9 @@ def write_seeds(folder: Path) -> int:
         "dcm": (2, corpus.dicom_bytes(small16)),
         "dcm-mono1": (0, corpus.dicom_bytes(small16, photometric="MONOCHROME1")),
         "dcm-nopreamble": (2, corpus.dicom_bytes(small16)[132:]),
+        "dcm-classify": (8, corpus.dicom_bytes(small16)),  # 8: .dcm, the first spec, read as classify reads it
+        "dcm-rle-classify": (8, rle_dicom(corpus.breast_image(256, 240, depth=16))),
+        "dcm-rle": (2, rle_dicom(corpus.breast_image(256, 240, depth=16))),
     }
     for name, (selector, data) in seeds.items():
         (folder / f"seed-{name}").write_bytes(bytes([selector]) + data)
