@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from edge_birads.dicom_header import RLE_LOSSLESS, one_fragment, read_plain_rle
-from edge_birads.errors import InputError
+from edge_birads.errors import InputError, InputTimeout
 from edge_birads.headers import DICOM_MAGIC_OFFSET, is_dicom_bytes, jpeg_dimensions
 from edge_birads.limits import check_size
 from edge_birads.preprocess import PreprocessSpec, area_rows, finish, prepare, row_sums
@@ -41,7 +41,7 @@ DEFLATED_SYNTAX = b"1.2.840.10008.1.2.1.99"
 # pydicom's own decoder otherwise, with the same output (lossless: the same integers). pydicom 3.0 lists pylibjpeg
 # first for every syntax; naming it here keeps RLE on pylibjpeg-rle (3-5x faster than pydicom's numpy decoder)
 # whatever a later pydicom's order, and lets a damaged file fall back to pydicom's own decoder for its message.
-FAST_PLUGINS = {"1.2.840.10008.1.2.5": "pylibjpeg"}  # RLE Lossless: pylibjpeg-rle
+FAST_PLUGINS = {RLE_LOSSLESS: "pylibjpeg"}  # pylibjpeg-rle
 # Stored values with more distinct values than this (32-bit data) are mapped without a table.
 MAX_TABLE = 1 << 16
 # Stored values spanning fewer levels than this are spread onto 0..65535 for the model, so integer resizing
@@ -113,6 +113,8 @@ def model_input(data: bytes, limits, spec: PreprocessSpec) -> np.ndarray:
     if dataset is not None:
         try:
             photometric = _check_header(dataset, _modality(dataset), True, True, limits)
+        except InputTimeout:
+            raise
         except InputError:  # pydicom reads the file again and says why, as for any other file
             pass
     with warnings.catch_warnings():

@@ -5,9 +5,11 @@ byte-plane path (:func:`edge_birads.dicom.model_input`) never uses. This reader 
 from files in the one layout it takes: the preamble and "DICM", explicit VR little endian throughout, the RLE
 Lossless transfer syntax, the pixel data encapsulated. Anything else, and anything unexpected on the way (a value
 of another length or type than the standard's, elements out of order, sequences nested too deep, a length past
-the end of the file), gives None, and pydicom reads the file as before, with its checks and messages: this
-reader refuses nothing, so it changes no message. It reads only the elements listed in ``WANTED`` and
-``PRESENCE``; nothing it reads is a patient identifier.
+the end of the file), gives None, and pydicom reads the file as before, with its checks and messages. It is
+stricter than pydicom, never laxer: what it reads is what pydicom reads from the same bytes (values padded at
+the end only, as pydicom strips them; the sequences pydicom walks as it reads are walked too, item by item),
+and a file pydicom would refuse is given back to it (``tests/test_dicom_header.py`` compares the outcomes). It
+reads only the elements listed in ``WANTED`` and ``PRESENCE``; nothing it reads is a patient identifier.
 
 Its cost is bounded whatever the file claims: one pass over the elements before the pixel data, at most
 ``MAX_ELEMENTS`` of them and ``MAX_DEPTH`` levels of nested sequences.
@@ -23,6 +25,7 @@ from edge_birads.headers import DICOM_MAGIC_OFFSET, is_dicom_bytes
 
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 PIXEL_DATA = (0x7FE0, 0x0010)
+FLOAT_PIXEL_DATA = (0x7FE0, 0x0008)
 TRANSFER_SYNTAX = (0x0002, 0x0010)
 ITEM, ITEM_END, SEQUENCE_END = 0xE000, 0xE00D, 0xE0DD  # elements of group FFFE
 UNDEFINED = 0xFFFFFFFF
@@ -90,11 +93,14 @@ class _Reader:
         self.data = data
         self.budget = MAX_ELEMENTS
 
-    def element(self, position: int) -> tuple[tuple[int, int], bytes, int, int]:
-        """(tag, VR, value offset, value length) of the explicit VR little endian element at ``position``."""
+    def spend(self) -> None:
         self.budget -= 1
         if self.budget < 0:
             raise NotPlain("too many elements")
+
+    def element(self, position: int) -> tuple[tuple[int, int], bytes, int, int]:
+        """(tag, VR, value offset, value length) of the explicit VR little endian element at ``position``."""
+        self.spend()
         group, number = struct.unpack_from("<HH", self.data, position)
         vr = self.data[position + 4 : position + 6]
         if vr in LONG_VRS:
@@ -138,14 +144,11 @@ class _Reader:
             if tag <= previous:
                 raise NotPlain("out of order")
             previous = tag
-            if tag >= PIXEL_DATA:
+            if tag >= FLOAT_PIXEL_DATA:  # where pydicom stops before the pixels (float pixel data included)
                 if tag != PIXEL_DATA or vr not in (b"OB", b"OW") or length != UNDEFINED:
                     raise NotPlain("not encapsulated pixel data")
                 return position
-            if vr == b"SQ" and length == UNDEFINED:
-                end = self.sequence(start, 1)
-            else:
-                end = self.end_of(start, length)
+            end = self.value_end(vr, start, length, 0)
             if tag in WANTED:
                 keyword, expected = WANTED[tag]
                 if vr != expected:
@@ -155,29 +158,41 @@ class _Reader:
                 values[PRESENCE[tag]] = True
             position = end
 
+    def value_end(self, vr: bytes, start: int, length: int, depth: int) -> int:
+        """The offset after an element's value: a sequence of undefined length is walked (pydicom reads it as it
+        reads the file), any other value is skipped (pydicom reads it only when it is asked for)."""
+        if vr == b"SQ" and length == UNDEFINED:
+            return self.sequence(start, depth + 1)
+        return self.end_of(start, length)
+
     def sequence(self, position: int, depth: int) -> int:
-        """Skip a sequence of undefined length whose items start at ``position``; the offset after its end."""
+        """Walk a sequence of undefined length whose items start at ``position``; the offset after its end."""
         if depth > MAX_DEPTH:
             raise NotPlain("nested too deep")
         while True:
+            self.spend()
             group, number, length = struct.unpack_from("<HHL", self.data, position)
-            self.budget -= 1
-            if self.budget < 0 or group != 0xFFFE:
+            if group != 0xFFFE:
                 raise NotPlain("not an item")
             position += 8
             if number == SEQUENCE_END:
                 return position
             if number != ITEM:
                 raise NotPlain("not an item")
-            if length != UNDEFINED:
-                position = self.end_of(position, length)
-                continue
-            while True:  # an item of undefined length: elements up to its end marker
-                if struct.unpack_from("<HH", self.data, position) == (0xFFFE, ITEM_END):
-                    position += 8
-                    break
-                _, vr, start, length = self.element(position)
-                position = self.sequence(start, depth + 1) if vr == b"SQ" and length == UNDEFINED else self.end_of(start, length)
+            position = self.item(position, None if length == UNDEFINED else self.end_of(position, length), depth)
+
+    def item(self, position: int, end: int | None, depth: int) -> int:
+        """Walk the elements of one item: up to its end marker (``end`` None: undefined length), or exactly to
+        ``end``; the offset after the item."""
+        while True:
+            if end is not None and position == end:
+                return end
+            if end is None and struct.unpack_from("<HH", self.data, position) == (0xFFFE, ITEM_END):
+                return position + 8
+            _, vr, start, length = self.element(position)
+            position = self.value_end(vr, start, length, depth)
+            if end is not None and position > end:
+                raise NotPlain("an element past its item's end")
 
 
 def _value(raw: bytes, vr: bytes) -> object:
@@ -186,9 +201,9 @@ def _value(raw: bytes, vr: bytes) -> object:
         if len(raw) != 2:
             raise NotPlain("not one US value")
         return struct.unpack("<H", raw)[0]
-    text = raw.decode("ascii").strip("\0 ")
-    if "\\" in text:
-        raise NotPlain("several values")
+    text = raw.decode("ascii").rstrip("\0 ")  # as pydicom: trailing padding only
+    if "\\" in text or "\0" in text:
+        raise NotPlain("several values, or a NUL inside")
     if vr == b"IS":
         return int(text) if text else None
     if vr == b"DS":
@@ -211,7 +226,9 @@ def one_fragment(data: bytes, pixel_at: int) -> tuple[int, int] | None:
         group, number, length = struct.unpack_from("<HHL", data, position)
         if (group, number) != (0xFFFE, ITEM) or length == UNDEFINED:
             return None
-        position += 8 + length  # the basic offset table
+        if length % 4:  # the basic offset table holds 4-byte offsets (pydicom refuses the file otherwise)
+            return None
+        position += 8 + length
         group, number, length = struct.unpack_from("<HHL", data, position)
         if (group, number) != (0xFFFE, ITEM) or length == UNDEFINED or length < 64:
             return None

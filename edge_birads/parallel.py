@@ -108,22 +108,24 @@ def _sigint_deferred():
 
     The pool starts its workers inside ``submit``, one per submit until it has ``jobs``. SIGINT is blocked in this
     thread, and a process inherits the block across exec: a terminal's Ctrl-C, sent to the whole process group,
-    never reaches a worker still importing (a traceback). And this process's threads (OpenCV's, the pool's) may
-    still take the signal: a handler that only notes it keeps the KeyboardInterrupt out of a half-started worker
-    (it would read an empty pipe and print a traceback).
+    never reaches a worker still importing (a traceback). Threads started before (OpenCV's, LiteRT's) may still
+    take the signal for this process: a handler that only notes it keeps the KeyboardInterrupt out of a
+    half-started worker (it would read an empty pipe and print a traceback). Use it only once the pool and
+    multiprocessing's resource tracker run (``ProcessClassifier._ready``): the tracker unblocks SIGINT as it starts.
     """
     if not hasattr(signal, "pthread_sigmask"):  # not POSIX
         yield
         return
     caught: list[int] = []
-    main = threading.current_thread() is threading.main_thread()
-    previous_handler = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum)) if main else None
+    previous_handler = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if previous_handler is not None:  # None: off the main thread, or a handler not set from Python (left alone)
+        signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-        if main:
+        if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
             if caught:
                 signal.raise_signal(signal.SIGINT)
@@ -190,13 +192,15 @@ class ProcessClassifier:
         try:
             while waiting:
                 head = waiting[0]
-                if suspects:
-                    if head not in running:
-                        running[head] = self._submit(files[head])
-                else:
-                    for index in list(waiting)[:window]:
-                        if index not in running:
-                            running[index] = self._submit(files[index])
+                self._ready()
+                with _sigint_deferred():  # every future is in `running` before a Ctrl-C is raised: cancelled below
+                    if suspects:
+                        if head not in running:
+                            running[head] = self._submit(files[head])
+                    else:
+                        for index in list(waiting)[:window]:
+                            if index not in running:
+                                running[index] = self._submit(files[index])
                 try:
                     outcome = running[head].result()
                 except BrokenProcessPool:
@@ -225,13 +229,19 @@ class ProcessClassifier:
         argument = os.fspath(item) if isinstance(item, (str, os.PathLike)) else item
         if self.pool is not None:
             try:
-                with _sigint_deferred():
-                    return self.pool.submit(self.task, argument)
+                return self.pool.submit(self.task, argument)
             except BrokenProcessPool:  # a worker died while idle (a pool kept open between runs): new workers
                 self._restart()
-        pool = self._pool()  # first, unblocked: its queues start multiprocessing's resource tracker, which unblocks SIGINT
-        with _sigint_deferred():
-            return pool.submit(self.task, argument)
+        return self._pool().submit(self.task, argument)
+
+    def _ready(self) -> None:
+        """The pool and multiprocessing's resource tracker running, before ``_sigint_deferred``: the tracker
+        unblocks SIGINT when it starts (the pool's queues start it), or restarts after it died, and a worker
+        started then would have Ctrl-C live."""
+        from multiprocessing import resource_tracker
+
+        self._pool()
+        resource_tracker.ensure_running()
 
     def _restart(self) -> None:
         self.restarts += 1

@@ -37,8 +37,8 @@ sys.path.insert(0, str(REPO))
 with atheris.instrument_imports(include=["edge_birads", "pydicom"]):
     import pydicom  # imported here so its Python code is instrumented
 
-    import edge_birads.dicom  # noqa: F401 - decode imports it lazily: here, so that it is instrumented too
-
+    import edge_birads.dicom  # decode imports it lazily: here, so that it is instrumented too
+    from edge_birads import dicom_header
     from edge_birads.decode import decode_bytes, model_input
     from edge_birads.errors import InputError
     from edge_birads.limits import DecodeLimits
@@ -57,6 +57,8 @@ def test_one_input(data: bytes) -> None:
     suffix = SUFFIXES[data[0] % len(SUFFIXES)]
     spec = SPECS[(data[0] // len(SUFFIXES)) % len(SPECS)]
     as_classify = (data[0] // (len(SUFFIXES) * len(SPECS))) % 2 == 1
+    if as_classify and dicom_header.read_plain_rle(data[1:]) is not None:
+        same_without_the_header_reader(data[1:], spec, suffix)
     try:
         if as_classify:
             tensor = model_input(data[1:], spec, suffix, LIMITS)
@@ -68,6 +70,32 @@ def test_one_input(data: bytes) -> None:
         raise AssertionError(f"bad tensor {tensor.shape} {tensor.dtype}")
     if not np.all(np.isfinite(tensor)) or tensor.min() < 0.0 or tensor.max() > 1.0:
         raise AssertionError(f"tensor out of [0, 1]: {tensor.min()}..{tensor.max()}")
+
+
+def outcome(data: bytes, spec, suffix: str):
+    try:
+        return model_input(data, spec, suffix, LIMITS)
+    except InputError as exc:
+        return str(exc)
+
+
+def same_without_the_header_reader(data: bytes, spec, suffix: str) -> None:
+    """A file edge_birads.dicom_header reads must end as it does when pydicom reads its header: the same tensor
+    or the same message (the reader is stricter than pydicom, never laxer)."""
+    ours = outcome(data, spec, suffix)
+    reader = edge_birads.dicom.read_plain_rle
+    edge_birads.dicom.read_plain_rle = lambda _data: None
+    try:
+        theirs = outcome(data, spec, suffix)
+    finally:
+        edge_birads.dicom.read_plain_rle = reader
+    if isinstance(ours, str) or isinstance(theirs, str):
+        same = isinstance(ours, str) and isinstance(theirs, str) and ours == theirs
+    else:
+        same = np.array_equal(ours, theirs)
+    if not same:
+        shown = [each if isinstance(each, str) else "a tensor" for each in (ours, theirs)]
+        raise AssertionError(f"the header reader changed the outcome: {shown[0]} against {shown[1]} with pydicom's header")
 
 
 def rle_dicom(image: np.ndarray) -> bytes:
@@ -92,9 +120,8 @@ def write_seeds(folder: Path) -> int:
     import tempfile
 
     sys.path.insert(0, str(REPO / "tests"))
-    import hostile_corpus as corpus
-
     import cv2
+    import hostile_corpus as corpus
 
     folder.mkdir(parents=True, exist_ok=True)
     small8 = corpus.breast_image(48, 40)

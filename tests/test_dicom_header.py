@@ -131,6 +131,9 @@ def test_one_fragment_or_none(cbis_dicoms):
     two = data[:end] + b"\xfe\xff\x00\xe0\x40\x00\x00\x00" + bytes(64) + data[end:]
     assert one_fragment(two, at) is None, "two fragments"
     assert one_fragment(data, at + 2) is None
+    table = struct.unpack("<L", data[at + 16 : at + 20])[0]
+    odd_table = data[: at + 16] + b"\x02\x00\x00\x00\x00\x00" + data[at + 20 + table :]  # 4-byte offsets: pydicom refuses 2 bytes
+    assert one_fragment(odd_table, at) is None
 
 
 def test_damaged_headers_never_raise_and_take_bounded_time(cbis_dicoms):
@@ -167,8 +170,58 @@ def test_a_flood_of_elements_stops_at_the_budget(tmp_path):
     assert time.perf_counter() - began < 5
 
 
-def test_a_header_check_that_fails_is_pydicoms_message(tmp_path):
+def test_a_header_check_that_fails_is_pydicoms_message(tmp_path, monkeypatch):
     path = write_rle(tmp_path / "ct.dcm", ramp_with_texture(rows=300, columns=260), Modality="CT")
     assert read_plain_rle(path.read_bytes()).get("Modality") == "CT"
+    calls = []
+    real = dicom._read
+    monkeypatch.setattr(dicom, "_read", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
     with pytest.raises(InputError, match=r"^DICOM modality is 'CT', not mammography \(MG\)$"):
         model_input_of(path, PreprocessSpec())
+    assert calls == [1], "pydicom read the file and gave the message"
+
+
+def outcome(path: Path) -> object:
+    """What classify would get for a file: its model input, or the InputError's message."""
+    try:
+        return model_input_of(path, PreprocessSpec())
+    except InputError as exc:
+        return str(exc)
+
+
+def replaced(data: bytes, old: bytes, new: bytes) -> bytes:
+    assert data.count(old) == 1, old
+    return data.replace(old, new)
+
+
+def variants(tmp_path: Path) -> dict[str, bytes]:
+    """Files pydicom refuses (or reads differently) that a laxer header reader could accept."""
+    plain = write_rle(tmp_path / "plain.dcm", ramp_with_texture(rows=300, columns=260), NumberOfFrames=1, RescaleSlope=1).read_bytes()
+    at = pixel_offset(plain)
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator = "R-10242", "SRT"
+    item.is_undefined_length_sequence_item = False
+    coded = write_rle(tmp_path / "coded.dcm", ramp_with_texture(rows=300, columns=260))
+    dataset = pydicom.dcmread(coded)
+    dataset.ViewCodeSequence = Sequence([item])
+    dataset["ViewCodeSequence"].is_undefined_length = True
+    dataset.save_as(coded, enforce_file_format=True)
+    return {
+        "a NUL before the modality": replaced(plain, b"CS\x02\x00MG", b"CS\x04\x00\x00MG "),
+        "a NUL before the photometric interpretation": replaced(plain, b"CS\x0c\x00MONOCHROME2 ", b"CS\x0c\x00\x00MONOCHROME2"),
+        "a NUL before the number of frames": replaced(plain, b"IS\x02\x001 ", b"IS\x02\x00\x001"),
+        "a NUL before the rescale slope": replaced(plain, b"DS\x04\x001.0 ", b"DS\x04\x00\x001.0"),
+        "float pixel data before the pixel data": plain[:at] + b"\xe0\x7f\x08\x00OF\x00\x00\x04\x00\x00\x00" + bytes(4) + plain[at:],
+        "an element running past its defined-length item": replaced(coded.read_bytes(), b"SH\x04\x00SRT ", b"SH\x40\x00SRT "),
+    }
+
+
+def test_files_pydicom_refuses_get_the_same_outcome(tmp_path, monkeypatch):
+    for name, data in variants(tmp_path).items():
+        path = tmp_path / "variant.dcm"
+        path.write_bytes(data)
+        ours = outcome(path)
+        monkeypatch.setattr(dicom, "read_plain_rle", lambda _data: None)
+        theirs = outcome(path)
+        monkeypatch.undo()
+        assert isinstance(ours, str) == isinstance(theirs, str) and (ours == theirs if isinstance(ours, str) else np.array_equal(ours, theirs)), name
