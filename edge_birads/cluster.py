@@ -25,8 +25,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import signal
-import threading
 import time
 import uuid
 from collections import deque
@@ -36,6 +34,7 @@ from pathlib import Path
 
 from edge_birads.decode import DEFAULT_LIMITS, DecodeLimits
 from edge_birads.errors import ModelError, printable_name
+from edge_birads.parallel import sigint_deferred
 from edge_birads.results import Result
 
 CLUSTER_EXTRA = "pip install 'edge-birads[cluster]'"
@@ -195,19 +194,11 @@ def _result(future):
 
     distributed's blocking waits run on its event-loop thread; a KeyboardInterrupt inside one makes it
     log a NameError traceback from its own cancel callback. So: wait in sleeps until the batch is done,
-    then fetch it with SIGINT deferred (a done future's result comes at once) and re-raised after.
+    then fetch it with SIGINT deferred (a done future's result comes at once) and delivered after.
     """
     pause = 0.001
     while not future.done():
         time.sleep(pause)
         pause = min(pause * 2, 0.02)
-    if threading.current_thread() is not threading.main_thread():
+    with sigint_deferred():
         return future.result()
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
-    try:
-        return future.result()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:
-            raise KeyboardInterrupt

@@ -103,7 +103,7 @@ def _start_worker(settings: WorkerSettings) -> None:
 
 
 @contextmanager
-def _sigint_deferred():
+def sigint_deferred():
     """A Ctrl-C meanwhile is held back, then delivered as usual at the end (the KeyboardInterrupt comes then).
 
     The pool starts its workers inside ``submit``, one per submit until it has ``jobs``. SIGINT is blocked in this
@@ -193,7 +193,7 @@ class ProcessClassifier:
             while waiting:
                 head = waiting[0]
                 self._ready()
-                with _sigint_deferred():  # every future is in `running` before a Ctrl-C is raised: cancelled below
+                with sigint_deferred():  # every future is in `running` before a Ctrl-C is raised: cancelled below
                     if suspects:
                         if head not in running:
                             running[head] = self._submit(files[head])
@@ -235,7 +235,7 @@ class ProcessClassifier:
         return self._pool().submit(self.task, argument)
 
     def _ready(self) -> None:
-        """The pool and multiprocessing's resource tracker running, before ``_sigint_deferred``: the tracker
+        """The pool and multiprocessing's resource tracker running, before ``sigint_deferred``: the tracker
         unblocks SIGINT when it starts (the pool's queues start it), or restarts after it died, and a worker
         started then would have Ctrl-C live."""
         from multiprocessing import resource_tracker
