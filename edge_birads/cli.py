@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -24,6 +21,7 @@ from edge_birads.breasts import view_of
 from edge_birads.cli_shared import EXIT_INTERRUPTED, ModelLoadError, NoImagesError, decode_limit_options, limits_from
 from edge_birads.errors import ModelError
 from edge_birads.heatmap import HeatmapWriter
+from edge_birads.interrupts import interrupts_deferred
 from edge_birads.limits import DEFAULT_LIMITS
 from edge_birads.output import FORMATS, TableWriter, csv_header, csv_line, jsonl_line, rule_summary
 from edge_birads.progress import Progress
@@ -161,27 +159,6 @@ def classify(
         click.echo(summary, err=True)
     if failed:
         sys.exit(1)
-
-
-@contextmanager
-def interrupts_deferred():
-    """Hold Ctrl-C for the duration: one pressed meanwhile is handled (KeyboardInterrupt) when the block ends.
-
-    A Python-level handler, not a signal mask: the kernel may hand SIGINT to any thread (a worker pool's own), and
-    Python then raises in the main thread at its next step whatever the main thread's mask says. Handlers always
-    run in the main thread, so this holds wherever the signal lands.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pressed = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if pressed and callable(previous):
-        previous(signal.SIGINT, None)  # Python's own handler raises KeyboardInterrupt
 
 
 def write_breasts(breasts, fmt: str) -> None:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from edge_birads.decode import DEFAULT_LIMITS, DecodeLimits
 from edge_birads.errors import ModelError, printable_name
-from edge_birads.parallel import sigint_deferred
+from edge_birads.interrupts import interrupts_deferred
 from edge_birads.results import Result
 
 CLUSTER_EXTRA = "pip install 'edge-birads[cluster]'"
@@ -200,5 +200,5 @@ def _result(future):
     while not future.done():
         time.sleep(pause)
         pause = min(pause * 2, 0.02)
-    with sigint_deferred():
+    with interrupts_deferred():
         return future.result()

@@ -196,7 +196,7 @@ class _Reader:
 
 
 def _value(raw: bytes, vr: bytes) -> object:
-    """One value of a wanted element, as pydicom gives it; NotPlain for anything else (several values, empty)."""
+    """One value of a wanted element, as pydicom gives it (None when empty); NotPlain for anything else."""
     if vr == b"US":
         if len(raw) != 2:
             raise NotPlain("not one US value")

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +25,7 @@ from typing import TYPE_CHECKING
 from edge_birads.decode import DEFAULT_LIMITS, DecodeLimits
 from edge_birads.errors import printable_name
 from edge_birads.heatmap import LesionMap
+from edge_birads.interrupts import interrupts_deferred
 from edge_birads.results import Result
 
 if TYPE_CHECKING:  # the pool's modules are imported when a pool starts: a one-file classify never needs them
@@ -102,35 +101,6 @@ def _start_worker(settings: WorkerSettings) -> None:
     _classifier = (Classifier(settings.model, threads=settings.threads, limits=settings.limits), settings.want_map)
 
 
-@contextmanager
-def sigint_deferred():
-    """A Ctrl-C meanwhile is held back, then delivered as usual at the end (the KeyboardInterrupt comes then).
-
-    The pool starts its workers inside ``submit``, one per submit until it has ``jobs``. SIGINT is blocked in this
-    thread, and a process inherits the block across exec: a terminal's Ctrl-C, sent to the whole process group,
-    never reaches a worker still importing (a traceback). Threads started before (OpenCV's, LiteRT's) may still
-    take the signal for this process: a handler that only notes it keeps the KeyboardInterrupt out of a
-    half-started worker (it would read an empty pipe and print a traceback). Use it only once the pool and
-    multiprocessing's resource tracker run (``ProcessClassifier._ready``): the tracker unblocks SIGINT as it starts.
-    """
-    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
-        yield
-        return
-    caught: list[int] = []
-    previous_handler = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
-    if previous_handler is not None:  # None: off the main thread, or a handler not set from Python (left alone)
-        signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
-    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
-            if caught:
-                signal.raise_signal(signal.SIGINT)
-
-
 def _classify_in_worker(path: str) -> tuple[Result, LesionMap | None]:
     classifier, want_map = _classifier
     if want_map:
@@ -192,13 +162,11 @@ class ProcessClassifier:
         try:
             while waiting:
                 head = waiting[0]
-                self._ready()
-                with sigint_deferred():  # every future is in `running` before a Ctrl-C is raised: cancelled below
-                    if suspects:
-                        if head not in running:
-                            running[head] = self._submit(files[head])
-                    else:
-                        for index in list(waiting)[:window]:
+                due = [head] if suspects else list(waiting)[:window]
+                if any(index not in running for index in due):
+                    self._ready()
+                    with interrupts_deferred(block=True):  # every future is in `running` before a Ctrl-C is raised: cancelled below
+                        for index in due:
                             if index not in running:
                                 running[index] = self._submit(files[index])
                 try:
@@ -235,7 +203,7 @@ class ProcessClassifier:
         return self._pool().submit(self.task, argument)
 
     def _ready(self) -> None:
-        """The pool and multiprocessing's resource tracker running, before ``sigint_deferred``: the tracker
+        """The pool and multiprocessing's resource tracker running, before ``interrupts_deferred(block=True)``: the tracker
         unblocks SIGINT when it starts (the pool's queues start it), or restarts after it died, and a worker
         started then would have Ctrl-C live."""
         from multiprocessing import resource_tracker
