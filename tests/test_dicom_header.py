@@ -225,3 +225,16 @@ def test_files_pydicom_refuses_get_the_same_outcome(tmp_path, monkeypatch):
         theirs = outcome(path)
         monkeypatch.undo()
         assert isinstance(ours, str) == isinstance(theirs, str) and (ours == theirs if isinstance(ours, str) else np.array_equal(ours, theirs)), name
+
+
+def test_a_time_limit_in_the_plain_path_is_not_handed_to_pydicom(cbis_dicoms, monkeypatch):
+    """InputTimeout is the file's error at once: pydicom does not read the file again with no time left."""
+    from edge_birads.errors import InputTimeout
+
+    def timed_out(*_args):
+        raise InputTimeout("decoding took longer than the time limit")
+
+    monkeypatch.setattr(dicom, "_check_header", timed_out)
+    monkeypatch.setattr(dicom, "_read", lambda *args, **kwargs: pytest.fail("pydicom read the file"))
+    with pytest.raises(InputTimeout):
+        model_input_of(cbis_dicoms[0], PreprocessSpec())

@@ -196,3 +196,22 @@ def test_ctrl_c_while_the_workers_start_is_one_line_and_130(example_pngs, tmp_pa
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     assert len(stderr.splitlines()) == 1 and stderr.startswith("interrupted: "), stderr
     assert len(stdout.splitlines()) == int(re.match(r"interrupted: (\d+) of 20", stderr).group(1))
+
+
+POOL_MODULES = """
+import sys
+from edge_birads.cli import main
+sys.argv = ["edge-birads", "classify", "--format", "jsonl", sys.argv[1]]
+try:
+    main()
+except SystemExit as done:
+    assert done.code in (0, None), done.code
+print(" ".join(sorted(name for name in ("concurrent.futures.process", "multiprocessing") if name in sys.modules)), file=sys.stderr)
+"""
+
+
+def test_one_file_never_imports_the_pools_modules(cbis_dicoms):
+    """A one-file classify runs in its own process: the pool's modules (part of its cold start) are not imported."""
+    done = subprocess.run([sys.executable, "-c", POOL_MODULES, str(cbis_dicoms[0])], capture_output=True, text=True, env=env(), timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.splitlines()[-1] == ""
